@@ -1,0 +1,46 @@
+"""The command line: every subcommand has --help, and errors are reported, not raised."""
+import subprocess
+import sys
+
+import pytest
+
+from lvod.cli import build_parser, main
+from lvod.notebooks import parse_value, resolve
+
+SUBCOMMANDS = [
+    ["data", "demo"], ["data", "convert-imagenet-vid"], ["data", "check"], ["stats"], ["groups"],
+    ["train"], ["test"], ["infer"], ["eval"], ["notebooks", "run"], ["notebooks", "list"], ["demo-job"],
+]
+
+
+@pytest.mark.parametrize("cmd", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args([*cmd, "--help"])
+    assert exc.value.code == 0
+    assert "usage: lvod " + " ".join(cmd) in capsys.readouterr().out
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "lvod.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo-job" in out.stdout
+
+
+def test_data_error_becomes_exit_code_1(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"images": [], "annotations": [{"id": 1}]}')
+    assert main(["data", "check", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "bad.json" in captured.out + captured.err
+
+
+def test_notebook_parameter_values_parse_as_json_or_text():
+    assert parse_value("3") == 3
+    assert parse_value("[10, 100]") == [10, 100]
+    assert parse_value("true") is True
+    assert parse_value("data/demo/train.json") == "data/demo/train.json"
+
+
+def test_unknown_notebook_lists_valid_names():
+    with pytest.raises(FileNotFoundError, match="valid names"):
+        resolve("99_nope")
