@@ -1,0 +1,138 @@
+"""Per-class diagnostics for comparing long-tail heads (notebook 04).
+
+Pure functions on arrays and tables:
+- ``compare_runs``: per-class AP@50 of several runs side by side, with training counts;
+- ``group_frame``: per-group AP of several runs;
+- ``confusions``: which class a ground-truth box was detected as, when it was not its own;
+- ``classifier_weight_norms``: the L2 norm of each class's classifier weights (BAGS paper,
+  Fig. 1: under softmax, tail classes get small norms).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def load_metrics(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def compare_runs(metrics: dict, stats=None, *, baseline: str | None = None):
+    """Per-class AP@50 of each run (columns ``ap50_<run>``) plus ``gain_<run>`` over ``baseline``.
+
+    ``metrics``: ``{run_name: metrics.json dict}``; ``stats``: optional class_stats DataFrame
+    whose ``boxes`` column becomes ``train_boxes``. Classes without ground truth (ap50 None or
+    num_gt 0) stay NaN, never 0.
+    """
+    import pandas as pd
+
+    frame = None
+    for run, m in metrics.items():
+        rows = [{"category_id": r["category_id"], "name": r["name"], "num_gt": r.get("num_gt"),
+                 f"ap50_{run}": _nan(r.get("ap50"), r.get("num_gt"))} for r in m["classwise"]]
+        df = pd.DataFrame(rows)
+        frame = df if frame is None else frame.merge(df.drop(columns=["name", "num_gt"]), on="category_id")
+    if stats is not None:
+        frame = frame.merge(stats[["category_id", "boxes"]].rename(columns={"boxes": "train_boxes"}),
+                            on="category_id", how="left")
+    base = baseline or next(iter(metrics))
+    for run in metrics:
+        if run != base:
+            frame[f"gain_{run}"] = frame[f"ap50_{run}"] - frame[f"ap50_{base}"]
+    return frame
+
+
+def _nan(value, num_gt):
+    if value is None or (num_gt is not None and num_gt == 0) or (value is not None and value < 0):
+        return np.nan
+    return float(value)
+
+
+def group_frame(metrics: dict):
+    """Rows = groups, columns = runs, values = the group's mean AP@50 (from metrics.json)."""
+    import pandas as pd
+
+    data = {run: {str(g["group"]): g["ap50"] for g in m.get("groups", [])} for run, m in metrics.items()}
+    return pd.DataFrame(data)
+
+
+def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(a), len(b)) of ``[x, y, w, h]`` boxes (continuous coordinates, as COCO)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
+    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
+    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+
+
+def confusions(gt, dets: dict, *, iou_thr: float = 0.5, score_thr: float = 0.3):
+    """Count, per ground-truth class, what the best overlapping detection called it.
+
+    ``gt``: a ``CocoVid``; ``dets``: columns ``image_id``, ``category_id``, ``bbox`` (N,4 xywh),
+    ``score``. For every non-crowd GT box, the highest-scoring detection with IoU >= ``iou_thr``
+    and score >= ``score_thr`` gives the predicted class (``-1`` = missed). Returns a DataFrame
+    ``gt_category_id, pred_category_id, count``.
+    """
+    import pandas as pd
+
+    keep = np.asarray(dets["score"]) >= score_thr
+    d_img = np.asarray(dets["image_id"])[keep]
+    d_cat = np.asarray(dets["category_id"])[keep]
+    d_box = np.asarray(dets["bbox"]).reshape(-1, 4)[keep]
+    d_score = np.asarray(dets["score"])[keep]
+    order = np.argsort(d_img, kind="stable")
+    d_img, d_cat, d_box, d_score = d_img[order], d_cat[order], d_box[order], d_score[order]
+    pairs = []
+    valid = ~gt.ann_iscrowd
+    g_img = gt.img_ids[gt.ann_image_idx[valid]]
+    g_cat, g_box = gt.ann_cat_ids[valid], gt.ann_boxes[valid]
+    for img in np.unique(g_img):
+        gi = np.flatnonzero(g_img == img)
+        lo, hi = np.searchsorted(d_img, img, "left"), np.searchsorted(d_img, img, "right")
+        if hi == lo:
+            pairs.extend((int(g_cat[i]), -1) for i in gi)
+            continue
+        iou = box_iou_xywh(g_box[gi], d_box[lo:hi])
+        cand = np.where(iou >= iou_thr, d_score[lo:hi][None], -np.inf)
+        best = cand.argmax(axis=1)
+        for row, i in enumerate(gi):
+            pred = int(d_cat[lo + best[row]]) if np.isfinite(cand[row, best[row]]) else -1
+            pairs.append((int(g_cat[i]), pred))
+    df = pd.DataFrame(pairs, columns=["gt_category_id", "pred_category_id"])
+    return df.value_counts().rename("count").reset_index()
+
+
+def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarray:
+    """L2 norm of each object class's classifier row, in label order 1..C (returns shape (C,)).
+
+    softmax: rows ``1..C`` of the (C+1, D) weight (row 0 = background). BAGS: class ``l``
+    sits in its group's slice at ``start_g + rank`` (``table`` gives the layout). Seesaw
+    (mmdet layout, C+2 rows): rows ``1..C`` as softmax; see ``lvod.models.heads``.
+    """
+    w = np.asarray(fc_cls_weight, dtype=np.float64)
+    norms = np.linalg.norm(w, axis=1)
+    if head in ("softmax", "seesaw"):
+        return norms[1:1 + _num_classes(w, head, table)]
+    if head == "bags":
+        if table is None:
+            raise ValueError("classifier_weight_norms: head 'bags' needs the group table")
+        l2b = np.asarray(table.label2binlabel)
+        slices = np.asarray(table.pred_slice)
+        out = np.empty(l2b.shape[1] - 1)
+        for label in range(1, l2b.shape[1]):
+            g = int(np.flatnonzero(l2b[1:, label] > 0)[0]) + 1
+            out[label - 1] = norms[slices[g, 0] + l2b[g, label]]
+        return out
+    raise ValueError(f"unknown head {head!r}; valid: softmax, bags, seesaw")
+
+
+def _num_classes(w, head, table):
+    if table is not None:
+        return len(table.cat_ids)
+    return w.shape[0] - (1 if head == "softmax" else 2)

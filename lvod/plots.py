@@ -1,0 +1,88 @@
+"""Figures the notebooks show. Each function takes tables, draws on a new figure, returns it.
+
+Notebooks only call these; no plotting code lives in a notebook.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _plt():
+    # matplotlib picks the inline backend in a kernel and Agg on a headless machine.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def instances_per_class(stats, table=None, *, column: str = "boxes", ax=None):
+    """Bar chart of ``column`` per class, sorted descending, log y, with group boundaries.
+
+    ``stats``: DataFrame with ``category_id``, ``name`` and ``column``.
+    ``table``: optional ``GroupTable``; its groups are coloured and their edges drawn.
+    """
+    plt = _plt()
+    df = stats.sort_values(column, ascending=False).reset_index(drop=True)
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(max(6, 0.35 * len(df)), 4))
+    colors = np.full(len(df), "C0", dtype=object)
+    if table is not None:
+        group_of = {int(c): g for g, members in enumerate(table.groups) for c in members}
+        colors = np.array([f"C{group_of.get(int(c), -1) % 10}" for c in df["category_id"]], dtype=object)
+        for edge in getattr(table, "edges", None) or []:
+            ax.axhline(edge, color="grey", ls="--", lw=0.8)
+    ax.bar(np.arange(len(df)), df[column].clip(lower=0.8), color=list(colors))
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(df)), df["name"], rotation=75, fontsize=8)
+    ax.set_ylabel(f"{column} (log)")
+    ax.set_title(f"{column} per class, sorted" + (" (colour = frequency group)" if table is not None else ""))
+    fig.tight_layout()
+    return fig
+
+
+def tracks_and_videos(stats):
+    """Tracks and videos per class, side by side, in the same class order as the box counts."""
+    plt = _plt()
+    df = stats.sort_values("boxes", ascending=False).reset_index(drop=True)
+    x = np.arange(len(df))
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(df)), 4))
+    ax.bar(x - 0.2, df["tracks"], width=0.4, label="tracks")
+    ax.bar(x + 0.2, df["videos"], width=0.4, label="videos")
+    ax.set_xticks(x, df["name"], rotation=75, fontsize=8)
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("tracks and videos per class")
+    fig.tight_layout()
+    return fig
+
+
+def distributions(track_lengths, box_areas):
+    """Histograms of track length (frames) and box size (sqrt area, pixels, COCO buckets marked)."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    tl = np.asarray(track_lengths, dtype=float)
+    a.hist(tl, bins=min(50, max(5, len(np.unique(tl)))), color="C2")
+    a.set_xlabel("track length (frames)")
+    a.set_ylabel("tracks")
+    side = np.sqrt(np.clip(np.asarray(box_areas, dtype=float), 0, None))
+    b.hist(side, bins=50, color="C3")
+    for edge, label in ((32, "small|medium"), (96, "medium|large")):
+        b.axvline(edge, color="k", ls="--", lw=0.8)
+        b.text(edge, b.get_ylim()[1] * 0.9, label, fontsize=7, rotation=90, ha="right")
+    b.set_xlabel("box size sqrt(w*h) (pixels)")
+    fig.tight_layout()
+    return fig
+
+
+def group_table_frame(table, stats=None):
+    """One row per object group: classes, count range and the logit slice (a DataFrame)."""
+    import pandas as pd
+
+    counts = dict(zip(map(int, table.cat_ids), map(int, table.counts)))
+    names = dict(zip(map(int, table.cat_ids), table.cat_names))
+    rows = []
+    for g, members in enumerate(table.groups, start=1):
+        c = [counts[int(m)] for m in members]
+        start, length = (int(v) for v in table.pred_slice[g])
+        rows.append({"group": g, "classes": len(members), "min_count": min(c), "max_count": max(c),
+                     "total_count": sum(c), "logit_slice": f"[{start}, {start + length})",
+                     "names": ", ".join(names[int(m)] for m in members)})
+    return pd.DataFrame(rows)
