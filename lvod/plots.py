@@ -86,3 +86,88 @@ def group_table_frame(table, stats=None):
                      "total_count": sum(c), "logit_slice": f"[{start}, {start + length})",
                      "names": ", ".join(names[int(m)] for m in members)})
     return pd.DataFrame(rows)
+
+
+def ap_vs_frequency(frame, runs):
+    """Per-class AP@50 against training box count (log x), one series per run.
+
+    ``frame``: from ``lvod.analysis.compare_runs`` (``train_boxes``, ``ap50_<run>``).
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, run in enumerate(runs):
+        ax.scatter(frame["train_boxes"], frame[f"ap50_{run}"], label=run, color=f"C{i}", alpha=0.8)
+    for _, row in frame.iterrows():
+        ax.annotate(row["name"], (row["train_boxes"], row[f"ap50_{runs[0]}"]), fontsize=6, alpha=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("training boxes (log)")
+    ax.set_ylabel("AP@50")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend()
+    ax.set_title("per-class AP@50 against class frequency")
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(df, *, ylabel: str, title: str):
+    """Bars for a DataFrame whose rows are categories (groups, speeds) and columns runs."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(df)), 3.5))
+    width = 0.8 / max(1, df.shape[1])
+    x = np.arange(len(df))
+    for i, run in enumerate(df.columns):
+        ax.bar(x + (i - (df.shape[1] - 1) / 2) * width, df[run].astype(float), width=width, label=str(run))
+    ax.set_xticks(x, [str(i) for i in df.index])
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.0)
+    ax.legend()
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def gain_bars(frame, run: str, baseline: str):
+    """AP@50 gain of ``run`` over ``baseline`` per class, classes sorted by training count."""
+    plt = _plt()
+    df = frame.sort_values("train_boxes", ascending=False)
+    gain = df[f"gain_{run}"].astype(float)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(df)), 3.5))
+    ax.bar(np.arange(len(df)), gain.fillna(0), color=np.where(gain >= 0, "C2", "C3"))
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(df)), df["name"], rotation=75, fontsize=8)
+    ax.set_ylabel(f"AP@50 {run} - {baseline}")
+    ax.set_title(f"gain of {run} over {baseline} (classes from frequent to rare)")
+    fig.tight_layout()
+    return fig
+
+
+def weight_norms(norms: dict, counts):
+    """Classifier weight norm per class against training count, one series per run."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    order = np.argsort(-np.asarray(counts))
+    for i, (run, n) in enumerate(norms.items()):
+        ax.plot(np.arange(len(order)), np.asarray(n)[order], marker="o", ms=3, label=run, color=f"C{i}")
+    ax.set_xlabel("classes, sorted from most to least frequent")
+    ax.set_ylabel("||w_c||")
+    ax.legend()
+    ax.set_title("classifier weight norm per class (BAGS paper's diagnostic)")
+    fig.tight_layout()
+    return fig
+
+
+def draw_frame(image, boxes, labels, scores, names, *, ax=None, score_thr: float = 0.3, title: str = ""):
+    """Show an image (H, W, 3 uint8) with ``[x1, y1, x2, y2]`` boxes and class names."""
+    plt = _plt()
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
+    ax.imshow(image)
+    for box, label, score in zip(np.asarray(boxes), np.asarray(labels), np.asarray(scores)):
+        if score < score_thr:
+            continue
+        x1, y1, x2, y2 = box
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2))
+        ax.text(x1, y1, f"{names[int(label)]} {score:.2f}", color="k", fontsize=6,
+                bbox={"facecolor": "lime", "alpha": 0.7, "pad": 0.5})
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    return fig
