@@ -1,0 +1,108 @@
+"""ResNet-DC5 backbone and the one-conv neck of the R50-DC5 detectors.
+
+``ResNetDC5`` is a torchvision ResNet (module names ``conv1, bn1, layer1..layer4`` kept, so
+torchvision ImageNet weights and mmtracking's ``detector.backbone.*`` keys load 1:1) changed
+to mmdet's ``strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2)``: stage 4 has stride 1 and every
+block of it is dilated by 2 (mmdet dilates the first block too, torchvision's own
+``replace_stride_with_dilation`` does not, so the change is made here by hand; for the
+BasicBlock of depth 18/34 only ``conv1`` is dilated, as in mmdet). Output: one map of
+stride 16 with 2048 (50/101) or 512 (18/34) channels.
+
+All BatchNorm layers are ``FrozenBatchNorm2d`` (fixed statistics and affine, no grad);
+stem and stage 1 have ``requires_grad=False`` (mmdet ``frozen_stages=1``).
+
+``ChannelMapperNeck``: mmdet ``ChannelMapper`` with one 3x3 conv + ReLU, key
+``convs.0.conv.{weight,bias}`` as in mmtracking checkpoints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from lvod.errors import DataError
+
+_ARCH = {
+    18: (resnet.BasicBlock, [2, 2, 2, 2]),
+    34: (resnet.BasicBlock, [3, 4, 6, 3]),
+    50: (resnet.Bottleneck, [3, 4, 6, 3]),
+    101: (resnet.Bottleneck, [3, 4, 23, 3]),
+}
+
+
+class ResNetDC5(resnet.ResNet):
+    """ResNet with a dilated stride-1 stage 4: ``forward(x (B,3,H,W)) -> (B, C, H/16, W/16)``."""
+
+    def __init__(self, depth: int = 50, frozen_stages: int = 1):
+        if depth not in _ARCH:
+            raise ValueError(f"ResNet depth must be one of {sorted(_ARCH)}, got {depth}")
+        block, layers = _ARCH[depth]
+        super().__init__(block, layers, norm_layer=FrozenBatchNorm2d)
+        del self.fc, self.avgpool
+        self.depth = depth
+        self.out_channels = 512 * block.expansion
+        for i, blk in enumerate(self.layer4):
+            conv = blk.conv2 if block is resnet.Bottleneck else blk.conv1
+            conv.stride = (1, 1)
+            conv.dilation = (2, 2)
+            conv.padding = (2, 2)
+            if i == 0 and blk.downsample is not None:
+                blk.downsample[0].stride = (1, 1)
+            blk.stride = 1
+        self.frozen_stages = frozen_stages
+        frozen = [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]
+        for m in frozen:
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def load_backbone_weights(backbone: ResNetDC5, path: str | Path) -> list[str]:
+    """Load torchvision ResNet weights (``fc.*`` dropped); returns keys missing from the file.
+
+    Raises ``DataError`` when the file holds tensors of the wrong shapes (another depth).
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
+    own = backbone.state_dict()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise DataError(path, k, f"shape {tuple(v.shape)} != model {tuple(own[k].shape)}",
+                            f"use ResNet-{backbone.depth} weights or set depth to match the file")
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise DataError(path, unexpected[0], f"{len(unexpected)} keys unknown to ResNet-{backbone.depth}",
+                        "pass a torchvision ResNet state dict")
+    missing = backbone.load_state_dict(state, strict=False).missing_keys
+    return missing
+
+
+class ChannelMapperNeck(nn.Module):
+    """One 3x3 conv + ReLU: ``(B, in_channels, h, w) -> (B, out_channels, h, w)``."""
+
+    def __init__(self, in_channels: int, out_channels: int = 512):
+        super().__init__()
+        self.convs = nn.ModuleList([_ConvReLU(in_channels, out_channels)])
+        self.out_channels = out_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.convs[0](x)
+
+
+class _ConvReLU(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.conv(x))
