@@ -10,6 +10,7 @@ Pure functions on arrays and tables:
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,71 @@ import numpy as np
 
 def load_metrics(path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+@dataclass
+class Run:
+    """A finished run folder: its metrics, detections and classifier weight norms."""
+
+    name: str
+    metrics: dict
+    dets: object          # lvod.evaluation.results.Detections
+    head: str
+    weight_norms: np.ndarray  # (C,), label order
+
+
+def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str = "results.npz") -> Run:
+    """Read ``metrics.json``, ``results.npz`` and the checkpoint's classifier of a run folder.
+
+    The head name comes from the resolved config stored in the checkpoint
+    (``config.model.head``); the checkpoint is read with ``weights_only=True``.
+    """
+    import torch
+
+    from lvod.evaluation.results import load_results
+
+    path = Path(path)
+    ckpt = torch.load(path / checkpoint, map_location="cpu", weights_only=True)
+    head = _head_name(ckpt.get("config", {}))
+    weight = next((v for k, v in ckpt["model"].items() if k.endswith("fc_cls.weight")), None)
+    if weight is None:
+        raise KeyError(f"{path / checkpoint}: no '*fc_cls.weight' in the model state dict")
+    return Run(name=path.name, metrics=load_metrics(path / "metrics.json"),
+               dets=load_results(path / results), head=head,
+               weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table))
+
+
+def _head_name(config: dict) -> str:
+    head = config.get("model", {}).get("head", "softmax")
+    return head.get("name", "softmax") if isinstance(head, dict) else str(head)
+
+
+def frame_detections(dets, image_id: int, cat_ids):
+    """One frame's detections as ``(boxes x1y1x2y2, contiguous labels 1..C, scores)``."""
+    sel = np.flatnonzero(np.asarray(dets.image_id) == image_id)
+    xywh = np.asarray(dets.bbox)[sel].astype(np.float64)
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    labels = np.searchsorted(np.asarray(cat_ids), np.asarray(dets.category_id)[sel]) + 1
+    return boxes, labels, np.asarray(dets.score)[sel]
+
+
+def pick_frames(gt, n: int, *, rare=()) -> list[int]:
+    """Image rows to show: frames holding rare-class boxes first, then the most crowded ones."""
+    valid = ~gt.ann_iscrowd
+    rows = gt.ann_image_idx[valid]
+    per_image = np.bincount(rows, minlength=gt.num_images)
+    rare_rows = np.unique(rows[np.isin(gt.ann_cat_ids[valid], list(rare))])
+    order = [int(r) for r in rare_rows[np.argsort(-per_image[rare_rows], kind="stable")]]
+    order += [int(r) for r in np.argsort(-per_image, kind="stable") if r not in set(order)]
+    chosen, videos = [], set()
+    for r in order:  # one frame per video, for variety
+        v = int(gt.img_video_ids[r])
+        if v not in videos:
+            chosen.append(r)
+            videos.add(v)
+        if len(chosen) == n:
+            break
+    return chosen
 
 
 def compare_runs(metrics: dict, stats=None, *, baseline: str | None = None):
@@ -74,18 +140,18 @@ def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def confusions(gt, dets: dict, *, iou_thr: float = 0.5, score_thr: float = 0.3):
     """Count, per ground-truth class, what the best overlapping detection called it.
 
-    ``gt``: a ``CocoVid``; ``dets``: columns ``image_id``, ``category_id``, ``bbox`` (N,4 xywh),
-    ``score``. For every non-crowd GT box, the highest-scoring detection with IoU >= ``iou_thr``
+    ``gt``: a ``CocoVid``; ``dets``: ``Detections`` (``image_id``, ``category_id``, ``bbox``
+    (N,4 xywh), ``score``). For every non-crowd GT box, the highest-scoring detection with IoU >= ``iou_thr``
     and score >= ``score_thr`` gives the predicted class (``-1`` = missed). Returns a DataFrame
     ``gt_category_id, pred_category_id, count``.
     """
     import pandas as pd
 
-    keep = np.asarray(dets["score"]) >= score_thr
-    d_img = np.asarray(dets["image_id"])[keep]
-    d_cat = np.asarray(dets["category_id"])[keep]
-    d_box = np.asarray(dets["bbox"]).reshape(-1, 4)[keep]
-    d_score = np.asarray(dets["score"])[keep]
+    keep = np.asarray(dets.score) >= score_thr
+    d_img = np.asarray(dets.image_id)[keep]
+    d_cat = np.asarray(dets.category_id)[keep]
+    d_box = np.asarray(dets.bbox, dtype=np.float64).reshape(-1, 4)[keep]
+    d_score = np.asarray(dets.score)[keep]
     order = np.argsort(d_img, kind="stable")
     d_img, d_cat, d_box, d_score = d_img[order], d_cat[order], d_box[order], d_score[order]
     pairs = []
@@ -113,12 +179,15 @@ def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarr
 
     softmax: rows ``1..C`` of the (C+1, D) weight (row 0 = background). BAGS: class ``l``
     sits in its group's slice at ``start_g + rank`` (``table`` gives the layout). Seesaw
-    (mmdet layout, C+2 rows): rows ``1..C`` as softmax; see ``lvod.models.heads``.
+    (mmdet layout, C+2 rows): rows ``0..C-1`` are the classes, then object and background
+    (see ``lvod.models.heads.SeesawHead``).
     """
     w = np.asarray(fc_cls_weight, dtype=np.float64)
     norms = np.linalg.norm(w, axis=1)
-    if head in ("softmax", "seesaw"):
-        return norms[1:1 + _num_classes(w, head, table)]
+    if head == "softmax":
+        return norms[1:]
+    if head == "seesaw":
+        return norms[:-2]
     if head == "bags":
         if table is None:
             raise ValueError("classifier_weight_norms: head 'bags' needs the group table")
@@ -130,9 +199,3 @@ def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarr
             out[label - 1] = norms[slices[g, 0] + l2b[g, label]]
         return out
     raise ValueError(f"unknown head {head!r}; valid: softmax, bags, seesaw")
-
-
-def _num_classes(w, head, table):
-    if table is not None:
-        return len(table.cat_ids)
-    return w.shape[0] - (1 if head == "softmax" else 2)

@@ -1,0 +1,81 @@
+"""Per-class diagnostics used by notebook 04, on hand-checkable inputs."""
+import json
+
+import numpy as np
+import pytest
+
+from lvod import analysis
+from lvod.data.cocovid import load_cocovid
+from lvod.evaluation.results import Detections
+
+
+def _gt(tmp_path):
+    data = {
+        "categories": [{"id": 1, "name": "head"}, {"id": 2, "name": "tail"}],
+        "videos": [{"id": 1, "name": "v"}],
+        "images": [{"id": i, "file_name": f"v/{i}.jpg", "width": 100, "height": 100, "video_id": 1,
+                    "frame_id": i - 1} for i in (1, 2)],
+        "annotations": [
+            {"id": 1, "image_id": 1, "video_id": 1, "category_id": 1, "instance_id": 1, "bbox": [0, 0, 10, 10],
+             "area": 100, "iscrowd": False},
+            {"id": 2, "image_id": 1, "video_id": 1, "category_id": 2, "instance_id": 2, "bbox": [50, 50, 20, 20],
+             "area": 400, "iscrowd": False},
+            {"id": 3, "image_id": 2, "video_id": 1, "category_id": 2, "instance_id": 2, "bbox": [52, 50, 20, 20],
+             "area": 400, "iscrowd": False},
+        ],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    return load_cocovid(path)
+
+
+def test_box_iou_xywh_by_hand():
+    iou = analysis.box_iou_xywh([[0, 0, 10, 10]], [[5, 0, 10, 10], [20, 20, 5, 5], [0, 0, 10, 10]])
+    np.testing.assert_allclose(iou, [[50 / 150, 0.0, 1.0]])
+
+
+def test_confusions_counts_right_wrong_and_missed(tmp_path):
+    gt = _gt(tmp_path)
+    dets = Detections(image_id=[1, 1, 1], category_id=[1, 1, 2],
+                      bbox=[[0, 0, 10, 10], [50, 50, 20, 20], [50, 50, 20, 20]], score=[0.9, 0.8, 0.5])
+    conf = analysis.confusions(gt, dets, score_thr=0.3)
+    got = {(r.gt_category_id, r.pred_category_id): r.count for r in conf.itertuples()}
+    # head box found as head; tail box on image 1 taken by the higher-scoring head detection;
+    # tail box on image 2 has no detection at all
+    assert got == {(1, 1): 1, (2, 1): 1, (2, -1): 1}
+
+
+def test_compare_runs_gain_and_missing_gt_is_nan():
+    m = lambda a, b: {"classwise": [{"category_id": 1, "name": "head", "ap50": a, "num_gt": 5},  # noqa: E731
+                                    {"category_id": 2, "name": "tail", "ap50": b, "num_gt": 3},
+                                    {"category_id": 3, "name": "none", "ap50": -1, "num_gt": 0}]}
+    frame = analysis.compare_runs({"softmax": m(0.8, 0.2), "bags": m(0.75, 0.5)})
+    row = frame.set_index("name")
+    assert row.loc["tail", "gain_bags"] == pytest.approx(0.3)
+    assert row.loc["head", "gain_bags"] == pytest.approx(-0.05)
+    assert np.isnan(row.loc["none", "ap50_bags"])
+
+
+def test_weight_norms_follow_each_heads_layout():
+    from lvod.groups import build_groups
+
+    table = build_groups([1, 2, 3], [500, 50, 5], method="edges", edges=[10, 100])
+    # BAGS layout: group0 [bg, obj], then groups in ascending count bins: {3}, {2}, {1}
+    # each with an "others" slot first -> rows: 0,1 | 2 others, 3 class3 | 4 others, 5 class2 | 6 others, 7 class1
+    w = np.zeros((table.num_logits, 2))
+    w[7, 0], w[5, 0], w[3, 0] = 1.0, 2.0, 3.0
+    np.testing.assert_allclose(analysis.classifier_weight_norms(w, head="bags", table=table), [1, 2, 3])
+    soft = np.array([[9, 0], [1, 0], [0, 2]], dtype=float)
+    np.testing.assert_allclose(analysis.classifier_weight_norms(soft, head="softmax"), [1, 2])
+    seesaw = np.array([[1, 0], [0, 2], [7, 0], [8, 0]], dtype=float)
+    np.testing.assert_allclose(analysis.classifier_weight_norms(seesaw, head="seesaw"), [1, 2])
+
+
+def test_pick_frames_prefers_rare_classes(tmp_path):
+    gt = _gt(tmp_path)
+    rows = analysis.pick_frames(gt, 1, rare={2})
+    assert gt.img_ids[rows[0]] == 1  # holds the rare class and the most boxes
+    boxes, labels, scores = analysis.frame_detections(
+        Detections(image_id=[2], category_id=[2], bbox=[[1, 2, 3, 4]], score=[0.5]), 2, gt.cat_ids)
+    np.testing.assert_allclose(boxes, [[1, 2, 4, 6]])
+    assert labels.tolist() == [2]
