@@ -1,0 +1,150 @@
+"""Chunked evaluation driver: ground truth + detection columns -> per-class AP tables.
+
+:func:`prepare` turns a ``CocoVid`` (or any object with the same columns) and
+:class:`~lvod.evaluation.results.Detections` into index arrays once; :func:`run_protocol`
+matches chunk by chunk (chunks of consecutive images in ascending image-id order, at most
+``chunk_dets`` detections each, so memory stays bounded) and accumulates per category.
+
+Protocols:
+- ``"coco"``: pycocotools' COCOeval (bbox, area all, maxDets 100); thresholds .50:.05:.95.
+- ``"ilsvrc"``: the ImageNet VID devkit (see :mod:`lvod.evaluation.ilsvrc`), one threshold.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lvod.errors import DataError
+from lvod.evaluation import coco, ilsvrc
+
+CHUNK_DETS = 2_000_000
+
+
+@dataclass
+class Prepared:
+    """Index arrays shared by every pass.
+
+    GT (A rows, file order): ``g_img`` image index (ascending image id), ``g_cat`` category
+    index, ``g_box`` float64 (A, 4) xywh, ``g_area``, ``g_crowd``, ``g_ann_id``,
+    ``g_thr`` (ILSVRC per-object threshold), ``g_excl`` bool (A,) GT on frames the protocol
+    does not score; ``g_order`` rows sorted by image (stable). Detections: ``d_rows`` rows
+    of ``dets`` sorted by image (stable; dropped rows left out), ``d_img``/``d_cat`` for
+    those rows. ``img_ptr``/``det_ptr`` (I+1,) CSR offsets by image index.
+    ``num_cats``, ``cat_ids``, ``dropped_unknown_category``.
+    """
+
+    num_cats: int
+    cat_ids: np.ndarray
+    g_img: np.ndarray
+    g_cat: np.ndarray
+    g_box: np.ndarray
+    g_area: np.ndarray
+    g_crowd: np.ndarray
+    g_ann_id: np.ndarray
+    g_thr: np.ndarray
+    g_order: np.ndarray
+    img_ptr: np.ndarray
+    d_rows: np.ndarray
+    d_img: np.ndarray
+    d_cat: np.ndarray
+    det_ptr: np.ndarray
+    img_excluded: np.ndarray
+    dropped_unknown_category: int
+
+
+def prepare(gt, dets, *, results_file="<detections>") -> Prepared:
+    """Map image and category ids of ``gt`` (CocoVid) and ``dets`` to dense indices."""
+    img_sorted = np.argsort(gt.img_ids, kind="stable")
+    sorted_ids = gt.img_ids[img_sorted]
+    img_index = np.empty(len(img_sorted), np.int64)
+    img_index[img_sorted] = np.arange(len(img_sorted))
+    n_img = len(sorted_ids)
+    cat_ids = np.asarray(gt.cat_ids, np.int64)
+    g_img = img_index[gt.ann_image_idx]
+    g_cat = np.searchsorted(cat_ids, gt.ann_cat_ids)
+    g_order = np.argsort(g_img, kind="stable")
+    img_ptr = np.concatenate([[0], np.cumsum(np.bincount(g_img, minlength=n_img))])
+
+    d_img = np.searchsorted(sorted_ids, dets.image_id)
+    bad = (d_img >= n_img) | (sorted_ids[np.minimum(d_img, n_img - 1)] != dets.image_id) if n_img else \
+        np.ones(len(dets), bool)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(results_file, f"detection {i}", f"{int(bad.sum())} detections name image ids not in the "
+                        f"ground truth (first: image_id {int(dets.image_id[i])})",
+                        "evaluate against the annotation file the detections were made for")
+    d_cat = np.searchsorted(cat_ids, dets.category_id)
+    known = (d_cat < len(cat_ids)) & (cat_ids[np.minimum(d_cat, len(cat_ids) - 1)] == dets.category_id)
+    rows = np.flatnonzero(known)
+    rows = rows[np.argsort(d_img[rows], kind="stable")]
+    det_ptr = np.concatenate([[0], np.cumsum(np.bincount(d_img[rows], minlength=n_img))])
+    box = np.asarray(gt.ann_boxes, np.float64)
+    w, h = box[:, 2] + 1.0, box[:, 3] + 1.0
+    generated = np.asarray(getattr(gt, "ann_generated", np.zeros(len(box), bool)), bool)
+    # ILSVRC: a frame whose boxes are all generated (interpolated) is not scored
+    n_gen = np.bincount(g_img[generated], minlength=n_img)
+    n_all = np.bincount(g_img, minlength=n_img)
+    return Prepared(
+        num_cats=len(cat_ids), cat_ids=cat_ids, g_img=g_img, g_cat=g_cat, g_box=box,
+        g_area=np.asarray(gt.ann_area, np.float64), g_crowd=np.asarray(gt.ann_iscrowd, bool),
+        g_ann_id=np.asarray(gt.ann_ids, np.int64), g_thr=ilsvrc.small_object_thr(w, h),
+        g_order=g_order, img_ptr=img_ptr, d_rows=rows, d_img=d_img[rows], d_cat=d_cat[rows], det_ptr=det_ptr,
+        img_excluded=(n_all > 0) & (n_gen == n_all), dropped_unknown_category=int(len(dets) - len(rows)))
+
+
+def _chunks(det_ptr: np.ndarray, chunk_dets: int):
+    """Consecutive image ranges [i0, i1) holding about ``chunk_dets`` detections each."""
+    n_img = len(det_ptr) - 1
+    i0 = 0
+    while i0 < n_img:
+        i1 = int(np.searchsorted(det_ptr, det_ptr[i0] + chunk_dets, side="right")) - 1
+        i1 = min(max(i1, i0 + 1), n_img)
+        yield i0, i1
+        i0 = i1
+
+
+def run_protocol(p: Prepared, dets, *, protocol="coco", gt_ignore=None, iou_thrs=None, max_dets=100,
+                 chunk_dets=CHUNK_DETS) -> dict:
+    """Match and accumulate one pass.
+
+    ``gt_ignore`` bool (A,) marks extra ignore regions (motion buckets). Returns
+    ``{"precision": (T, R, K) for coco, "ap_voc": (K,) for ilsvrc, "npig": (K,),
+    "iou_thrs": (T,)}``.
+    """
+    if protocol not in ("coco", "ilsvrc"):
+        raise ValueError(f"protocol {protocol!r}: use 'coco' or 'ilsvrc'")
+    ilsvrc_mode = protocol == "ilsvrc"
+    thrs = np.asarray(iou_thrs if iou_thrs is not None else ([0.5] if ilsvrc_mode else coco.IOU_THRS), np.float64)
+    extra = np.zeros(len(p.g_img), bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
+    cats, scores, matched, ignored = [], [], [], []
+    npig = np.zeros(p.num_cats, np.int64)
+    for i0, i1 in _chunks(p.det_ptr, chunk_dets):
+        g = p.g_order[p.img_ptr[i0]:p.img_ptr[i1]]
+        d = slice(p.det_ptr[i0], p.det_ptr[i1])
+        rows = p.d_rows[d]
+        cg = coco.ChunkGT(img=p.g_img[g], cat=p.g_cat[g], box=p.g_box[g], area=p.g_area[g], crowd=p.g_crowd[g],
+                          ignore=extra[g], ann_id=p.g_ann_id[g], thr=p.g_thr[g] if ilsvrc_mode else None)
+        cd = coco.ChunkDets(img=p.d_img[d], cat=p.d_cat[d], box=dets.bbox[rows], score=dets.score[rows])
+        if ilsvrc_mode:
+            cg, cd = ilsvrc.drop_unscored(cg, cd, p.img_excluded)
+            keep, m, ig, n = coco.match_chunk(cg, cd, p.num_cats, iou_thrs=thrs, max_dets=np.iinfo(np.int64).max,
+                                              iou_fn=ilsvrc.pair_iou_plus1, ties="first", prefer_unignored=False)
+        else:
+            keep, m, ig, n = coco.match_chunk(cg, cd, p.num_cats, iou_thrs=thrs, max_dets=max_dets)
+        cats.append(cd.cat[keep])
+        scores.append(cd.score[keep])
+        matched.append(m)
+        ignored.append(ig)
+        npig += n
+    T = len(thrs)
+    cat = np.concatenate(cats) if cats else np.zeros(0, np.int64)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    m = np.concatenate(matched, axis=1) if matched else np.zeros((T, 0), bool)
+    ig = np.concatenate(ignored, axis=1) if ignored else np.zeros((T, 0), bool)
+    out = {"npig": npig, "iou_thrs": thrs}
+    if ilsvrc_mode:
+        out["ap_voc"] = ilsvrc.accumulate_voc(cat, score, m[0], ig[0], npig, p.num_cats)
+    else:
+        out["precision"] = coco.accumulate(cat, score, m, ig, npig, p.num_cats)
+    return out

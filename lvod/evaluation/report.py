@@ -1,0 +1,193 @@
+"""``evaluate`` (the metrics dict of ``lvod test`` / ``lvod eval``), group means, tables, files.
+
+``metrics.json`` keys (values in 0..1; ``None`` where undefined):
+
+- ``protocol``: ``"coco"`` or ``"ilsvrc"``.
+- ``bbox_mAP_50``: mean AP@0.5 over classes with GT; ``bbox_mAP``: AP@[.5:.95] (COCO only).
+- ``classwise``: list of ``{category_id, name, ap50, ap, num_gt}`` (``num_gt`` = non-crowd
+  GT; ap values ``None`` for a class without GT).
+- ``groups``: list of ``{group, category_ids, ap50, ap, num_classes_with_gt}``: the mean over
+  the group's classes that have GT (classes without GT are left out, never counted as 0).
+- ``motion``: ``{slow, medium, fast}`` AP@0.5 (mean over classes with GT in the bucket)
+  plus ``motion_counts`` (GT objects per bucket, and ``unknown``) and ``motion_source``;
+  ``None`` when the ground truth has no tracks and no motion file was given.
+- ``num_images``, ``num_detections``, ``dropped_unknown_category``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lvod.evaluation import coco, motion
+from lvod.evaluation.engine import CHUNK_DETS, prepare, run_protocol
+from lvod.io import atomic_write, save_json
+
+
+def resolve_groups(groups, cat_ids) -> list:
+    """Normalise ``groups`` to ``[(name, [category ids])]``.
+
+    Accepts None, a ``lvod.groups.GroupTable``, a path to a groups JSON (``load_groups``), or
+    a mapping ``{name: [category ids]}``.
+    """
+    if groups is None:
+        return []
+    if isinstance(groups, (str, Path)):
+        from lvod.groups import load_groups
+        groups = load_groups(groups)
+    if hasattr(groups, "groups") and hasattr(groups, "group_names"):
+        return [(str(n), [int(c) for c in g]) for n, g in zip(groups.group_names, groups.groups)]
+    if isinstance(groups, dict):
+        return [(str(n), [int(c) for c in g]) for n, g in groups.items()]
+    raise TypeError(f"groups: expected a GroupTable, a path or a dict, got {type(groups).__name__}")
+
+
+def group_means(cat_ids, ap50, ap, groups) -> list:
+    """Per group: mean AP50 / AP over member classes whose value is defined (not None/-1/NaN)."""
+    index = {int(c): i for i, c in enumerate(cat_ids)}
+    out = []
+    for name, members in groups:
+        rows = [index[c] for c in members if c in index]
+
+        def mean(values):
+            vals = [values[i] for i in rows if values is not None and _defined(values[i])]
+            return float(np.mean(vals)) if vals else None
+
+        n = sum(1 for i in rows if _defined(ap50[i]))
+        out.append({"group": name, "category_ids": list(members), "ap50": mean(ap50), "ap": mean(ap),
+                    "num_classes_with_gt": n})
+    return out
+
+
+def _defined(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v > -1
+
+
+def _class_aps(res: dict, protocol: str):
+    """(ap50 per class, ap per class or None) as lists with None where undefined."""
+    if protocol == "coco":
+        s = coco.summarize(res["precision"], res["iou_thrs"])
+        return ([v if v > -1 else None for v in s["ap50_per_class"].tolist()],
+                [v if v > -1 else None for v in s["ap_per_class"].tolist()], s)
+    return [v if v > -1 else None for v in res["ap_voc"].tolist()], None, None
+
+
+def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_names=None,
+             max_dets: int = 100, chunk_dets: int = CHUNK_DETS, results_file="<detections>") -> dict:
+    """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
+
+    ``motion_iou``: None (from tracks when the GT has them), a path to FGFA's ``.mat``, or a
+    float array (A,) per GT annotation (NaN = unknown).
+    """
+    p = prepare(gt, dets, results_file=results_file)
+    main = run_protocol(p, dets, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets)
+    ap50, ap, summ = _class_aps(main, protocol)
+    cat_ids = [int(c) for c in p.cat_ids]
+    names = list(class_names) if class_names is not None else list(getattr(gt, "cat_names", map(str, cat_ids)))
+    if protocol == "coco":
+        m50, m = summ["ap50"], summ["ap"]
+        m50, m = (m50 if m50 > -1 else None), (m if m > -1 else None)
+    else:
+        vals = [v for v in ap50 if v is not None]
+        m50, m = (float(np.mean(vals)) if vals else None), None
+    classwise = [{"category_id": c, "name": n, "ap50": a50, "ap": a, "num_gt": int(g)}
+                 for c, n, a50, a, g in zip(cat_ids, names, ap50, ap if ap else [None] * len(cat_ids), main["npig"])]
+    out = {"protocol": protocol, "bbox_mAP_50": m50, "bbox_mAP": m, "classwise": classwise,
+           "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
+           "num_images": int(len(gt.img_ids)), "num_detections": int(len(dets)),
+           "dropped_unknown_category": p.dropped_unknown_category}
+    out.update(_motion(gt, dets, p, protocol, motion_iou, max_dets, chunk_dets))
+    return out
+
+
+def _motion(gt, dets, p, protocol, motion_iou, max_dets, chunk_dets) -> dict:
+    if motion_iou is None:
+        inst = np.asarray(getattr(gt, "ann_instance_ids", np.full(len(p.g_img), -1)))
+        if not (inst >= 0).any():
+            return {"motion": None, "motion_counts": None, "motion_source": "no tracks in the ground truth"}
+        frames = np.asarray(gt.img_frame_ids)[gt.ann_image_idx]
+        videos = np.asarray(gt.img_video_ids)[gt.ann_image_idx]
+        miou, source = motion.motion_iou_from_tracks(videos, inst, frames, gt.ann_boxes), "instance tracks"
+    elif isinstance(motion_iou, (str, Path)):
+        miou, source = motion.load_official_motion_iou(motion_iou, gt), str(motion_iou)
+    else:
+        miou, source = np.asarray(motion_iou, np.float64), "given array"
+    masks = motion.bucket_masks(miou)
+    result, counts = {}, {}
+    for name, inside in masks.items():
+        res = run_protocol(p, dets, protocol=protocol, gt_ignore=~inside, iou_thrs=[0.5], max_dets=max_dets,
+                           chunk_dets=chunk_dets)
+        a50, _, summ = _class_aps(res, protocol)
+        if protocol == "coco":
+            result[name] = summ["ap50"] if summ["ap50"] > -1 else None
+        else:
+            vals = [v for v in a50 if v is not None]
+            result[name] = float(np.mean(vals)) if vals else None
+        counts[name] = int((inside & ~p.g_crowd).sum())
+    counts["unknown"] = int(np.isnan(miou).sum())
+    return {"motion": result, "motion_counts": counts, "motion_source": source}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def format_tables(m: dict) -> str:
+    """Markdown: overall, per group, motion, per class (AP in percent)."""
+    lines = [f"## Detection AP ({m['protocol']})", "", "| metric | value |", "| --- | --- |",
+             f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'])} |", f"| bbox_mAP | {_fmt(m['bbox_mAP'])} |"]
+    if m["groups"]:
+        lines += ["", "| group | classes with GT | AP50 | AP |", "| --- | --- | --- | --- |"]
+        lines += [f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} | {_fmt(g['ap50'])} "
+                  f"| {_fmt(g['ap'])} |" for g in m["groups"]]
+    if m.get("motion"):
+        lines += ["", "| motion | GT objects | AP50 |", "| --- | --- | --- |"]
+        lines += [f"| {k} | {m['motion_counts'][k]} | {_fmt(v)} |" for k, v in m["motion"].items()]
+    lines += ["", "| id | class | GT | AP50 | AP |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {c['category_id']} | {c['name']} | {c['num_gt']} | {_fmt(c['ap50'])} | {_fmt(c['ap'])} |"
+              for c in m["classwise"]]
+    return "\n".join(lines) + "\n"
+
+
+def _csv_text(rows: list, fields: list) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (" ".join(map(str, r[k])) if isinstance(r[k], list) else ("" if r[k] is None else r[k]))
+                    for k in fields})
+    return buf.getvalue()
+
+
+def write_metrics(m: dict, out) -> dict:
+    """Write ``metrics.json`` plus ``<stem>_classwise.csv`` and ``<stem>_groups.csv`` atomically."""
+    out = Path(out)
+    save_json(m, out)
+    paths = {"metrics": out}
+    for kind, fields in (("classwise", ["category_id", "name", "num_gt", "ap50", "ap"]),
+                         ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap"])):
+        path = out.with_name(f"{out.stem}_{kind}.csv")
+        with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+            fh.write(_csv_text(m[kind], fields))
+        paths[kind] = path
+    return paths
+
+
+def eval_main(ann, results, groups=None, out=None, protocol="coco", motion_iou=None) -> int:
+    """``lvod eval``: load GT and detections, evaluate, print the tables, write files. Returns 0."""
+    from lvod.data.cocovid import load_cocovid
+    from lvod.evaluation.results import load_results
+
+    gt = load_cocovid(ann)
+    dets = load_results(results)
+    m = evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=results)
+    print(format_tables(m), end="")
+    if m["dropped_unknown_category"]:
+        print(f"note: {m['dropped_unknown_category']} detections have a category_id not in {ann}; not scored")
+    if out is not None:
+        paths = write_metrics(m, out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
