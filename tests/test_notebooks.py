@@ -1,0 +1,62 @@
+"""Notebooks: committed clean, tagged parameters cell, and notebook 01 runs headless on demo data."""
+import json
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from lvod.groups import load_groups
+from lvod.notebooks import list_notebooks, run_main
+
+NOTEBOOKS = list_notebooks()
+
+
+def test_all_four_notebooks_exist_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_without_outputs_and_with_a_parameters_cell(path):
+    nb = nbformat.read(str(path), as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "lvod notebooks run" in nb.cells[0].source
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    # plain literals only: the cell must evaluate without importing anything
+    namespace = {}
+    exec(compile(tagged[0].source, "parameters", "exec"), {"__builtins__": {}}, namespace)
+    assert namespace
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+            assert "class " not in cell.source and "def " not in cell.source, "no helpers in notebooks"
+
+
+def test_notebook_01_runs_headless_on_demo_data(demo_data, tmp_path):
+    run = tmp_path / "run"
+    code = run_main("01", [("ann_file", str(demo_data["train_json"])), ("method", "quantiles"), ("k", "3")],
+                    run_dir=str(run))
+    assert code == 0
+    assert (run / "01_dataset_statistics_and_grouping.ipynb").exists()
+    assert (run / "01_dataset_statistics_and_grouping.html").stat().st_size > 10_000
+    stats = pd.read_csv(run / "class_stats.csv")
+    assert {"category_id", "name", "boxes", "tracks", "videos", "frames"} <= set(stats.columns)
+    assert len(stats) == 12 and stats["boxes"].max() >= 50 * stats["boxes"].min()
+    table = load_groups(run / "groups.json")
+    assert table.num_groups == 3
+    for png in ("instances_per_class", "tracks_and_videos", "distributions"):
+        assert (run / f"{png}.png").stat().st_size > 5_000
+    executed = nbformat.read(str(run / "01_dataset_statistics_and_grouping.ipynb"), as_version=4)
+    assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    assert json.loads((run / "summary.json").read_text())
+
+
+def test_a_failing_cell_fails_the_command_and_keeps_the_notebook(tmp_path):
+    run = tmp_path / "run"
+    code = run_main("01", [("ann_file", str(tmp_path / "missing.json"))], run_dir=str(run))
+    assert code == 1
+    assert (run / "01_dataset_statistics_and_grouping.ipynb").exists()
+
+
+def test_unknown_parameter_is_refused(tmp_path):
+    assert run_main("01", [("no_such_param", "1")], run_dir=str(tmp_path)) == 2
