@@ -50,11 +50,17 @@ class BBoxHead(nn.Module):
             x = torch.relu(x)
         return out
 
-    def embed(self, x: Tensor, refs: list[Tensor] | None = None) -> Tensor:
-        """``x (R, C*7*7)`` -> ``(R, D)``; ``refs`` from ``ref_embeddings`` (SELSA only)."""
-        x = x.flatten(1)
+    def embed(self, x: Tensor, refs: list[Tensor] | None = None, fcs_done: int = 0) -> Tensor:
+        """``x (R, C*7*7)`` -> ``(R, D)``; ``refs`` from ``ref_embeddings`` (SELSA only).
+
+        ``fcs_done=1``: ``x (R, D)`` is already ``shared_fcs[0]``'s output, before its
+        aggregation (SELSA inference keeps that while it waits for the reference frames).
+        """
+        if fcs_done == 0:
+            x = x.flatten(1)
         for i, fc in enumerate(self.shared_fcs):
-            x = fc(x)
+            if i >= fcs_done:
+                x = fc(x)
             if self.aggregator is not None:
                 if refs is None:
                     raise ValueError("this head aggregates reference RoIs: pass refs")
@@ -144,12 +150,19 @@ class RoIHead(nn.Module):
                 out.append(_empty(feats.device))
                 continue
             emb = self.bbox_head.embed(x, None if refs is None else refs[i])
-            cls_logits, box_deltas = self.predictor(emb)
-            scores = self.predictor.scores(cls_logits.float())[:, 1:]  # (R, C)
-            boxes = bc.decode(p.float(), box_deltas.float(), self.stds, image_sizes[i])
-            out.append(multiclass_nms(boxes.reshape(p.shape[0], -1, 4), scores,
-                                      self.score_thr, self.nms_iou, self.max_dets))
+            out.append(self.predict(emb, p, image_sizes[i]))
         return out
+
+    @torch.no_grad()
+    def predict(self, emb: Tensor, proposals: Tensor, img_size: tuple[int, int]) -> dict:
+        """One image: ``emb (R, D)`` of ``proposals (R, 4)`` -> scored, decoded, NMS-ed boxes."""
+        if proposals.shape[0] == 0:
+            return _empty(emb.device)
+        cls_logits, box_deltas = self.predictor(emb)
+        scores = self.predictor.scores(cls_logits.float())[:, 1:]  # (R, C)
+        boxes = bc.decode(proposals.float(), box_deltas.float(), self.stds, img_size)
+        return multiclass_nms(boxes.reshape(proposals.shape[0], -1, 4), scores,
+                              self.score_thr, self.nms_iou, self.max_dets)
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, nms_iou: float,

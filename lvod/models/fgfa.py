@@ -1,0 +1,131 @@
+"""FGFA: flow-guided feature aggregation (Zhu et al. 2017) as mmtracking trains it.
+
+``FGFA`` = ``detector`` (Faster R-CNN R50-DC5 parts) + ``motion`` (``FlowNetSimple``) +
+``aggregator`` (``EmbedAggregator``). Training (key + refs): every frame's features are
+computed in one batch, each ref is warped to the key by the flow of the (key, ref) image
+pair, and the warped refs (not the key) are aggregated into the key map, which feeds the
+RPN and the RoI head. Inference (``detect_video``): a window of ``fgfa_window`` frames
+centred on the key, edges padded by repeating the first/last frame; every frame's backbone
+features are computed once when the frame is read and kept while it is inside the window
+(memory: ``fgfa_window`` images + feature maps); the key's own features enter unwarped.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from lvod.models.detector import FasterRCNN, ModelConfig, check_inputs, to_original
+from lvod.models.flownet import FlowNetSimple, load_flownet_weights, warp
+
+
+class EmbedAggregator(nn.Module):
+    """mmtracking ``EmbedAggregator``: ``embed_convs.{i}.conv`` (3x3, ReLU between convs,
+    none after the last), cosine similarity per pixel, softmax over frames, weighted sum.
+
+    ``forward(x (1, C, h, w), refs (T, C, h, w)) -> (1, C, h, w)``.
+    """
+
+    def __init__(self, channels: int = 512, num_convs: int = 1, kernel_size: int = 3):
+        super().__init__()
+        self.embed_convs = nn.ModuleList()
+        for _ in range(num_convs):
+            m = nn.Module()
+            m.conv = nn.Conv2d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2)
+            nn.init.kaiming_normal_(m.conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.conv.bias)
+            self.embed_convs.append(m)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """``(N, C, h, w)`` -> L2-normalised embeddings ``(N, C, h, w)`` (float32)."""
+        for i, m in enumerate(self.embed_convs):
+            x = m.conv(x)
+            if i < len(self.embed_convs) - 1:
+                x = torch.relu(x)
+        x = x.float()
+        return x / x.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12)
+
+    def weights(self, x: Tensor, refs: Tensor) -> Tensor:
+        """``(T, 1, h, w)`` softmax-over-frames weights of ``refs`` for key ``x``."""
+        sim = (self.embed(refs) * self.embed(x)).sum(dim=1, keepdim=True)
+        return sim.softmax(dim=0)
+
+    def forward(self, x: Tensor, refs: Tensor) -> Tensor:
+        w = self.weights(x, refs)
+        return (refs.float() * w).sum(dim=0, keepdim=True).to(refs.dtype)
+
+
+def window_indices(t: int, num_frames: int, window: int) -> list[int]:
+    """Frame indices of the window centred on ``t``, out-of-range ones clamped (edge padding)."""
+    half = window // 2
+    return [min(max(i, 0), num_frames - 1) for i in range(t - half, t + half + 1)]
+
+
+class FGFA(nn.Module):
+    """Flow-guided feature aggregation detector (see the module docstring)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.detector = FasterRCNN(cfg)
+        self.motion = FlowNetSimple(cfg.flow_img_scale, cfg.flow_scale_factor, cfg.image_mean,
+                                    cfg.image_std, cfg.flownet_width)
+        if cfg.flownet_weights:
+            load_flownet_weights(self.motion, cfg.flownet_weights)
+        self.aggregator = EmbedAggregator(cfg.neck_channels)
+
+    def aggregate(self, key_img: Tensor, ref_imgs: Tensor, key_feat: Tensor, ref_feats: Tensor,
+                  img_size: tuple[int, int]) -> Tensor:
+        """Warp ``ref_feats (T, C, h, w)`` to the key and aggregate them: ``(1, C, h, w)``."""
+        flows = self.motion(key_img[None].expand_as(ref_imgs), ref_imgs, img_size)
+        return self.aggregator(key_feat[None], warp(ref_feats, flows))
+
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
+                targets: list[dict]) -> dict[str, Tensor]:
+        """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
+        + head extras). ``images (B, T, 3, H, W)``: ``[:, 0]`` key, ``[:, 1:]`` refs (T >= 2)."""
+        check_inputs(images, image_sizes, targets, min_frames=2)
+        b, t = images.shape[:2]
+        feats = self.detector.extract_feat(images.flatten(0, 1))
+        feats = feats.view(b, t, *feats.shape[1:])
+        agg = torch.cat([self.aggregate(images[i, 0], images[i, 1:], feats[i, 0], feats[i, 1:],
+                                        image_sizes[i]) for i in range(b)])
+        losses, props = self.detector.rpn_train(agg, image_sizes, [x["boxes"] for x in targets])
+        losses.update(self.detector.roi_head.losses(agg, props, targets))
+        return losses
+
+    @torch.no_grad()
+    def detect_video(self, frames: Iterable[tuple[Tensor, dict]], num_frames: int) -> Iterator[dict]:
+        """Per frame ``{"boxes" (K,4) original pixels, "scores" (K,), "labels" (K,) 1..C}``,
+        in frame order. Frames are read ``fgfa_window // 2`` ahead of the one detected."""
+        it = iter(frames)
+        cache: OrderedDict[int, tuple[Tensor, dict, Tensor]] = OrderedDict()  # idx -> img, meta, feat
+        read = 0
+        for t in range(num_frames):
+            idx = window_indices(t, num_frames, self.cfg.fgfa_window)
+            while read <= idx[-1]:
+                item = next(it, None)
+                if item is None:
+                    raise ValueError(f"detect_video: num_frames={num_frames} but the frames ran out "
+                                     f"after {read}")
+                img, meta = item
+                cache[read] = (img, meta, self.detector.extract_feat(img[None])[0])
+                read += 1
+            while next(iter(cache)) < idx[0]:
+                cache.popitem(last=False)
+            key_img, meta, key_feat = cache[t]
+            others = sorted({i for i in idx if i != t})
+            if others:
+                ref_imgs = torch.stack([cache[i][0] for i in others])
+                ref_feats = torch.stack([cache[i][2] for i in others])
+                flows = self.motion(key_img[None].expand_as(ref_imgs), ref_imgs, meta["img_size"])
+                warped = dict(zip(others, warp(ref_feats, flows)))
+            else:
+                warped = {}
+            window = torch.stack([key_feat if i == t else warped[i] for i in idx])
+            agg = self.aggregator(key_feat[None], window)
+            props = self.detector.rpn_test(agg, [meta["img_size"]])
+            det = self.detector.roi_head.detect(agg, props, [meta["img_size"]])[0]
+            yield to_original(det, meta)
