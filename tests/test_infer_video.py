@@ -116,3 +116,135 @@ def test_mp4_writer_leaves_nothing_on_error(tmp_path):
             vw.write(np.zeros((48, 64, 3), np.uint8))
             vw.write(np.zeros((40, 64, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- lvod infer
+
+TINY_MODEL = """
+[model]
+kind = "{kind}"
+depth = 18
+num_classes = 2
+neck_channels = 32
+rpn_channels = 32
+fc_channels = 64
+rpn_test_pre_nms = 200
+rpn_test_post_nms = 30
+test_max_dets = 20
+
+[data]
+root = "{root}"
+val = {{ ann_file = "ann.json" }}
+
+[test]
+workers = {workers}
+"""
+SMALL = ("data.img_scale=[256, 144]",)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI box is small and shared: the tiny detector runs on one CPU thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def tiny_config(external_data, tmp_path):
+    """A depth-18 detector config whose class names come from mmtracking's CocoVID file."""
+    src = external_data / "mmtracking/master/tests/data/demo_cocovid_data/ann.json"
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "ann.json").write_bytes(src.read_bytes())
+
+    def make(kind="single", workers=0):
+        path = tmp_path / f"tiny_{kind}_{workers}.toml"
+        path.write_text(TINY_MODEL.format(kind=kind, root=root.as_posix(), workers=workers))
+        return path
+    return make
+
+
+def _check_detections(doc, num_frames, width, height, names=("car", "person")):
+    assert doc["num_frames"] == num_frames and len(doc["frames"]) == num_frames
+    assert [f["index"] for f in doc["frames"]] == list(range(num_frames))
+    assert [c["name"] for c in doc["classes"]] == list(names)
+    total = 0
+    for f in doc["frames"]:
+        assert (f["width"], f["height"]) == (width, height)
+        n = len(f["scores"])
+        assert len(f["boxes"]) == len(f["labels"]) == len(f["names"]) == n
+        total += n
+        for (x1, y1, x2, y2), label, name in zip(f["boxes"], f["labels"], f["names"]):
+            assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
+            assert name == names[label - 1]
+        assert all(s >= doc["score_thr"] for s in f["scores"])
+        assert f["scores"] == sorted(f["scores"], reverse=True) or n < 2
+    return total
+
+
+def test_infer_demo_mp4_writes_json_frames_and_video(external_data, tiny_config, tmp_path, capsys):
+    from lvod.engine.infer import infer_main
+
+    out = tmp_path / "out"
+    rc = infer_main(tiny_config(), None, external_data / DEMO_MP4, out, draw=True, video=True,
+                    score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL,
+                    progress=False)
+    assert rc == 0
+    doc = json.loads((out / "detections.json").read_text())
+    assert doc["kind"] == "video" and doc["total_frames"] == 8 and doc["random_weights"]
+    total = _check_detections(doc, 8, 1920, 1080)
+    assert total > 0, "score_thr 0 keeps the detector's raw output, which is never empty here"
+    assert doc["frames"][3]["file"] == "demo.mp4#000003"
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{i:06d}.jpg" for i in range(8)]
+    assert video_io.read_image(out / "frames" / "000000.jpg").shape == (1080, 1920, 3)
+    written = video_io.open_source(out / "video.mp4")
+    assert (written.num_frames, written.fps) == (8, pytest.approx(3.0))
+    assert "8 frames" in capsys.readouterr().out
+
+
+def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_path):
+    from lvod.engine.infer import infer_main
+
+    rc = infer_main(tiny_config(workers=2), None, external_data / BIKES_MP4, tmp_path / "bikes",
+                    score_thr=0.0, device="cpu", random_weights=True, max_frames=5,
+                    overrides=SMALL, progress=False)
+    assert rc == 0
+    doc = json.loads((tmp_path / "bikes" / "detections.json").read_text())
+    assert doc["total_frames"] == 250 and doc["fps"] == pytest.approx(25.0)
+    _check_detections(doc, 5, 640, 272)
+    assert not (tmp_path / "bikes" / "frames").exists() and not (tmp_path / "bikes" / "video.mp4").exists()
+
+    infer_main(tiny_config(), None, external_data / VID_FOLDER, tmp_path / "vid", score_thr=0.0,
+               device="cpu", random_weights=True, max_frames=3, overrides=SMALL, progress=False)
+    doc = json.loads((tmp_path / "vid" / "detections.json").read_text())
+    assert doc["kind"] == "frames" and doc["total_frames"] == 144
+    _check_detections(doc, 3, 1280, 720)
+    assert [f["file"] for f in doc["frames"]] == ["000000.JPEG", "000001.JPEG", "000002.JPEG"]
+
+
+def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):
+    from lvod.engine.infer import infer_main
+
+    kw = dict(device="cpu", random_weights=True, max_frames=2, overrides=SMALL, progress=False)
+    infer_main(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "a", score_thr=0.0, **kw)
+    infer_main(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "b", score_thr=0.45, **kw)
+    a = json.loads((tmp_path / "a" / "detections.json").read_text())
+    b = json.loads((tmp_path / "b" / "detections.json").read_text())
+    for fa, fb in zip(a["frames"], b["frames"]):
+        expect = [s for s in fa["scores"] if s >= 0.45]
+        assert fb["scores"] == expect, "same seed and input: thresholding only drops boxes"
+    assert sum(map(len, (f["scores"] for f in a["frames"]))) > sum(
+        map(len, (f["scores"] for f in b["frames"])))
+
+
+def test_infer_needs_checkpoint_or_random_weights(external_data, tiny_config, tmp_path):
+    from lvod.engine.infer import infer_main
+
+    with pytest.raises(DataError, match="--random-weights"):
+        infer_main(tiny_config(), None, external_data / DEMO_MP4, tmp_path / "o", device="cpu",
+                   overrides=SMALL, progress=False)
+    assert not (tmp_path / "o" / "detections.json").exists()

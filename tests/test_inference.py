@@ -75,9 +75,9 @@ def grey_cocovid(external_data, tmp_path):
 def plain_transform(calls: list):
     """A minimal test-time transform: float tensor, no resize; counts the frames it sees."""
     def transform(image):
-        calls.append(image.shape)
-        t = torch.from_numpy(image).permute(2, 0, 1).float()
-        return t, {"img_size": image.shape[:2], "orig_size": image.shape[:2]}
+        calls.append(tuple(image.shape))
+        size = tuple(image.shape[-2:])
+        return image.float(), {"img_size": size, "orig_size": size}
     return transform
 
 

@@ -13,11 +13,15 @@ Per frame the detector yields ``{"boxes" (K, 4) x1y1x2y2 original pixels, "score
 "labels" (K,) in 1..C}`` (docs/DESIGN.md "Detectors"); ``to_coco_columns`` turns that into
 the results columns: category ids ``ds.cat_ids[label - 1]`` and boxes ``[x, y, w, h]``.
 
-Also here: ``resolve_device("auto" | "cpu" | "cuda[:i]")``.
+Also here: ``build_test_transform(DataConfig)`` (the training pipeline's resize,
+normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
+``resolve_device("auto" | "cpu" | "cuda[:i]")``.
 """
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -25,13 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lvod.engine.video_io import read_image
 from lvod.errors import DataError
 from lvod.evaluation.results import Detections
 
-# transform(image RGB uint8 (H, W, 3)) -> (normalised padded Tensor[3, Hp, Wp],
-#                                         {"img_size": (h, w), "orig_size": (H0, W0)})
-Transform = Callable[[np.ndarray], tuple[Tensor, dict]]
+# transform(uint8 RGB frame Tensor[3, H0, W0]) -> (normalised padded Tensor[3, Hp, Wp],
+#                                        {"img_size": (h, w), "orig_size": (H0, W0)})
+Transform = Callable[[Tensor], tuple[Tensor, dict]]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -86,27 +89,80 @@ def _numpy(x, dtype) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
+def build_test_transform(data) -> Transform:
+    """The test-time transform of a ``DataConfig`` (``lvod.config``), from the training
+    pipeline's own pieces (``lvod.engine.data``), so train and test preprocess alike:
+    keep-ratio resize to ``data.img_scale`` (1000x600), ``data.mean``/``data.std``
+    normalisation, zero padding to a multiple of ``data.size_divisor``.
+
+    The transform takes a uint8 RGB frame, ``Tensor[3, H0, W0]`` or ``ndarray (H0, W0, 3)``,
+    and returns ``(Tensor[3, Hp, Wp] float32, {"img_size": (h, w), "orig_size": (H0, W0)})``.
+    """
+    from lvod.engine.data import normalize, pad_batch, rescale_size, resize
+
+    scale, mean, std, divisor = tuple(data.img_scale), data.mean, data.std, data.size_divisor
+
+    def transform(image) -> tuple[Tensor, dict]:
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        h0, w0 = int(image.shape[-2]), int(image.shape[-1])
+        w, h = rescale_size(w0, h0, scale)
+        x = normalize(resize(image, (h, w)), mean, std)
+        return pad_batch([x], divisor)[0], {"img_size": (h, w), "orig_size": (h0, w0)}
+
+    return transform
+
+
+def prefetch(fn: Callable, items, workers: int = 0, depth: int | None = None) -> Iterator:
+    """``map(fn, items)`` in order, computed ``depth`` items ahead on ``workers`` threads.
+
+    JPEG decoding and resizing release the GIL, so threads overlap them with the model.
+    ``workers = 0`` is plain lazy ``map`` (an item is read only when asked for).
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    depth = depth or 2 * workers
+    it = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="lvod-frames") as pool:
+        pending = deque(pool.submit(fn, x) for x in itertools.islice(it, depth))
+        try:
+            while pending:
+                result = pending.popleft().result()
+                for x in itertools.islice(it, 1):
+                    pending.append(pool.submit(fn, x))
+                yield result
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
 def _video_frames(ds, rows: np.ndarray, images_root: Path | None, transform: Transform,
-                  device: torch.device) -> Iterator[tuple[Tensor, dict]]:
-    """Lazily read, check and transform the frames ``rows`` of one video."""
-    for row in rows:
-        row = int(row)
+                  device: torch.device, workers: int) -> Iterator[tuple[Tensor, dict]]:
+    """Read, check and transform the frames ``rows`` of one video, lazily and in order."""
+    from lvod.engine.data import load_image
+
+    def load(row: int) -> tuple[Tensor, dict]:
         path = (Path(images_root) / ds.img_file_names[row] if images_root is not None
                 else ds.image_path(row))
-        image = read_image(path)
-        h0, w0 = image.shape[:2]
+        image = load_image(path)  # uint8 [3, H0, W0], the decoder training uses
+        h0, w0 = int(image.shape[1]), int(image.shape[2])
         want = (int(ds.img_height[row]), int(ds.img_width[row]))
         if (h0, w0) != want:
             raise DataError(ds.path, f"image {int(ds.img_ids[row])} ({ds.img_file_names[row]})",
                             f"the file is {w0}x{h0} but the annotation says {want[1]}x{want[0]}; "
                             "detections would not line up with the ground truth",
                             "fix width/height in the annotation file or use the matching images")
-        tensor, meta = transform(image)
+        return transform(image)
+
+    for tensor, meta in prefetch(load, (int(r) for r in rows), workers):
         yield tensor.to(device, non_blocking=True), meta
 
 
 def run_inference(model, ds, images_root, transform: Transform, *, writer, device="auto",
-                  progress: bool = True, video_ids=None) -> dict:
+                  progress: bool = True, video_ids=None, workers: int = 0) -> dict:
     """Detect every frame of ``ds`` video by video and stream the results into ``writer``.
 
     Args:
@@ -114,9 +170,9 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
         ds: the ``CocoVid`` split; its ``cat_ids`` map labels to category ids.
         images_root: folder the ``file_name`` entries are relative to; ``None`` uses
             ``ds.image_path`` (the loader's ``images_root`` or the annotation's folder).
-        transform: the test-time transform (resize keep-ratio, normalise, pad), called on
-            each RGB ``uint8 (H, W, 3)`` frame; returns ``(Tensor[3, H, W], meta)`` with
-            ``meta["img_size"]`` and ``meta["orig_size"]``.
+        transform: the test-time transform (``build_test_transform``), called on each
+            uint8 RGB ``Tensor[3, H0, W0]`` frame; returns ``(Tensor[3, Hp, Wp], meta)``
+            with ``meta["img_size"]`` and ``meta["orig_size"]``.
         writer: ``lvod.evaluation.results.ResultsWriter`` (or anything with its ``add``):
             ``writer.add(Detections)`` is called once per frame, also for frames without
             detections, with the columns ``image_id int64 (K,)``, ``category_id int64
@@ -124,6 +180,7 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         progress: show a tqdm bar over frames on stderr.
         video_ids: optional subset of video ids, run in the order given.
+        workers: threads decoding and transforming frames ahead of the model (0 = none).
 
     Returns:
         ``{"videos": int, "frames": int, "detections": int, "seconds": float,
@@ -149,7 +206,7 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
             rows = ds.frame_rows(vid)
             if len(rows) == 0:
                 continue
-            frames = _video_frames(ds, rows, images_root, transform, device)
+            frames = _video_frames(ds, rows, images_root, transform, device, workers)
             k = -1
             with torch.inference_mode():
                 for k, det in enumerate(model.detect_video(frames, len(rows))):

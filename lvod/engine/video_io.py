@@ -269,7 +269,7 @@ class Mp4Writer:
         self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"),
                                        float(fps), self.size_wh)
         if not self._writer.isOpened():
-            self._discard()
+            self.abort()
             raise RuntimeError(f"OpenCV cannot write an mp4v video to {self.path}; "
                                "use --draw to write JPEG frames instead")
         self.count = 0
@@ -297,7 +297,8 @@ class Mp4Writer:
         os.replace(self._tmp, self.path)
         return self.path
 
-    def _discard(self) -> None:
+    def abort(self) -> None:
+        """Drop the partial file; ``path`` is left as it was."""
         self._writer = getattr(self, "_writer", None)
         if self._writer is not None:
             self._writer.release()
@@ -311,4 +312,4 @@ class Mp4Writer:
         if exc_type is None:
             self.close()
         else:
-            self._discard()
+            self.abort()

@@ -1,0 +1,194 @@
+"""``lvod infer``: run a trained detector on your own video file, frame folder or image.
+
+``infer_main(config, checkpoint, input, out_dir, ...)`` streams the input through the
+detector's ``detect_video`` (with its test-time window and feature cache) and writes into
+``out_dir``:
+
+- ``detections.json`` (always), written as a stream and renamed into place at the end::
+
+      {"input": str, "kind": "video" | "frames" | "image", "num_frames": int,
+       "total_frames": int, "fps": float, "score_thr": float, "config": str,
+       "checkpoint": str | null, "random_weights": bool,
+       "classes": [{"label": 1..C, "category_id": int, "name": str}, ...],
+       "frames": [{"index": 0-based frame, "file": frame file or "<video>#<index>",
+                   "width": W0, "height": H0,
+                   "boxes": [[x1, y1, x2, y2], ...] in original pixels,
+                   "scores": [...], "labels": [1..C], "names": [...]}, ...]}
+
+  Only detections with ``score >= score_thr`` are listed (``--score-thr 0`` keeps the
+  detector's full output, up to ``model.test_max_dets`` per frame).
+- ``frames/%06d.jpg`` with the boxes drawn (``draw=True``) and/or ``video.mp4``
+  (``video=True``, mp4v codec, the input's frame rate; 25 fps for frame folders).
+
+Class names: a checkpoint's ``"classes"`` entry (``{"cat_ids": [...], "names": [...]}``)
+when it has one, else the categories of the config's ``data.val.ann_file`` when that file
+exists, else ``class_1..class_C``.
+
+Without ``--checkpoint`` the detector keeps its random initialisation, which only makes
+sense for smoke tests; it therefore needs an explicit ``random_weights=True``
+(``--random-weights``).
+"""
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lvod.engine import video_io
+from lvod.engine.inference import build_test_transform, prefetch, resolve_device
+from lvod.errors import DataError
+from lvod.io import atomic_write
+
+
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu"):
+    """Build ``cfg.model`` and load ``checkpoint`` into it (all keys must match).
+
+    Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
+    checkpoint, ``random_weights`` must be True (seeded with 0, so runs repeat).
+    """
+    from lvod.engine.checkpointing import load_checkpoint, state_dict_of
+    from lvod.models.detector import build_detector
+
+    if checkpoint is None and not random_weights:
+        raise DataError("--checkpoint", "model weights", "no checkpoint given",
+                        "pass --checkpoint CKPT (a .pth written by lvod train), or "
+                        "--random-weights to smoke-test with an untrained detector")
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)
+    ckpt: dict = {}
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        weights = state_dict_of(ckpt)
+        result = model.load_state_dict(weights, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise DataError(checkpoint, "model state dict",
+                            f"does not fit the config's model ({len(result.missing_keys)} missing, "
+                            f"e.g. {result.missing_keys[:3]}; {len(result.unexpected_keys)} "
+                            f"unexpected, e.g. {result.unexpected_keys[:3]})",
+                            "use the config the checkpoint was trained with")
+    return model.to(resolve_device(device)).eval(), ckpt
+
+
+def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
+    """``(cat_ids, names, source)`` of the detector's C classes (label = index + 1)."""
+    num = int(cfg.model.num_classes)
+    classes = ckpt.get("classes") if isinstance(ckpt, dict) else None
+    if isinstance(classes, dict) and len(classes.get("names", ())) == num:
+        return [int(c) for c in classes["cat_ids"]], [str(n) for n in classes["names"]], "checkpoint"
+    ann = cfg.data.val.ann_file
+    if ann:
+        path = Path(cfg.data.root) / ann
+        if path.is_file():
+            with open(path, "rb") as fh:
+                cats = sorted(json.load(fh).get("categories", []), key=lambda c: c["id"])
+            if len(cats) == num:
+                return [int(c["id"]) for c in cats], [str(c["name"]) for c in cats], str(path)
+    return list(range(1, num + 1)), [f"class_{k}" for k in range(1, num + 1)], "none"
+
+
+def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str],
+                  score_thr: float) -> dict:
+    """One ``frames`` entry of detections.json (detections at or above ``score_thr``)."""
+    scores = det["scores"].float().cpu().numpy()
+    keep = scores >= score_thr
+    boxes = det["boxes"].float().cpu().numpy()[keep]
+    labels = det["labels"].cpu().numpy()[keep]
+    return {"index": index, "file": name, "width": int(size_hw[1]), "height": int(size_hw[0]),
+            "boxes": np.round(boxes.astype(np.float64), 2).tolist(),
+            "scores": np.round(scores[keep].astype(np.float64), 4).tolist(),
+            "labels": labels.astype(int).tolist(),
+            "names": [names[int(lb) - 1] for lb in labels]}
+
+
+def infer_main(config, checkpoint, input, out_dir, *, draw: bool = False, video: bool = False,
+               score_thr: float = 0.3, device: str = "auto", random_weights: bool = False,
+               max_frames: int | None = None, overrides=(), progress: bool = True) -> int:
+    """Detect objects in ``input`` and write ``out_dir/detections.json`` (+ drawings).
+
+    Returns 0; bad inputs raise ``DataError`` (the CLI prints it and exits 1).
+    """
+    from tqdm import tqdm
+
+    from lvod.config import load_config
+
+    cfg = load_config(config, overrides)
+    source = video_io.open_source(input, max_frames=max_frames)
+    dev = resolve_device(device)
+    model, ckpt = load_model(cfg, checkpoint, random_weights=random_weights, device=dev)
+    cat_ids, names, names_from = class_table(cfg, ckpt)
+    if random_weights and checkpoint is None:
+        print("warning: --random-weights: the detector is untrained, its boxes mean nothing")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    transform = build_test_transform(cfg.data)
+    fed: deque = deque()  # (index, name, (H0, W0)) of frames given to the detector
+
+    def prepare(frame):
+        tensor, meta = transform(frame.image)
+        return frame, tensor, meta
+
+    def frames():
+        for frame, tensor, meta in prefetch(prepare, source.frames(), cfg.test.workers):
+            fed.append((frame.index, frame.name, meta["orig_size"]))
+            yield tensor.to(dev, non_blocking=True), meta
+
+    drawn = source.frames() if (draw or video) else None
+    frame_writer = video_io.FrameDirWriter(out / "frames") if draw else None
+    mp4 = None
+    header = {"input": str(source.path), "kind": source.kind, "num_frames": source.num_frames,
+              "total_frames": source.total_frames, "fps": source.fps, "score_thr": score_thr,
+              "config": str(config), "checkpoint": None if checkpoint is None else str(checkpoint),
+              "random_weights": checkpoint is None,
+              "classes": [{"label": i + 1, "category_id": c, "name": n}
+                          for i, (c, n) in enumerate(zip(cat_ids, names))]}
+    count = kept = 0
+    bar = tqdm(total=source.num_frames, unit="frame", desc="infer", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    try:
+        with atomic_write(out / "detections.json", "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(header)[:-1] + ', "frames": [\n')
+            with torch.inference_mode():
+                for det in model.detect_video(frames(), source.num_frames):
+                    if not fed:
+                        raise RuntimeError("the detector yielded a result before reading its frame")
+                    index, name, size = fed.popleft()
+                    rec = _frame_record(index, name, size, det, names, score_thr)
+                    fh.write(("" if count == 0 else ",\n") + json.dumps(rec))
+                    count += 1
+                    kept += len(rec["scores"])
+                    bar.update(1)
+                    if drawn is not None:
+                        image = video_io.draw_detections(next(drawn).image, rec["boxes"],
+                                                         rec["scores"], rec["labels"], names)
+                        if frame_writer is not None:
+                            frame_writer.write(index, image)
+                        if video:
+                            if mp4 is None:
+                                mp4 = video_io.Mp4Writer(out / "video.mp4", source.fps,
+                                                         (image.shape[1], image.shape[0]))
+                            mp4.write(image)
+            if count != source.num_frames:
+                raise RuntimeError(f"the detector yielded {count} results for {source.num_frames} "
+                                   "frames; it must yield one per frame")
+            fh.write("\n]}\n")
+        if mp4 is not None:
+            mp4.close()
+            mp4 = None
+    finally:
+        bar.close()
+        if mp4 is not None:
+            mp4.abort()
+        if drawn is not None:
+            drawn.close()
+    print(f"{source.kind} {source.path}: {count} frames"
+          + (f" (first {count} of {source.total_frames})" if count < source.total_frames else "")
+          + f", {kept} detections with score >= {score_thr}; class names from {names_from}")
+    print(f"wrote {out / 'detections.json'}")
+    if draw:
+        print(f"wrote {count} drawn frames to {out / 'frames'}")
+    if video:
+        print(f"wrote {out / 'video.mp4'}")
+    return 0
