@@ -66,8 +66,9 @@ def read_categories(records, report) -> list[dict]:
     raw, ids = _id_column(report, records, "category", "categories")
     for i, r in enumerate(records):
         if type(r.get("name")) is not str:
-            report.add_fatal(record_label("category", raw, i), "has no string 'name'",
-                             "give every category a 'name'")
+            report.add_fatal(record_label("category", raw, i), "has no 'name'" if r.get("name")
+                             is None else f"'name' is {r['name']!r}",
+                             "give every category a string 'name'")
     keep, ids = _dedupe(report, records, ids, "category", "categories")
     cats = [r for r, k in zip(records, keep) if k]
     return sorted(cats, key=lambda c: c["id"])
@@ -91,6 +92,8 @@ def _read_videos(records, report) -> dict[int, dict]:
 
 def _id_lists(report, values, key, ids):
     """TAO neg/not-exhaustive category id lists -> tuples (None stays None)."""
+    if values.count(None) == len(values):
+        return values
     out = []
     for i, v in enumerate(values):
         if v is None or isinstance(v, list) and all(type(x) is int for x in v):
@@ -139,8 +142,7 @@ def read_images(records, video_records, report) -> dict:
     for arr, key in ((width, "width"), (height, "height")):
         for i in np.flatnonzero(arr <= 0)[:MAX_EXAMPLES]:
             report.add_fatal(record_label("image", raw, int(i)), f"'{key}' is {arr[i]:g}", size_fix)
-    has_vid = np.fromiter((v is not None for v in vid_raw), bool, len(vid_raw))
-    has_frame = np.fromiter((v is not None for v in frame_raw), bool, len(frame_raw))
+    has_vid, has_frame = _present(vid_raw), _present(frame_raw)
     for i in np.flatnonzero(has_frame & (frame < 0))[:MAX_EXAMPLES]:
         report.add_fatal(record_label("image", raw, int(i)), f"'frame_id' is {frame[i]}",
                          "frame ids are 0-based frame indices (>= 0)")
@@ -202,6 +204,14 @@ def read_images(records, video_records, report) -> dict:
     return {"ids": ids, "video_ids": vid, "frame_ids": frame, "width": width.astype(np.int32),
             "height": height.astype(np.int32), "is_key": is_key, "file_names": names,
             "neg": neg, "not_exhaustive": nex, "videos": video_list}
+
+
+def _present(values) -> np.ndarray:
+    """bool (n,): which values are not None (fast when none or all are)."""
+    n_none = values.count(None)
+    if n_none in (0, len(values)):
+        return np.full(len(values), n_none == 0)
+    return np.array([v is not None for v in values], bool)
 
 
 def _inherit(values, vid, videos, key):
@@ -292,7 +302,7 @@ def read_annotations(records, img, cat_ids, report) -> dict:
                   "(the file's area is kept)",
                   [record_label("annotation", raw, int(i))
                    for i in np.flatnonzero(live & clipped)[:5]], int((live & clipped).sum()))
-    mismatch = keep & (ann_vid >= 0) & np.fromiter((v is not None for v in vid_raw), bool, n) & (
+    mismatch = keep & _present(vid_raw) & (
         ann_vid != img["video_ids"][row])
     report.repair("ann_video_mismatch", "image's video used", "annotation video_id differs "
                   "from its image's video_id", [record_label("annotation", raw, int(i))

@@ -13,7 +13,6 @@ id, else ``"<kind> #<position>"`` (0-based position in its list).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -143,6 +142,8 @@ def check_records(report, records, section, kind) -> bool:
         report.add_fatal(f"'{section}'", f"is a {type(records).__name__}, not a list",
                          f"make '{section}' a JSON array of objects")
         return False
+    if set(map(type, records)) <= {dict}:
+        return True
     bad = [i for i, t in enumerate(map(type, records)) if t is not dict][:MAX_EXAMPLES]
     for i in bad:
         report.add_fatal(f"{kind} #{i}", f"is a {type(records[i]).__name__}, not an object",
@@ -211,11 +212,12 @@ def bbox_column(report, values, kind, ids):
     """``(A, 4)`` float64 ``[x, y, w, h]``; fatal for absent, non-list, wrong length, NaN/inf."""
     fix = "give 'bbox' as [x, y, width, height] in pixels (4 finite numbers)"
     n = len(values)
-    try:
-        arr = np.array(values, dtype=np.float64) if n else np.zeros((0, 4))
-        ok = arr.shape == (n, 4) and bool(np.isfinite(arr).all())
-        ok = ok and all(t in (list, tuple) for t in set(map(type, values)))
-        ok = ok and set(map(type, itertools.chain.from_iterable(values))) <= {int, float}
+    try:  # numpy infers int/float only when every coordinate is a number (str -> "U")
+        arr = np.array(values) if n else np.zeros((0, 4))
+        ok = (arr.shape == (n, 4) and arr.dtype.kind in "if"
+              and set(map(type, values)) <= {list, tuple})
+        arr = arr.astype(np.float64, copy=False)
+        ok = ok and bool(np.isfinite(arr).all())
     except (TypeError, ValueError):
         ok = False
     if ok:
