@@ -27,6 +27,9 @@ def test_committed_without_outputs_and_with_a_parameters_cell(path):
     namespace = {}
     exec(compile(tagged[0].source, "parameters", "exec"), {"__builtins__": {}}, namespace)
     assert namespace
+    import papermill as pm
+
+    assert set(pm.inspect_notebook(str(path))) == set(namespace), "papermill must see every parameter"
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None
