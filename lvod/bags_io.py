@@ -33,7 +33,7 @@ import torch
 
 from lvod.errors import DataError
 from lvod.groups import LABEL_CONVENTION, GroupTable, _num
-from lvod.io import atomic_write, torch_save_atomic
+from lvod.io import atomic_write
 
 FORMAT = "lvod-groups"
 FORMAT_VERSION = 1
@@ -272,11 +272,16 @@ def valsplit_dict(table: GroupTable) -> dict[str, np.ndarray]:
 
 
 def export_bags(table: GroupTable, out_dir) -> dict[str, Path]:
-    """Write the three reference files into ``out_dir``; return ``{file name: path}``."""
+    """Write the three reference files into ``out_dir``; return ``{file name: path}``.
+
+    The files use the formats of the reference ones (legacy torch serialisation, pickle
+    protocol 3 with numpy 1.x global names), so the original BAGS code can read them.
+    """
     out = Path(out_dir)
     paths = {n: out / n for n in FILES}
-    torch_save_atomic(table.label2binlabel.clone(), paths["label2binlabel.pt"])
-    torch_save_atomic(table.pred_slice.clone(), paths["pred_slice_with0.pt"])
+    for name, t in (("label2binlabel.pt", table.label2binlabel), ("pred_slice_with0.pt", table.pred_slice)):
+        with atomic_write(paths[name], "wb") as fh:  # legacy (pre-zip) format, as the reference files:
+            torch.save(t.clone(), fh, _use_new_zipfile_serialization=False)  # torch < 1.6 reads it too
     buf = io.BytesIO()
     _LegacyNumpyPickler(buf, protocol=3).dump(valsplit_dict(table))
     with atomic_write(paths["valsplit.pkl"], "wb") as fh:

@@ -175,6 +175,10 @@ class GroupTable:
         put(self, "label2binlabel", torch.from_numpy(table))
         put(self, "pred_slice", torch.from_numpy(logit_slices([len(g) for g in self.groups])))
 
+    def __repr__(self) -> str:
+        return (f"GroupTable(dataset={self.dataset!r}, classes={self.num_classes}, method={self.method!r}, "
+                f"edges={list(self.edges)}, groups={dict(zip(self.group_names, map(len, self.groups)))})")
+
     @property
     def num_classes(self) -> int:
         return len(self.cat_ids)

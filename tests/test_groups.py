@@ -7,6 +7,7 @@ import json
 import math
 import pickle
 import pickletools
+import zipfile
 
 import numpy as np
 import pytest
@@ -112,6 +113,8 @@ def test_reproduces_bags_lvis_v05_exactly(lvis_dir, lvis_table, tmp_path):
     for key in ref:
         assert mine[key].dtype == np.int64 and np.array_equal(mine[key], ref[key]), key
     assert torch.equal(torch.load(paths["label2binlabel.pt"], weights_only=True), ref_l2b)
+    for name in ("label2binlabel.pt", "pred_slice_with0.pt"):   # legacy format like the reference files
+        assert not zipfile.is_zipfile(paths[name]) and not zipfile.is_zipfile(lvis_dir / name)
     # the export names numpy's rebuild function the way numpy 1.x (the BAGS code's) can import
     globals_ = {a for op, a, _ in pickletools.genops(paths["valsplit.pkl"].read_bytes()) if op.name == "GLOBAL"}
     assert "numpy.core.multiarray _reconstruct" in globals_
