@@ -391,7 +391,7 @@ def _compare_extras(table: GroupTable, split: dict, vp: Path) -> list[str]:
             if key == "background":
                 raise DataError(vp, "key 'background'", f"is {split[key].tolist()}, not [0]", "background is label 0")
             notes.append(f"{vp.name}: {key!r} holds {split[key].size} labels ({split[key].min()}..{split[key].max()}), "
-                         f"not the {w.size} of these {C} classes: stale, ignored")
+                         f"not {w[0]}..{w[-1]} for these {C} classes: stale, ignored")
     return notes
 
 
