@@ -404,3 +404,32 @@ def test_check_main_prints_every_fatal_problem(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fatal (2)" in out and "annotation 1: has no 'bbox'" in out
     assert "annotation 2: has no 'bbox'" in out
+
+
+def test_frame_renumbering_by_file_order_across_videos(tmp_path):
+    data = base()
+    data["videos"].append({"id": 6, "name": "w"})
+    data["images"] += [{"id": 20 + k, "file_name": f"w/{k}.jpg", "width": 9, "height": 9,
+                        "video_id": 6} for k in range(2)]
+    data["images"][0]["frame_id"] = 7  # video 5 keeps its given ids (with a gap)
+    cv = load(tmp_path, data)
+    assert cv.img_frame_ids.tolist() == [7, 1, 2, 0, 1]
+    assert cv.report.repairs["frame_id_missing"].count == 2
+    assert cv.report.notes["frame_gaps"].examples == ["video 5"]
+    assert cv.img_ids[cv.frame_rows(5)].tolist() == [11, 12, 10]
+
+
+@pytest.mark.parametrize("width", [0, -3, 99.5])
+def test_bad_image_size_is_fatal(tmp_path, width):
+    data = base()
+    data["images"][1]["width"] = width
+    with pytest.raises(DataError, match="image 11: 'width' is"):
+        load(tmp_path, data)
+
+
+def test_annotations_but_empty_image_list(tmp_path):
+    data = base()
+    data["images"] = []
+    cv = load(tmp_path, data)
+    assert cv.num_anns == 0 and cv.report.repairs["ann_unknown_image"].count == 3
+    assert not cv.report.usable

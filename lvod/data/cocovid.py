@@ -233,8 +233,7 @@ def _check_files(report, root: Path, names, ids) -> None:
     root_s = os.fspath(root)
     missing = [i for i, n in enumerate(names) if not os.path.isfile(os.path.join(root_s, n))]
     if missing:
-        report.missing_files = report._add(
-            {}, "missing_image_file", "missing",
+        report.set_missing_files(
             f"not found under {root}; pass the right --images-root or restore the files",
             [f"image {ids[i]} ({names[i]})" for i in missing[:5]], len(missing))
 

@@ -123,9 +123,9 @@ def read_images(records, video_records, report) -> dict:
         raw = ids.tolist()
     col = lambda key, **kw: typed_column(report, take(records, key), key, "image", raw, **kw)[0]
     names = take(records, "file_name")
-    typed_column(report, names, "file_name", "image", raw, allowed=(str,), dtype=object,
+    typed_column(report, names, "file_name", "image", raw, allowed=(str,), dtype=None,
                  required=True, fix="give every image its 'file_name' relative to the image root")
-    size_fix = "give every image its pixel 'width' and 'height' (> 0)"
+    size_fix = "give every image its pixel 'width' and 'height' (whole numbers > 0)"
     width = col("width", allowed=(int, float), dtype=np.float64, required=True, fix=size_fix)
     height = col("height", allowed=(int, float), dtype=np.float64, required=True, fix=size_fix)
     vid_raw = take(records, "video_id")
@@ -140,7 +140,7 @@ def read_images(records, video_records, report) -> dict:
                                        "is_vid_train_frame", "image", raw, default=True)
     report.raise_if_fatal()
     for arr, key in ((width, "width"), (height, "height")):
-        for i in np.flatnonzero(arr <= 0)[:MAX_EXAMPLES]:
+        for i in np.flatnonzero((arr <= 0) | (arr != np.floor(arr)))[:MAX_EXAMPLES]:
             report.add_fatal(record_label("image", raw, int(i)), f"'{key}' is {arr[i]:g}", size_fix)
     has_vid, has_frame = _present(vid_raw), _present(frame_raw)
     for i in np.flatnonzero(has_frame & (frame < 0))[:MAX_EXAMPLES]:
@@ -166,13 +166,11 @@ def read_images(records, video_records, report) -> dict:
     # images in a real video without frame_id: renumber that whole video
     lacking = has_vid & ~has_frame
     if lacking.any():
-        frame_index = take(records, "frame_index")
-        bad_vids = np.unique(vid[lacking])
-        for v in bad_vids.tolist():
-            rows = np.flatnonzero(vid == v)
-            fi = [frame_index[r] for r in rows]
-            key = np.array(fi if all(type(x) is int for x in fi) else rows, np.int64)
-            frame[rows[np.argsort(key, kind="stable")]] = np.arange(len(rows))
+        rows = np.flatnonzero(has_vid & np.isin(vid, vid[lacking]))
+        fi = [records[r].get("frame_index") for r in rows.tolist()]
+        key = np.array(fi, np.int64) if all(type(x) is int for x in fi) else rows
+        order = rows[np.lexsort((key, vid[rows]))]
+        frame[order] = _rank_in_group(vid[order])
         report.repair("frame_id_missing", "renumbered", "image in a video has no 'frame_id'; "
                       "its video was renumbered 0..n-1 by 'frame_index' or file order",
                       [record_label("image", raw, int(i)) for i in np.flatnonzero(lacking)[:5]],
@@ -206,6 +204,16 @@ def read_images(records, video_records, report) -> dict:
             "neg": neg, "not_exhaustive": nex, "videos": video_list}
 
 
+def _rank_in_group(sorted_keys: np.ndarray) -> np.ndarray:
+    """int64 (n,): 0, 1, 2, ... restarting wherever ``sorted_keys`` changes value."""
+    n = len(sorted_keys)
+    if not n:
+        return np.zeros(0, np.int64)
+    starts = np.concatenate([[True], sorted_keys[1:] != sorted_keys[:-1]])
+    idx = np.arange(n)
+    return idx - np.maximum.accumulate(np.where(starts, idx, 0))
+
+
 def _present(values) -> np.ndarray:
     """bool (n,): which values are not None (fast when none or all are)."""
     n_none = values.count(None)
@@ -234,9 +242,7 @@ def _check_frames(report, vid, frame, raw):
                          f"{f[k]}", "give each image of a video its own frame_id")
     report.raise_if_fatal()
     if len(v):
-        starts = np.concatenate([[True], v[1:] != v[:-1]])
-        pos = np.arange(len(v)) - np.maximum.accumulate(np.where(starts, np.arange(len(v)), 0))
-        gap_vids = np.unique(v[f != pos])
+        gap_vids = np.unique(v[f != _rank_in_group(v)])
         report.note("frame_gaps", "kept", "video whose frame ids are not 0..n-1 (reference "
                     "frames are sampled by frame_id)", [f"video {x}" for x in gap_vids[:5]],
                     len(gap_vids))
@@ -279,11 +285,15 @@ def read_annotations(records, img, cat_ids, report) -> dict:
     report.raise_if_fatal()
     n = len(ids)
 
-    img_sorted = np.argsort(img["ids"], kind="stable")
-    pos = np.searchsorted(img["ids"], image_id, sorter=img_sorted)
-    pos = np.minimum(pos, max(len(img_sorted) - 1, 0))
-    row = img_sorted[pos] if len(img_sorted) else np.zeros(n, np.int64)
-    found = img["ids"][row] == image_id if len(img_sorted) else np.zeros(n, bool)
+    if len(img["ids"]):
+        img_sorted = np.argsort(img["ids"], kind="stable")
+        pos = np.searchsorted(img["ids"], image_id, sorter=img_sorted)
+        row = img_sorted[np.minimum(pos, len(img_sorted) - 1)]
+        found = img["ids"][row] == image_id
+        at = lambda arr: arr[row]  # noqa: E731 - image column seen from each annotation
+    else:  # no images at all: every annotation is dangling
+        row, found = np.zeros(n, np.int64), np.zeros(n, bool)
+        at = lambda arr: np.zeros(n, arr.dtype)  # noqa: E731
     _skip(report, keep, ~found, "ann_unknown_image", "image_id not in images; add the image "
           "or remove the annotation", raw, image_id, "image_id")
     cpos = np.minimum(np.searchsorted(cat_ids, cat), max(len(cat_ids) - 1, 0))
@@ -291,8 +301,8 @@ def read_annotations(records, img, cat_ids, report) -> dict:
     _skip(report, keep, found & ~known, "ann_unknown_category", "category_id not in "
           "categories; add it to 'categories' to keep these annotations", raw, cat, "category_id")
 
-    w = np.where(found, img["width"][row], 0).astype(np.float64)
-    h = np.where(found, img["height"][row], 0).astype(np.float64)
+    w = np.where(found, at(img["width"]), 0).astype(np.float64)
+    h = np.where(found, at(img["height"]), 0).astype(np.float64)
     live = keep.copy()
     new_boxes, empty, clipped, outside = clip_boxes(boxes, w, h)
     _skip(report, keep, live & empty, "box_empty", "box width or height <= 0", raw)
@@ -303,7 +313,7 @@ def read_annotations(records, img, cat_ids, report) -> dict:
                   [record_label("annotation", raw, int(i))
                    for i in np.flatnonzero(live & clipped)[:5]], int((live & clipped).sum()))
     mismatch = keep & _present(vid_raw) & (
-        ann_vid != img["video_ids"][row])
+        ann_vid != at(img["video_ids"]))
     report.repair("ann_video_mismatch", "image's video used", "annotation video_id differs "
                   "from its image's video_id", [record_label("annotation", raw, int(i))
                                                 for i in np.flatnonzero(mismatch)[:5]],

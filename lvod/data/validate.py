@@ -77,6 +77,11 @@ class LoadReport:
         if count or records:
             self._add(self.notes, kind, action, message, list(records), count)
 
+    def set_missing_files(self, message, records, count):
+        """Record image files that do not exist (kept; they make ``usable`` False)."""
+        self.missing_files = Issue("missing_image_file", "missing", message, count,
+                                   list(records[:MAX_EXAMPLES]))
+
     def add_fatal(self, record, problem, fix):
         """Record a problem that makes the file unusable; ``raise_if_fatal`` raises it."""
         self.fatal.append(DataError(self.path, record, problem, fix))
@@ -158,7 +163,7 @@ def take(records, key):
 
 def typed_column(report, values, key, kind, ids, *, allowed, dtype, required, fix,
                  default=None):
-    """Convert ``values`` to a numpy array of ``dtype``.
+    """Convert ``values`` to a numpy array of ``dtype`` (``None``: check types, return the list).
 
     ``allowed``: tuple of accepted Python types (``bool`` must be listed to be accepted; a
     ``bool`` is never taken as an ``int``). ``None`` means absent: fatal when ``required``,
@@ -180,6 +185,8 @@ def typed_column(report, values, key, kind, ids, *, allowed, dtype, required, fi
         return None, n_absent
     if n_absent:
         values = [default if v is None else v for v in values]
+    if dtype is None:  # type check only
+        return values, n_absent
     try:
         arr = np.array(values, dtype=dtype) if values else np.zeros(0, dtype)
     except OverflowError:
