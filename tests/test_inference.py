@@ -170,3 +170,210 @@ def test_run_inference_checks_frame_size_against_annotation(grey_cocovid, tmp_pa
         with ResultsWriter(tmp_path / "r.npz") as writer:
             run_inference(WindowOracle(grey_cocovid, calls), grey_cocovid, tmp_path,
                           plain_transform(calls), writer=writer, device="cpu", progress=False)
+
+
+def test_run_inference_prefetch_keeps_order(grey_cocovid, tmp_path):
+    calls = []
+    model = WindowOracle(grey_cocovid, calls, half=0)
+    with ResultsWriter(tmp_path / "results.npz") as writer:
+        run_inference(model, grey_cocovid, None, plain_transform(calls), writer=writer,
+                      device="cpu", progress=False, workers=2)
+    dets = load_results(tmp_path / "results.npz")
+    assert dets.image_id.tolist() == [2, 3, 4, 5, 5, 6, 7], "frame order survives the threads"
+    # with 2 workers the loader runs at most 2 * workers frames ahead of the model
+    assert all(n - k <= 1 + 4 for k, n in enumerate(model.loaded_when_yielding))
+
+
+def test_one_frame_clips_when_not_loaded_as_video(grey_cocovid, tmp_path):
+    class CountingModel:
+        def __init__(self):
+            self.clip_lengths = []
+
+        def eval(self):
+            return self
+
+        def detect_video(self, frames, num_frames):
+            self.clip_lengths.append(num_frames)
+            for _ in frames:
+                yield {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                       "labels": torch.zeros(0, dtype=torch.long)}
+
+    model = CountingModel()
+    with ResultsWriter(tmp_path / "results.npz") as writer:
+        stats = run_inference(model, grey_cocovid, None, plain_transform([]), writer=writer,
+                              device="cpu", progress=False, as_video=False)
+    assert model.clip_lengths == [1] * 8 and stats["frames"] == 8
+    assert len(load_results(tmp_path / "results.npz")) == 0
+
+
+def test_build_test_transform_resizes_normalises_pads():
+    from lvod.config import DataConfig
+    from lvod.engine.inference import build_test_transform
+
+    tf = build_test_transform(DataConfig())  # 1000x600 keep ratio, ImageNet mean/std, pad 16
+    image = torch.full((3, 256, 512), 100, dtype=torch.uint8)
+    x, meta = tf(image)
+    # factor min(1000/512, 600/256) = 1.953125 -> 1000 x 500, padded to 1008 x 512
+    assert meta == {"img_size": (500, 1000), "orig_size": (256, 512)}
+    assert x.shape == (3, 512, 1008) and x.dtype == torch.float32
+    expect = (100 - 123.675) / 58.395
+    assert x[0, :500, :1000].sub(expect).abs().max() < 1e-5
+    assert x[:, 500:, :].abs().max() == 0 and x[:, :, 1000:].abs().max() == 0
+    # a numpy HWC frame (what video decoders give) is the same frame
+    x2, meta2 = tf(image.permute(1, 2, 0).numpy())
+    assert meta2 == meta and torch.equal(x, x2)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _evaluate(ds, path):
+    from lvod.evaluation import evaluate
+
+    return evaluate(ds, load_results(path), results_file=str(path))
+
+
+def test_oracle_results_evaluate_to_known_ap(grey_cocovid, tmp_path):
+    """mmtracking's demo GT as detections: AP = 1; without the first one 0.8762376237623762
+    (the pycocotools values in the external-data README)."""
+    ds, calls = grey_cocovid, []
+    with ResultsWriter(tmp_path / "all.npz") as writer:
+        run_inference(WindowOracle(ds, calls), ds, None, plain_transform(calls), writer=writer,
+                      device="cpu", progress=False)
+    m = _evaluate(ds, tmp_path / "all.npz")
+    assert m["bbox_mAP_50"] == pytest.approx(1.0) and m["bbox_mAP"] == pytest.approx(1.0)
+    assert {c["category_id"]: c["num_gt"] for c in m["classwise"]} == {3: 3, 7: 4}
+
+    class DropFirst(WindowOracle):
+        def _gt(self, row):
+            det = super()._gt(row)
+            if int(self.ds.img_ids[row]) == 2:  # annotation 1 (the thin car) is on image 2
+                det = {k: v[1:] for k, v in det.items()}
+            return det
+
+    calls = []
+    with ResultsWriter(tmp_path / "drop.npz") as writer:
+        run_inference(DropFirst(ds, calls), ds, None, plain_transform(calls), writer=writer,
+                      device="cpu", progress=False)
+    m = _evaluate(ds, tmp_path / "drop.npz")
+    assert m["bbox_mAP_50"] == pytest.approx(0.8762376237623762)
+
+
+# ----------------------------------------------------------------------------- lvod test
+
+TINY = """
+[model]
+kind = "{kind}"
+depth = 18
+num_classes = {num_classes}
+neck_channels = 32
+rpn_channels = 32
+fc_channels = 64
+rpn_test_pre_nms = 200
+rpn_test_post_nms = 30
+test_max_dets = 20
+fgfa_window = 3
+
+[data]
+root = "{root}"
+img_scale = [256, 144]
+val = {{ ann_file = "ann.json" }}
+
+[test]
+workers = 1
+"""
+
+
+@pytest.fixture
+def tiny_config(grey_cocovid, tmp_path):
+    def make(kind="single", num_classes=2, extra=""):
+        path = tmp_path / f"{kind}_{num_classes}_{len(extra)}.toml"
+        path.write_text(TINY.format(kind=kind, num_classes=num_classes,
+                                    root=grey_cocovid.path.parent.as_posix()).replace(
+                                        "fgfa_window = 3", "fgfa_window = 3\n" + extra))
+        return path
+    return make
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_results_paths_never_write_a_pickle(tmp_path):
+    from lvod.engine.test import results_paths
+
+    assert results_paths(tmp_path / "r.npz") == (tmp_path / "r.npz", None, None)
+    assert results_paths(tmp_path / "r.json") == (tmp_path / "r.npz", tmp_path / "r.json", None)
+    npz, js, note = results_paths(tmp_path / "results.pkl")
+    assert (npz, js) == (tmp_path / "results.npz", None) and "does not write pickles" in note
+    assert results_paths(None, tmp_path / "run" / "epoch_7.pth")[0] == tmp_path / "run" / "test" / "results.npz"
+    with pytest.raises(DataError, match="unknown results format"):
+        results_paths(tmp_path / "r.csv")
+    with pytest.raises(DataError, match="--out"):
+        results_paths(None, None)
+
+
+def test_lvod_test_fgfa_end_to_end(tiny_config, tmp_path, capsys):
+    """Tiny FGFA (window 3) over the 8 grey frames: npz + COCO json + metrics + table."""
+    from lvod.engine.test import test_main
+    from lvod.evaluation import read_coco_json
+
+    out = tmp_path / "res" / "results.json"
+    rc = test_main(tiny_config("fgfa"), None, eval=("bbox",), out=out, device="cpu",
+                   random_weights=True, progress=False)
+    assert rc == 0
+    dets = load_results(out.with_suffix(".npz"))
+    assert set(dets.image_id.tolist()) <= set(range(1, 9)) and len(dets) > 0
+    assert np.bincount(dets.image_id, minlength=9)[1:].max() <= 20, "test_max_dets per frame"
+    assert set(dets.category_id.tolist()) <= {3, 7}
+    x, y, w, h = dets.bbox.T
+    assert (x >= 0).all() and (y >= 0).all() and (x + w <= 512 + 1e-3).all() and (y + h <= 256 + 1e-3).all()
+    back = read_coco_json(out)
+    assert np.array_equal(back.image_id, dets.image_id)
+    np.testing.assert_array_equal(back.bbox.astype(np.float32), dets.bbox)
+    metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
+    assert metrics["num_detections"] == len(dets) and metrics["inference"]["frames"] == 8
+    assert [c["num_gt"] for c in metrics["classwise"]] == [3, 4]
+    printed = capsys.readouterr().out
+    assert "| bbox_mAP_50 |" in printed and "inference: 8 frames in 1 videos" in printed
+
+
+def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
+    from lvod.config import load_config
+    from lvod.engine.checkpointing import save_checkpoint
+    from lvod.engine.inference import load_model
+    from lvod.engine.test import test_main
+
+    cfg_path = tiny_config()
+    model, _ = load_model(load_config(cfg_path), None, random_weights=True)
+    with torch.no_grad():  # weights that differ from the seed-0 initialisation
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ckpt = save_checkpoint({"model": model.state_dict()}, tmp_path / "run" / "epoch_1.pth")
+    assert test_main(cfg_path, ckpt, eval=(), device="cpu", progress=False) == 0
+    from_ckpt = load_results(tmp_path / "run" / "test" / "results.npz")
+    test_main(cfg_path, None, eval=[], out=tmp_path / "rand.pkl", device="cpu",
+              random_weights=True, progress=False)
+    assert "does not write pickles" in capsys.readouterr().out
+    assert not (tmp_path / "rand.pkl").exists()
+    rand = load_results(tmp_path / "rand.npz")
+    assert len(from_ckpt) and not (len(from_ckpt) == len(rand)
+                                   and np.allclose(from_ckpt.score, rand.score)), \
+        "the checkpoint's weights were used, not the random initialisation"
+
+    with pytest.raises(DataError, match=r"another shape.*shared_fcs"):
+        test_main(tiny_config(extra="roi_size = 5"), ckpt, out=tmp_path / "x.npz",
+                  device="cpu", progress=False)
+    with pytest.raises(DataError, match="do not fit.*unexpected"):
+        test_main(tiny_config(kind="selsa", extra="selsa_attention_blocks = 4"), ckpt,
+                  out=tmp_path / "x.npz", device="cpu", progress=False)
+    with pytest.raises(DataError, match="model.num_classes = 3"):
+        test_main(tiny_config(num_classes=3), ckpt, out=tmp_path / "x.npz", device="cpu",
+                  progress=False)
+    assert not (tmp_path / "x.npz").exists()
+    with pytest.raises(DataError, match="unknown metric"):
+        test_main(cfg_path, ckpt, eval=("segm",), device="cpu", progress=False)

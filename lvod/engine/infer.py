@@ -21,7 +21,7 @@ detector's ``detect_video`` (with its test-time window and feature cache) and wr
   (``video=True``, mp4v codec, the input's frame rate; 25 fps for frame folders).
 
 Class names: a checkpoint's ``"classes"`` entry (``{"cat_ids": [...], "names": [...]}``)
-when it has one, else the categories of the config's ``data.val.ann_file`` when that file
+when it has one, an mmtracking checkpoint's ``meta.CLASSES``, else the categories of the config's ``data.val.ann_file`` when that file
 exists, else ``class_1..class_C``.
 
 Without ``--checkpoint`` the detector keeps its random initialisation, which only makes
@@ -38,38 +38,9 @@ import numpy as np
 import torch
 
 from lvod.engine import video_io
-from lvod.engine.inference import build_test_transform, prefetch, resolve_device
+from lvod.engine.inference import build_test_transform, load_model, prefetch, resolve_device
 from lvod.errors import DataError
 from lvod.io import atomic_write
-
-
-def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu"):
-    """Build ``cfg.model`` and load ``checkpoint`` into it (all keys must match).
-
-    Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
-    checkpoint, ``random_weights`` must be True (seeded with 0, so runs repeat).
-    """
-    from lvod.engine.checkpointing import load_checkpoint, state_dict_of
-    from lvod.models.detector import build_detector
-
-    if checkpoint is None and not random_weights:
-        raise DataError("--checkpoint", "model weights", "no checkpoint given",
-                        "pass --checkpoint CKPT (a .pth written by lvod train), or "
-                        "--random-weights to smoke-test with an untrained detector")
-    torch.manual_seed(0)
-    model = build_detector(cfg.model)
-    ckpt: dict = {}
-    if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
-        weights = state_dict_of(ckpt)
-        result = model.load_state_dict(weights, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise DataError(checkpoint, "model state dict",
-                            f"does not fit the config's model ({len(result.missing_keys)} missing, "
-                            f"e.g. {result.missing_keys[:3]}; {len(result.unexpected_keys)} "
-                            f"unexpected, e.g. {result.unexpected_keys[:3]})",
-                            "use the config the checkpoint was trained with")
-    return model.to(resolve_device(device)).eval(), ckpt
 
 
 def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
@@ -78,6 +49,9 @@ def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
     classes = ckpt.get("classes") if isinstance(ckpt, dict) else None
     if isinstance(classes, dict) and len(classes.get("names", ())) == num:
         return [int(c) for c in classes["cat_ids"]], [str(n) for n in classes["names"]], "checkpoint"
+    meta = ckpt.get("meta") if isinstance(ckpt, dict) else None  # mmtracking checkpoints
+    if isinstance(meta, dict) and len(meta.get("CLASSES") or ()) == num:
+        return list(range(1, num + 1)), [str(n) for n in meta["CLASSES"]], "checkpoint meta"
     ann = cfg.data.val.ann_file
     if ann:
         path = Path(cfg.data.root) / ann

@@ -13,7 +13,8 @@ Per frame the detector yields ``{"boxes" (K, 4) x1y1x2y2 original pixels, "score
 "labels" (K,) in 1..C}`` (docs/DESIGN.md "Detectors"); ``to_coco_columns`` turns that into
 the results columns: category ids ``ds.cat_ids[label - 1]`` and boxes ``[x, y, w, h]``.
 
-Also here: ``build_test_transform(DataConfig)`` (the training pipeline's resize,
+Also here: ``load_model(cfg, checkpoint)`` (lvod and mmtracking checkpoints, strict),
+``build_test_transform(DataConfig)`` (the training pipeline's resize,
 normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
 ``resolve_device("auto" | "cpu" | "cuda[:i]")``.
 """
@@ -48,6 +49,60 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise DataError("--device", device, "CUDA is not available on this machine",
                         "pass --device cpu (or auto)")
     return dev
+
+
+MM_CLS_KEY = "detector.roi_head.bbox_head.fc_cls.weight"  # only mmtracking checkpoints have it
+
+
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu"):
+    """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
+
+    ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
+    state dict, or an mmtracking 0.x FGFA/SELSA model-zoo file (``{"state_dict": ...}`` with
+    mmdet key names), which goes through ``lvod.models.checkpoint.import_mmtracking``. All
+    are read with ``torch.load(weights_only=True)``.
+
+    Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
+    checkpoint ``random_weights`` must be True (initialised with seed 0, so runs repeat).
+    """
+    from lvod.engine.checkpointing import load_checkpoint, state_dict_of
+    from lvod.models.detector import build_detector
+
+    if checkpoint is None and not random_weights:
+        raise DataError("--checkpoint", "model weights", "no checkpoint given",
+                        "pass --checkpoint CKPT (a .pth written by lvod train), or "
+                        "--random-weights to smoke-test with an untrained detector")
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)
+    ckpt: dict = {}
+    if checkpoint is not None:
+        ckpt = load_checkpoint(checkpoint)
+        weights = state_dict_of(ckpt)
+        if isinstance(ckpt.get("state_dict"), dict) and MM_CLS_KEY in weights:
+            from lvod.models.checkpoint import import_mmtracking
+
+            if cfg.model.kind not in ("fgfa", "selsa"):
+                raise DataError(checkpoint, "state_dict", "is an mmtracking checkpoint, which lvod "
+                                f"imports into FGFA or SELSA only, not model.kind = {cfg.model.kind!r}",
+                                "use an fgfa or selsa config")
+            report = import_mmtracking(ckpt, model, kind=cfg.model.kind)
+            missing, unexpected = report.missing, report.unexpected
+        else:
+            own = model.state_dict()
+            wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()
+                     if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+            if wrong:
+                raise DataError(checkpoint, "model weights", f"{len(wrong)} tensors have another "
+                                f"shape than the config's model (checkpoint vs model: {wrong[:3]})",
+                                "use the config the checkpoint was trained with")
+            result = model.load_state_dict(weights, strict=False)
+            missing, unexpected = result.missing_keys, result.unexpected_keys
+        if missing or unexpected:
+            raise DataError(checkpoint, "model weights",
+                            f"do not fit the config's model ({len(missing)} missing, e.g. "
+                            f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})",
+                            "use the config the checkpoint was trained with")
+    return model.to(resolve_device(device)).eval(), ckpt
 
 
 def to_coco_columns(det: dict, cat_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -162,7 +217,8 @@ def _video_frames(ds, rows: np.ndarray, images_root: Path | None, transform: Tra
 
 
 def run_inference(model, ds, images_root, transform: Transform, *, writer, device="auto",
-                  progress: bool = True, video_ids=None, workers: int = 0) -> dict:
+                  progress: bool = True, video_ids=None, workers: int = 0,
+                  as_video: bool = True) -> dict:
     """Detect every frame of ``ds`` video by video and stream the results into ``writer``.
 
     Args:
@@ -181,6 +237,8 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
         progress: show a tqdm bar over frames on stderr.
         video_ids: optional subset of video ids, run in the order given.
         workers: threads decoding and transforming frames ahead of the model (0 = none).
+        as_video: False runs every frame as a one-frame video (``load_as_video = false``
+            sources such as ImageNet DET: no temporal context).
 
     Returns:
         ``{"videos": int, "frames": int, "detections": int, "seconds": float,
@@ -195,15 +253,17 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
     device = resolve_device(device)
     model.eval()
     order = ([v["id"] for v in ds.videos] if video_ids is None else list(video_ids))
-    total = int(sum(len(ds.frame_rows(v)) for v in order))
+    clips = [(v, ds.frame_rows(v)) for v in order]
+    if not as_video:
+        clips = [(v, rows[i:i + 1]) for v, rows in clips for i in range(len(rows))]
+    total = int(sum(len(rows) for _, rows in clips))
     cat_ids = np.asarray(ds.cat_ids, np.int64)
     n_frames = n_dets = n_videos = 0
     start = time.perf_counter()
     bar = tqdm(total=total, unit="frame", desc="inference", disable=not progress,
                dynamic_ncols=True, leave=False)
     try:
-        for vid in order:
-            rows = ds.frame_rows(vid)
+        for vid, rows in clips:
             if len(rows) == 0:
                 continue
             frames = _video_frames(ds, rows, images_root, transform, device, workers)

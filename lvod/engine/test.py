@@ -1,0 +1,143 @@
+"""``lvod test``: video inference over the config's test split, then the evaluation table.
+
+``test_main(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
+overrides=())`` keeps the original's command line (``test.py <config> --checkpoint ...
+--eval bbox --out results.pkl``) and does, in order:
+
+1. load the config (plus ``key=value`` overrides), the split ``data.val`` (its
+   ``ann_file``/``images_root`` relative to ``data.root``) and the detector with its
+   weights (lvod or mmtracking checkpoint, every key must fit);
+2. stream every video through ``run_inference`` into the compact results file
+   (``lvod.evaluation.results.ResultsWriter``: columns on disk, assembled atomically), so
+   ImageNet VID val (176k frames x 100 detections) never exists as Python dicts;
+3. with ``--eval bbox``: evaluate (``lvod.evaluation.evaluate``: AP@50 as mmtracking
+   reports it, per class, per frequency group, per motion speed), print the markdown
+   tables and write ``metrics.json`` (+ ``metrics_classwise.csv``, ``metrics_groups.csv``)
+   beside the results. ``metrics.json`` also gets an ``inference`` entry (frames, frames
+   per second, device, checkpoint, config).
+
+Results files (``--out``):
+
+- ``X.npz`` -> the lvod columnar file only (``image_id``, ``category_id``, ``bbox`` xywh,
+  ``score``; plain ``numpy.load(allow_pickle=False)``).
+- ``X.json`` -> ``X.npz`` plus the COCO results JSON ``X.json`` users exchange
+  (``[{"image_id", "category_id", "bbox", "score"}]``, streamed out in blocks).
+- ``X.pkl`` -> accepted for the original's flag, but lvod writes **no pickle**: a pickle
+  runs code when it is read, so results that travel between people and machines must not
+  be one. lvod writes ``X.npz`` (same data as the original's per-class arrays, loadable
+  without unpickling) and says so on the console.
+- no ``--out`` -> ``<checkpoint folder>/test/results.npz``.
+
+Per-group AP uses ``groups`` (a ``groups.json`` from ``lvod groups``), else the config's
+``data.groups_file`` when set.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from lvod.errors import DataError
+
+EVAL_METRICS = ("bbox",)
+
+
+def results_paths(out, checkpoint=None) -> tuple[Path, Path | None, str | None]:
+    """``(npz path, COCO json path or None, note for the user or None)`` for ``--out``."""
+    if out is None:
+        if checkpoint is None:
+            raise DataError("--out", "results file", "is needed when there is no checkpoint "
+                            "folder to put the results in", "pass --out results.json")
+        return Path(checkpoint).parent / "test" / "results.npz", None, None
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        return out, None, None
+    if suffix == ".json":
+        return out.with_suffix(".npz"), out, None
+    if suffix == ".pkl":
+        npz = out.with_suffix(".npz")
+        return npz, None, (f"note: lvod does not write pickles (reading one can run code); "
+                           f"the results are in {npz} (numpy columns: image_id, category_id, "
+                           "bbox xywh, score). Pass --out NAME.json for COCO results JSON.")
+    raise DataError("--out", str(out), f"unknown results format {out.suffix!r}",
+                    "use NAME.json (COCO results + .npz), NAME.npz, or NAME.pkl (written as .npz)")
+
+
+def _check_eval(metrics) -> tuple[str, ...]:
+    metrics = tuple(metrics or ())
+    bad = [m for m in metrics if m not in EVAL_METRICS]
+    if bad:
+        raise DataError("--eval", ", ".join(bad), "unknown metric",
+                        f"use one of: {', '.join(EVAL_METRICS)} (or leave --eval empty)")
+    return metrics
+
+
+def load_split(cfg):
+    """The test split ``cfg.data.val`` as ``(CocoVid, images_root or None)``."""
+    from lvod.data.cocovid import load_cocovid
+
+    val = cfg.data.val
+    if not val.ann_file:
+        raise DataError(cfg.name or "<config>", "data.val.ann_file", "is empty",
+                        "set [data.val] ann_file to the test split's annotation file")
+    root = Path(cfg.data.root)
+    images_root = root / val.images_root if val.images_root else None
+    ds = load_cocovid(root / val.ann_file, images_root=images_root)
+    if ds.num_classes != cfg.model.num_classes:
+        raise DataError(ds.path, "categories", f"{ds.num_classes} classes, but the model has "
+                        f"model.num_classes = {cfg.model.num_classes}",
+                        "evaluate on the split the model was trained for, or fix num_classes")
+    return ds, images_root
+
+
+def test_main(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
+              overrides=(), *, random_weights: bool = False, progress: bool = True) -> int:
+    """Run inference on ``config``'s test split, write the results, evaluate, print.
+
+    Returns 0. Bad inputs raise ``DataError`` (the CLI prints it and exits 1).
+    """
+    from lvod.config import load_config
+    from lvod.engine.inference import build_test_transform, load_model, resolve_device, run_inference
+    from lvod.evaluation import ResultsWriter, evaluate, format_tables, load_results, write_coco_json
+    from lvod.evaluation import write_metrics
+
+    metrics = _check_eval(eval)
+    npz, coco_json, note = results_paths(out, checkpoint)
+    cfg = load_config(config, overrides)
+    if groups is None and cfg.data.groups_file:
+        groups = cfg.data.groups_file
+    if groups is not None and not Path(groups).is_file():
+        raise DataError(groups, "groups file", "does not exist",
+                        "write it with `lvod groups` or leave --groups out")
+    ds, images_root = load_split(cfg)
+    dev = resolve_device(device)
+    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev)
+    transform = build_test_transform(cfg.data)
+    t0 = time.perf_counter()
+    with ResultsWriter(npz) as writer:
+        stats = run_inference(model, ds, images_root, transform, writer=writer, device=dev,
+                              progress=progress, workers=cfg.test.workers,
+                              as_video=cfg.data.val.load_as_video)
+    print(f"inference: {stats['frames']} frames in {stats['videos']} videos, "
+          f"{stats['detections']} detections, {stats['frames_per_second']:.2f} frames/s on {dev}")
+    print(f"wrote {npz}")
+    if note:
+        print(note)
+    dets = None
+    if coco_json is not None:
+        dets = load_results(npz)
+        write_coco_json(dets, coco_json)
+        print(f"wrote {coco_json}")
+    if "bbox" in metrics:
+        dets = dets if dets is not None else load_results(npz)
+        m = evaluate(ds, dets, groups=groups, results_file=str(npz))
+        m["inference"] = {**stats, "device": str(dev), "config": str(config),
+                          "checkpoint": None if checkpoint is None else str(checkpoint),
+                          "results": str(npz), "wall_seconds": time.perf_counter() - t0}
+        print(format_tables(m), end="")
+        if m["dropped_unknown_category"]:
+            print(f"note: {m['dropped_unknown_category']} detections had a category_id "
+                  f"not in {ds.path}; not scored")
+        paths = write_metrics(m, npz.with_name("metrics.json"))
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
