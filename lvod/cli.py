@@ -49,11 +49,15 @@ def _add_stats_groups(sub):
                    help="edges: explicit count edges (BAGS: 10,100,1000); quantiles: k groups of about "
                         "equal class count; log: k log-spaced bins")
     g.add_argument("--edges", default=None, help="comma-separated instance-count edges, e.g. 10,100,1000")
-    g.add_argument("-k", type=int, default=None, help="number of groups for quantiles/log")
+    g.add_argument("-k", type=int, default=3, help="number of groups for quantiles/log (default 3)")
+    g.add_argument("--bags-dir", default=None,
+                   help="also write the BAGS reference files (label2binlabel.pt, pred_slice_with0.pt, "
+                        "valsplit.pkl) into this folder")
     g.add_argument("--out", default=None, help="output json (default intermediate_files/<dataset>/groups.json)")
     g.set_defaults(func=lambda a: _call(
         "lvod.groups", "groups_main", a.source, a.out, method=a.method,
-        edges=[float(e) for e in a.edges.split(",")] if a.edges else None, k=a.k, dataset=a.dataset))
+        edges=[float(e) for e in a.edges.split(",")] if a.edges else None, k=a.k, dataset=a.dataset,
+        bags_dir=a.bags_dir))
 
 
 def _add_engine(sub):

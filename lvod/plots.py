@@ -76,14 +76,15 @@ def group_table_frame(table, stats=None):
     """One row per object group: classes, count range and the logit slice (a DataFrame)."""
     import pandas as pd
 
-    counts = dict(zip(map(int, table.cat_ids), map(int, table.counts)))
+    known = table.counts is not None
+    counts = dict(zip(map(int, table.cat_ids), map(int, table.counts))) if known else {}
     names = dict(zip(map(int, table.cat_ids), table.cat_names))
     rows = []
     for g, members in enumerate(table.groups, start=1):
-        c = [counts[int(m)] for m in members]
+        c = [counts[int(m)] for m in members] if known else [float("nan")]
         start, length = (int(v) for v in table.pred_slice[g])
         rows.append({"group": g, "classes": len(members), "min_count": min(c), "max_count": max(c),
-                     "total_count": sum(c), "logit_slice": f"[{start}, {start + length})",
+                     "total_count": sum(c) if known else float("nan"), "logit_slice": f"[{start}, {start + length})",
                      "names": ", ".join(names[int(m)] for m in members)})
     return pd.DataFrame(rows)
 
