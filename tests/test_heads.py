@@ -318,3 +318,34 @@ def test_seesaw_counts_accumulate_in_training_only_and_scores_layout():
     torch.testing.assert_close(s, torch.tensor([[0.75, 1 / 12, 1 / 12, 1 / 12]]))
     out = head.losses(cls, deltas, torch.zeros(5, dtype=torch.long), torch.zeros(5, 4), torch.zeros(5))
     assert out["loss_bbox"].item() == 0.0 and torch.isfinite(out["loss_cls"])
+
+
+def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
+    """The RoI head's inference path must take class scores from ``predictor.scores`` (the
+    original never called its BAGS merge). A spy scores() that puts 0.9 on class 3 must be
+    what comes out of ``detect_video``."""
+    from lvod.models.detector import ModelConfig, build_detector
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="single", depth=18, num_classes=5, head="bags",
+                      head_kwargs={"label2binlabel": L2B.tolist(), "pred_slice": PSLICE.tolist()},
+                      rpn_test_pre_nms=50, rpn_test_post_nms=20)
+    model = build_detector(cfg).eval()
+    predictor = model.detector.roi_head.bbox_head.predictor
+    calls = []
+    real = predictor.scores
+
+    def spy(cls_logits):
+        calls.append(cls_logits.shape)
+        merged = real(cls_logits)
+        assert merged.shape == (cls_logits.shape[0], 6)
+        fixed = torch.zeros_like(merged)
+        fixed[:, 0], fixed[:, 3] = 0.1, 0.9
+        return fixed
+
+    monkeypatch.setattr(predictor, "scores", spy)
+    frame = torch.randn(3, 64, 96)
+    dets = list(model.detect_video([(frame, {"img_size": (64, 96), "orig_size": (64, 96)})], 1))
+    assert calls and calls[0][1] == 9
+    assert len(dets[0]["labels"]) > 0
+    assert set(dets[0]["labels"].tolist()) == {3}
+    torch.testing.assert_close(dets[0]["scores"], torch.full_like(dets[0]["scores"], 0.9))
