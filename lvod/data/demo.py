@@ -168,17 +168,17 @@ def _plan_tracks(rng, cls_counts: dict[int, int], num_videos: int, num_frames: i
     base = min(W, H) / 128.0
     for slot, i in enumerate(order):
         cls = tracks[i]
-        speed = rng.choice(list(SPEEDS), p=[0.3, 0.3, 0.4])
+        # the rarest class's single short track is slow or medium so that it stays in frame
+        speed = rng.choice(list(SPEEDS), p=[0.5, 0.5, 0.0] if cls in short else [0.3, 0.3, 0.4])
         lo, hi, max_rate = SPEEDS[speed]
         s = rng.uniform(22, 40) * base
         v = rng.uniform(lo, hi) * s
         ang = rng.uniform(0, 2 * math.pi)
         t0, t1 = 0, num_frames
-        if cls in short:  # the rarest class: one short, slow track that stays in frame
+        if cls in short:  # the rarest class: one short track near the image centre
             length = max(4, num_frames * 5 // 12)
             t0 = int(rng.integers(0, num_frames - length + 1))
             t1 = t0 + length
-            v = min(v, 0.01 * s)
         else:
             u = rng.uniform()
             if u < 0.15:
