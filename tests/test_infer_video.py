@@ -131,6 +131,7 @@ fc_channels = 64
 rpn_test_pre_nms = 200
 rpn_test_post_nms = 30
 test_max_dets = 20
+fgfa_window = 3
 
 [data]
 root = "{root}"
@@ -209,14 +210,26 @@ def test_infer_demo_mp4_writes_json_frames_and_video(external_data, tiny_config,
 def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_path):
     from lvod.engine.infer import infer_main
 
-    rc = infer_main(tiny_config(workers=2), None, external_data / BIKES_MP4, tmp_path / "bikes",
-                    score_thr=0.0, device="cpu", random_weights=True, max_frames=5,
-                    overrides=SMALL, progress=False)
+    # FGFA with a 3-frame window: results lag the input, frames are prefetched on 2 threads
+    rc = infer_main(tiny_config("fgfa", workers=2), None, external_data / BIKES_MP4,
+                    tmp_path / "bikes", score_thr=0.0, device="cpu", random_weights=True,
+                    max_frames=5, overrides=SMALL, progress=False)
     assert rc == 0
     doc = json.loads((tmp_path / "bikes" / "detections.json").read_text())
     assert doc["total_frames"] == 250 and doc["fps"] == pytest.approx(25.0)
     _check_detections(doc, 5, 640, 272)
     assert not (tmp_path / "bikes" / "frames").exists() and not (tmp_path / "bikes" / "video.mp4").exists()
+
+    # drawn frame k is input frame k (no box passes a threshold above 1, so only JPEG noise)
+    infer_main(tiny_config("fgfa"), None, external_data / BIKES_MP4, tmp_path / "drawn",
+               draw=True, score_thr=1.1, device="cpu", random_weights=True, max_frames=5,
+               overrides=SMALL, progress=False)
+    inputs = [f.image.astype(np.int16) for f in video_io.open_source(
+        external_data / BIKES_MP4, max_frames=5).frames()]
+    for k in range(5):
+        drawn = video_io.read_image(tmp_path / "drawn" / "frames" / f"{k:06d}.jpg").astype(np.int16)
+        diffs = [np.abs(drawn - im).mean() for im in inputs]
+        assert int(np.argmin(diffs)) == k and diffs[k] < 3
 
     infer_main(tiny_config(), None, external_data / VID_FOLDER, tmp_path / "vid", score_thr=0.0,
                device="cpu", random_weights=True, max_frames=3, overrides=SMALL, progress=False)
@@ -224,6 +237,13 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
     assert doc["kind"] == "frames" and doc["total_frames"] == 144
     _check_detections(doc, 3, 1280, 720)
     assert [f["file"] for f in doc["frames"]] == ["000000.JPEG", "000001.JPEG", "000002.JPEG"]
+
+    infer_main(tiny_config(), None, external_data / VID_FOLDER / "000100.JPEG", tmp_path / "one",
+               score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL, progress=False)
+    doc = json.loads((tmp_path / "one" / "detections.json").read_text())
+    assert (doc["kind"], doc["total_frames"]) == ("image", 1)
+    _check_detections(doc, 1, 1280, 720)
+    assert doc["frames"][0]["file"] == "000100.JPEG"
 
 
 def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):

@@ -20,6 +20,7 @@ normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections import deque
@@ -268,7 +269,7 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
                 continue
             frames = _video_frames(ds, rows, images_root, transform, device, workers)
             k = -1
-            with torch.inference_mode():
+            with torch.inference_mode(), contextlib.closing(frames):
                 for k, det in enumerate(model.detect_video(frames, len(rows))):
                     if k >= len(rows):
                         raise RuntimeError(f"detector yielded more than {len(rows)} frames for "
