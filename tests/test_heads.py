@@ -349,3 +349,30 @@ def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
     assert len(dets[0]["labels"]) > 0
     assert set(dets[0]["labels"].tolist()) == {3}
     torch.testing.assert_close(dets[0]["scores"], torch.full_like(dets[0]["scores"], 0.9))
+
+
+def test_bags_head_from_real_group_tables():
+    groups = pytest.importorskip("lvod.groups")
+    ids, counts = [1, 2, 3, 4, 5], [21000, 50000, 30000, 90000, 130000]
+    table = groups.build_groups(ids, counts, method="quantiles", k=2)
+    head = build_head("bags", 8, 5, groups=table, cat_ids=ids, seed=0)
+    assert head.num_logits == table.num_logits == 5 + 1 + 2 + 1
+    assert torch.equal(head.label2binlabel, table.label2binlabel)
+    logits, deltas = head(torch.randn(4, 8))
+    assert head.scores(logits).shape == (4, 6)
+    with pytest.raises(DataError, match="category ids differ"):
+        build_head("bags", 8, 5, groups=table, cat_ids=[1, 2, 3, 4, 7])
+    # LVIS's fixed edges on VID-like counts: one group only, and the head says so
+    lvis_edges = groups.build_groups(ids, counts, method="edges", edges=[10, 100, 1000])
+    with pytest.warns(UserWarning, match="single object group"):
+        build_head("bags", 8, 5, groups=lvis_edges)
+
+
+def test_bags_head_from_the_reference_lvis_files(external_data):
+    groups = pytest.importorskip("lvod.groups")
+    table = groups.import_bags(external_data / "bags" / "BUPT-PRIV_BalancedGroupSoftmax@lvis"
+                               / "data" / "lvis")
+    head = build_head("bags", 16, table.num_classes, groups=table)
+    assert head.num_logits == 1236 and head.num_groups == 4
+    s = head.scores(torch.randn(3, 1236))
+    assert s.shape == (3, 1231) and bool((s >= 0).all())
