@@ -106,8 +106,8 @@ class SoftmaxHead(BoxPredictor):
 
 
 class BagsHead(BoxPredictor):
-    """Balanced Group Softmax (Li et al., CVPR 2020): ``(C+1) + G`` logits in the group
-    slice layout of ``pred_slice``; loss = sum of per-group cross-entropies; scores =
+    """Balanced Group Softmax (Li et al., CVPR 2020): ``(C+1) + (G+1)`` logits (G object
+    groups) in the group slice layout of ``pred_slice``; loss = sum of per-group cross-entropies; scores =
     in-group probability x P(object) (``lvod.models.losses.bags_merge_scores``).
 
     Build it from a ``lvod.groups.GroupTable`` (``groups=``) or from the two tensors
@@ -267,7 +267,8 @@ def build_head(name: str, in_channels: int, num_classes: int, **kw) -> BoxPredic
 
     ``softmax`` takes none; ``bags`` takes ``groups`` (a ``GroupTable``) or
     ``label2binlabel``/``pred_slice``, plus ``others_sample_ratio=8``, ``seed``, ``cat_ids``;
-    ``seesaw`` takes ``p=0.8``, ``q=2.0``, ``eps=0.01``. Unknown names raise ``ValueError`` listing the valid ones.
+    ``seesaw`` takes ``p=0.8``, ``q=2.0``, ``eps=0.01``. Unknown names raise ``ValueError``
+    listing the valid ones.
     """
     try:
         cls = HEADS[name]

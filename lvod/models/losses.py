@@ -127,7 +127,7 @@ def validate_bags_tables(label2binlabel: Tensor, pred_slice: Tensor, num_classes
 
 
 def bags_num_logits(pred_slice: Tensor) -> int:
-    """Total classifier outputs: ``(C + 1) + G``."""
+    """Total classifier outputs: ``(C + 1) + (G + 1)`` for G object groups (LVIS v0.5: 1231 + 5)."""
     return int(pred_slice[-1, 0] + pred_slice[-1, 1])
 
 
@@ -169,7 +169,7 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
     """Balanced group softmax loss.
 
     Args:
-        cls_logits: ``(R, (C+1)+G)``; labels: ``(R,)`` in ``0..C``.
+        cls_logits: ``(R, (C+1)+(G+1))``; labels: ``(R,)`` in ``0..C``.
         label2binlabel, pred_slice: the group tables (see ``validate_bags_tables``).
 
     Returns:
@@ -195,7 +195,7 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
 
 
 def bags_group_probs(cls_logits: Tensor, pred_slice: Tensor) -> Tensor:
-    """Softmax inside every group, laid out like the logits: ``(R, (C+1)+G)``; each group's
+    """Softmax inside every group, laid out like the logits: ``(R, (C+1)+(G+1))``; each group's
     slice sums to 1."""
     parts = [torch.softmax(cls_logits[:, int(s):int(s) + int(n)], dim=-1) for s, n in pred_slice]
     return torch.cat(parts, dim=-1)
