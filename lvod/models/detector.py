@@ -110,6 +110,19 @@ class ModelConfig:
                              f"selsa_attention_blocks {self.selsa_attention_blocks}")
 
     @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A CPU demo/test preset: ResNet-18, 32-channel neck/RPN, 128-wide FCs, anchors
+        16..128 px, a few proposals, FlowNet at 1/16 width (random weights), window 5,
+        4 SELSA refs. ``overrides`` replace any field."""
+        base = dict(depth=18, neck_channels=32, rpn_channels=32, fc_channels=128, anchor_base=4.0,
+                    rpn_allowed_border=-1.0, rpn_num_samples=64, rpn_train_pre_nms=300,
+                    rpn_train_post_nms=64, rpn_test_pre_nms=300, rpn_test_post_nms=32,
+                    roi_num_samples=64, test_max_dets=20, flownet_width=1 / 16, fgfa_window=5,
+                    selsa_test_refs=4, selsa_attention_blocks=4)
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "<dict>") -> "ModelConfig":
         """Build from plain values; unknown keys and wrong types raise ``DataError``."""
         fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -81,6 +81,9 @@ class FlowNetSimple(nn.Module):
             setattr(self, f"upsample_flow{lvl}", _Conv(2, 2, 4, 2, bias=False, act=False, transposed=True))
             concat_in = ch[lvl - 1] + dec_out[lvl] + 2
         self.predict_flow = _Conv(concat_in, 2, 3, bias=False, act=False)
+        # Random weights (no Flying-Chairs file) start from the identity warp: a zero last
+        # layer gives zero flow, so an untrained FlowNet cannot scramble the refs.
+        nn.init.zeros_(self.predict_flow.conv.weight)
         self.register_buffer("img_mean", torch.tensor(image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("img_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("flow_mean", torch.tensor(FLOW_MEAN).view(1, 3, 1, 1), persistent=False)
