@@ -1,6 +1,6 @@
 """The demo dataset: determinism, long tail, CocoVID invariants, degraded frames.
 
-Budget: about 6 s (one default-size build shared by the module, two tiny builds).
+Budget: about 6 s (one default-size build shared by the module, four tiny builds).
 """
 import json
 from collections import Counter, defaultdict
@@ -140,10 +140,14 @@ def test_readme_and_summary(demo, tmp_path, capsys):
     text = r["readme"].read_text()
     for name, *_ in CLASSES:
         assert name in text
-    assert demo_main(tmp_path / "cli", seed=0) == 0
+    assert demo_main(tmp_path / "cli", seed=3, **TINY) == 0
     out = capsys.readouterr().out
-    assert "head/tail ratio" in out and "blue_square" in out
-    assert (tmp_path / "cli" / "annotations" / "val.json").read_bytes() == r["val_json"].read_bytes()
+    train = json.loads((tmp_path / "cli" / "annotations" / "train.json").read_text())
+    counts = Counter(a["category_id"] for a in train["annotations"])
+    lines = {ln.split()[0]: ln.split()[1:] for ln in out.splitlines() if ln.startswith("  ")}
+    for i, (name, *_) in enumerate(CLASSES):
+        assert int(lines[name][0]) == counts[i + 1]
+    assert f"head/tail ratio (train boxes): {max(counts.values()) / min(counts.values()):.1f}" in out
 
 
 def test_loads_with_cocovid_loader(demo):

@@ -421,10 +421,11 @@ def _readme_text(r: dict, seed: int, W: int, H: int, n: int) -> str:
     return "\n".join(lines)
 
 
-def demo_main(out, seed: int = 0) -> int:
+def demo_main(out, seed: int = 0, **sizes) -> int:
     """CLI entry (``lvod data demo --out DIR [--seed N]``): write the set, print a summary,
-    return the exit status 0."""
-    r = make_demo(out, seed=seed)
+    return the exit status 0. ``sizes`` are passed to ``make_demo`` (``num_train_videos``,
+    ``num_val_videos``, ``frames_per_video``, ``image_size``)."""
+    r = make_demo(out, seed=seed, **sizes)
     print(f"demo dataset written to {r['out_dir']}")
     print(f"  images root: {r['images_root']}")
     print(f"  annotations: {r['train_json']}, {r['val_json']}")
