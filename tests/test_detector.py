@@ -1,0 +1,177 @@
+"""Faster R-CNN R50-DC5 parts (backbone, box maths, config) and the detector interface
+shared by the three kinds and the three heads. CPU, tiny models; budget about 25 s."""
+import json
+
+import pytest
+import torch
+
+from lvod.errors import DataError
+from lvod.models import box_coder as bc
+from lvod.models.backbone import ResNetDC5
+from lvod.models.detector import ModelConfig, build_detector
+
+H, W = 64, 96
+LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}
+SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
+
+
+def head_kwargs(head):
+    if head == "bags":
+        from lvod.groups import build_groups
+        return {"groups": build_groups([1, 2, 3], [100, 10, 1], method="edges", edges=(5, 50))}
+    return {}
+
+
+def tiny(kind, head="softmax", **kw):
+    torch.manual_seed(0)
+    return build_detector(ModelConfig.tiny(kind=kind, num_classes=3, head=head,
+                                           head_kwargs=head_kwargs(head), **kw))
+
+
+def one_target():
+    return {"boxes": torch.tensor([[8.0, 10, 40, 42], [50, 20, 90, 50]]), "labels": torch.tensor([1, 3])}
+
+
+def no_target():
+    return {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}
+
+
+def frames_of(kind):
+    return 1 if kind == "single" else 3
+
+
+@pytest.mark.parametrize("kind", ["single", "fgfa", "selsa"])
+@pytest.mark.parametrize("head", ["softmax", "bags", "seesaw"])
+def test_losses_are_named_finite_scalars_with_gradients(kind, head):
+    m = tiny(kind, head)
+    images = torch.randn(2, frames_of(kind), 3, H, W)
+    losses = m(images, [(H, W), (60, 90)], [one_target(), no_target()])
+    assert LOSS_KEYS <= set(losses)
+    for k, v in losses.items():
+        assert v.dim() == 0 and torch.isfinite(v), k
+    sum(losses.values()).backward()
+    fc_cls = m.detector.roi_head.bbox_head.predictor.fc_cls.weight
+    assert fc_cls.grad is not None and fc_cls.grad.abs().sum() > 0
+    assert m.detector.rpn_head.rpn_cls.weight.grad.abs().sum() > 0
+    assert m.detector.backbone.conv1.weight.grad is None  # frozen stem
+
+
+@pytest.mark.parametrize("kind", ["single", "fgfa", "selsa"])
+def test_frame_without_ground_truth_has_zero_box_losses(kind):
+    m = tiny(kind)
+    losses = m(torch.randn(1, frames_of(kind), 3, H, W), [(H, W)], [no_target()])
+    assert losses["loss_rpn_bbox"].item() == 0.0
+    assert losses["loss_bbox"].item() == 0.0
+    assert torch.isfinite(losses["loss_cls"]) and losses["loss_cls"].item() > 0
+    assert torch.isfinite(losses["loss_rpn_cls"]) and losses["loss_rpn_cls"].item() > 0
+
+
+def test_video_detectors_refuse_a_single_frame():
+    with pytest.raises(ValueError, match="T >= 2"):
+        tiny("fgfa")(torch.randn(1, 1, 3, H, W), [(H, W)], [no_target()])
+
+
+@pytest.mark.parametrize("kind", ["single", "fgfa", "selsa"])
+def test_detect_video_one_result_per_frame_inside_original_image(kind):
+    m = tiny(kind).eval()
+    g = torch.Generator().manual_seed(1)
+    meta = {"img_size": (60, 90), "orig_size": (120, 180)}
+    frames = [(torch.randn(3, H, W, generator=g), meta) for _ in range(6)]
+    out = list(m.detect_video(iter(frames), 6))
+    assert len(out) == 6
+    for r in out:
+        k = r["boxes"].shape[0]
+        assert r["boxes"].shape == (k, 4) and r["scores"].shape == (k,) and r["labels"].shape == (k,)
+        assert 0 < k <= 20
+        b = r["boxes"]
+        assert (b[:, 0] >= 0).all() and (b[:, 2] <= 180).all() and (b[:, 1] >= 0).all() and (b[:, 3] <= 120).all()
+        assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
+        assert ((r["labels"] >= 1) & (r["labels"] <= 3)).all()
+        assert (r["scores"][:-1] >= r["scores"][1:]).all()
+
+
+def test_detections_are_scaled_to_original_size():
+    m = tiny("single").eval()
+    img = torch.randn(3, H, W)
+    same = next(m.detect_video([(img, {"img_size": (H, W), "orig_size": (H, W)})], 1))
+    double = next(m.detect_video([(img, {"img_size": (H, W), "orig_size": (2 * H, 3 * W)})], 1))
+    assert torch.allclose(double["boxes"], same["boxes"] * torch.tensor([3.0, 2, 3, 2]), atol=1e-4)
+    assert torch.equal(double["labels"], same["labels"])
+
+
+def test_autocast_bfloat16_forward_is_finite():
+    m = tiny("fgfa")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = m(torch.randn(1, 3, 3, H, W), [(H, W)], [one_target()])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_resnet50_dc5_stride_16_dilated_stage4_and_frozen_parts():
+    b = ResNetDC5(50)
+    assert b(torch.zeros(1, 3, 64, 96)).shape == (1, 2048, 4, 6)
+    assert all(blk.conv2.dilation == (2, 2) and blk.conv2.stride == (1, 1) for blk in b.layer4)
+    assert b.layer4[0].downsample[0].stride == (1, 1)
+    assert b.layer3[0].conv2.stride == (2, 2)
+    assert not any(p.requires_grad for p in list(b.conv1.parameters()) + list(b.layer1.parameters()))
+    assert all(p.requires_grad for p in b.layer2.parameters())
+    assert not any("bn" in n for n, _ in b.named_parameters())  # all BatchNorm frozen (buffers)
+
+
+def test_resnet18_basicblock_stage4_dilated_by_hand():
+    b = ResNetDC5(18)
+    assert b(torch.zeros(1, 3, 64, 96)).shape == (1, 512, 4, 6)
+    assert all(blk.conv1.dilation == (2, 2) and blk.conv1.padding == (2, 2) for blk in b.layer4)
+
+
+def test_state_dict_matches_mmtracking_detector_keys_and_shapes(external_data):
+    zoo = json.loads((external_data / SHAPES).read_text())["fgfa_r50_dc5"]["state_dict"]
+    want = {k: v for k, v in zoo.items()
+            if k.startswith("detector.") and not k.endswith("num_batches_tracked")}
+    m = build_detector(ModelConfig(kind="single"))
+    got = {k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape) for k, v in m.state_dict().items()}
+    assert got == want
+
+
+def test_anchors_follow_mmdet_layout():
+    base = bc.base_anchors(16, [4, 8, 16, 32], [0.5, 1.0, 2.0])
+    assert base.shape == (12, 4)
+    w, h = base[:, 2] - base[:, 0], base[:, 3] - base[:, 1]
+    assert torch.allclose((w * h).sqrt()[:4], torch.tensor([64.0, 128, 256, 512]))
+    assert torch.allclose(h[:4] / w[:4], torch.full((4,), 0.5))   # ratio-major order
+    grid = bc.grid_anchors(base, 2, 3, 16)
+    assert grid.shape == (2 * 3 * 12, 4)
+    assert torch.allclose(grid[(1 * 3 + 2) * 12 + 5], base[5] + torch.tensor([32.0, 16, 32, 16]))
+
+
+def test_encode_decode_round_trip_and_clipping():
+    boxes = torch.tensor([[10.0, 10, 50, 30], [0, 0, 20, 80]])
+    gt = torch.tensor([[12.0, 8, 60, 36], [5, 5, 15, 60]])
+    d = bc.encode(boxes, gt, (0.2, 0.2, 0.2, 0.2))
+    assert torch.allclose(d[0, 0], torch.tensor((36.0 - 30) / 40 / 0.2))
+    assert torch.allclose(bc.decode(boxes, d, (0.2, 0.2, 0.2, 0.2)), gt, atol=1e-4)
+    clipped = bc.decode(boxes, torch.tensor([[0.0, 0, 5, 5], [0, 0, 0, 0]]), (1, 1, 1, 1), (40, 45))
+    assert clipped[:, 2].max() <= 45 and clipped[:, 3].max() <= 40 and clipped.min() >= 0
+
+
+def test_assign_low_quality_matches_only_when_enabled():
+    gt = torch.tensor([[0.0, 0, 10, 10]])
+    boxes = torch.tensor([[0.0, 0, 10, 25], [100, 100, 110, 110], [0, 0, 10, 12]])  # IoU .4, 0, .83
+    m, iou = bc.assign(boxes, gt, 0.7, 0.3, 0.3, low_quality=False)
+    assert m.tolist() == [-1, 0, 1]
+    gt2 = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 24]])
+    m2, _ = bc.assign(boxes[:2], gt2[:1], 0.7, 0.3, 0.3, low_quality=True)
+    assert m2.tolist() == [1, 0]  # best box of the GT (IoU 0.4 >= min_pos_iou) becomes positive
+    pos, neg = bc.sample(torch.tensor([1] * 10 + [0] * 20), 8, 0.25)
+    assert pos.numel() == 2 and neg.numel() == 6
+
+
+def test_config_rejects_unknown_keys_and_wrong_types():
+    assert ModelConfig.from_dict({"depth": 18, "anchor_scales": [2, 4]}).anchor_scales == (2, 4)
+    with pytest.raises(DataError, match="model.depthh"):
+        ModelConfig.from_dict({"depthh": 18}, "exp.yaml")
+    with pytest.raises(DataError, match="expected int"):
+        ModelConfig.from_dict({"depth": "50"}, "exp.yaml")
+    with pytest.raises(ValueError, match="kind"):
+        ModelConfig(kind="dff")
+    with pytest.raises(ValueError, match="depth"):
+        ResNetDC5(42)

@@ -1,0 +1,136 @@
+"""FGFA: FlowNetSimple layout and input conventions, warping, embedding aggregation, the
+streaming window and its feature cache. CPU, tiny models; budget about 10 s."""
+import json
+
+import pytest
+import torch
+
+from lvod.errors import DataError
+from lvod.io import torch_save_atomic
+from lvod.models.detector import ModelConfig, build_detector
+from lvod.models.fgfa import EmbedAggregator, window_indices
+from lvod.models.flownet import FLOW_MEAN, FlowNetSimple, load_flownet_weights, resize_flow, warp
+
+SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
+H, W = 64, 96
+
+
+def tiny_fgfa(**kw):
+    torch.manual_seed(0)
+    return build_detector(ModelConfig.tiny(kind="fgfa", num_classes=3, **kw))
+
+
+def test_zero_flow_warps_features_to_themselves():
+    feats = torch.randn(2, 4, 5, 7)
+    out = warp(feats, torch.zeros(2, 2, 80, 112))
+    assert (out - feats).abs().max() <= 1e-6
+
+
+def test_integer_flow_shifts_features_with_border_padding():
+    feats = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 2, 3, 4)
+    flow = torch.zeros(1, 2, 3, 4)
+    flow[:, 0] = 1.0  # sample one column to the right
+    out = warp(feats, flow)
+    assert torch.allclose(out[..., :3], feats[..., 1:], atol=1e-5)
+    assert torch.allclose(out[..., 3], feats[..., 3], atol=1e-5)  # border repeats the edge
+
+
+def test_flow_resized_to_feature_map_with_scaled_values():
+    flow = torch.full((1, 2, 32, 48), 16.0)
+    small = resize_flow(flow, (2, 3))
+    assert small.shape == (1, 2, 2, 3) and torch.allclose(small, torch.ones(1, 2, 2, 3))
+
+
+def test_aggregation_weights_sum_to_one_and_identical_refs_give_that_ref():
+    torch.manual_seed(0)
+    agg = EmbedAggregator(8)
+    key, refs = torch.randn(1, 8, 4, 5), torch.randn(3, 8, 4, 5)
+    w = agg.weights(key, refs)
+    assert w.shape == (3, 1, 4, 5) and torch.allclose(w.sum(0), torch.ones(1, 4, 5), atol=1e-6)
+    same = refs[:1].expand(3, -1, -1, -1)
+    assert torch.allclose(agg(key, same), refs[:1], atol=1e-6)
+    assert [k for k in agg.state_dict()] == ["embed_convs.0.conv.weight", "embed_convs.0.conv.bias"]
+
+
+def test_flownet_layout_matches_mmtracking_and_weights_load(external_data, tmp_path):
+    zoo = json.loads((external_data / SHAPES).read_text())["fgfa_r50_dc5"]["state_dict"]
+    want = {k.removeprefix("motion."): v for k, v in zoo.items() if k.startswith("motion.")}
+    net = FlowNetSimple()
+    assert {k: list(v.shape) for k, v in net.state_dict().items()} == want
+    for name in ("deconv5", "predict_flow6", "upsample_flow2", "predict_flow"):
+        assert getattr(net, name).conv.bias is None
+    torch.manual_seed(3)
+    src = FlowNetSimple()
+    path = torch_save_atomic({f"motion.{k}": v for k, v in src.state_dict().items()}, tmp_path / "flow.pth")
+    load_flownet_weights(net, path)
+    assert torch.equal(net.predict_flow.conv.weight, src.predict_flow.conv.weight)
+    with pytest.raises(DataError, match="width 1.0"):
+        load_flownet_weights(FlowNetSimple(width=0.5), path)
+
+
+def test_flownet_input_denormalised_centred_padding_zeroed_half_size():
+    mean, std = torch.tensor([123.675, 116.28, 103.53]), torch.tensor([58.395, 57.12, 57.375])
+    pixel = torch.tensor(FLOW_MEAN) * 255.0  # a pixel that the flow net centres to 0
+    img = ((pixel - mean) / std).view(3, 1, 1).expand(3, 32, 48).clone()[None]
+    net = FlowNetSimple(width=1 / 16)
+    x = net.prepare(img, img + 1.0, (20, 40))
+    assert x.shape == (1, 6, 16, 24)
+    assert x[:, :3, :9, :19].abs().max() < 1e-5                 # key: centred to zero
+    assert torch.allclose(x[0, 3:, 0, 0], std / 255.0, atol=1e-5)  # ref: +1 std
+    assert x[:, :, 11:, :].abs().max() == 0 and x[:, :, :, 21:].abs().max() == 0  # padding
+    flow = net(img, img, (32, 48))
+    assert flow.shape == (1, 2, 32, 48) and flow.abs().max() == 0  # random net: identity warp
+
+
+def test_window_indices_pad_edges_by_repetition():
+    assert window_indices(0, 10, 5) == [0, 0, 0, 1, 2]
+    assert window_indices(9, 10, 5) == [7, 8, 9, 9, 9]
+    assert window_indices(4, 10, 5) == [2, 3, 4, 5, 6]
+    assert window_indices(0, 1, 31) == [0] * 31
+
+
+def test_training_aggregates_the_refs_only():
+    m = tiny_fgfa()
+    seen = []
+    orig = m.aggregator.forward
+    m.aggregator.forward = lambda x, refs: seen.append(refs.shape[0]) or orig(x, refs)
+    m(torch.randn(2, 3, 3, H, W), [(H, W), (H, W)],
+      [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([2])}] * 2)
+    assert seen == [2, 2]
+
+
+def test_detect_video_computes_each_frame_once_and_reads_lazily():
+    m = tiny_fgfa(fgfa_window=5).eval()
+    calls, reads = [], []
+    orig = m.detector.backbone.forward
+    m.detector.backbone.forward = lambda x: calls.append(x.shape[0]) or orig(x)
+    meta = {"img_size": (H, W), "orig_size": (H, W)}
+
+    def frames():
+        for i in range(7):
+            reads.append(i)
+            yield torch.randn(3, H, W), meta
+
+    for t, _ in enumerate(m.detect_video(frames(), 7)):
+        assert len(reads) == min(7, t + 3)  # never more than half a window ahead
+    assert calls == [1] * 7
+
+
+def test_window_of_one_equals_the_single_frame_pipeline():
+    m = tiny_fgfa(fgfa_window=1).eval()
+    img = torch.randn(3, H, W)
+    meta = {"img_size": (H, W), "orig_size": (H, W)}
+    got = next(m.detect_video([(img, meta)], 1))
+    with torch.no_grad():
+        feat = m.detector.extract_feat(img[None])
+        props = m.detector.rpn_test(feat, [(H, W)])
+        want = m.detector.roi_head.detect(feat, props, [(H, W)])[0]
+    assert torch.allclose(got["boxes"], want["boxes"], atol=1e-4)
+    assert torch.allclose(got["scores"], want["scores"], atol=1e-6)
+
+
+def test_detect_video_refuses_too_few_frames():
+    m = tiny_fgfa().eval()
+    meta = {"img_size": (H, W), "orig_size": (H, W)}
+    with pytest.raises(ValueError, match="ran out"):
+        list(m.detect_video(iter([(torch.randn(3, H, W), meta)] * 2), 4))
