@@ -25,16 +25,7 @@ from pathlib import Path
 
 from lvod.errors import DataError
 
-try:
-    from lvod.models.detector import ModelConfig
-except ModuleNotFoundError as _exc:  # TEMPORARY until lvod/models/detector.py lands
-    if _exc.name != "lvod.models.detector":
-        raise
-
-    @dataclass
-    class ModelConfig:  # placeholder section, replaced by the detector's own dataclass
-        kind: str = "fgfa"
-        num_classes: int = 30
+from lvod.models.detector import ModelConfig
 
 CMDLINE = "<command line>"
 
@@ -87,8 +78,8 @@ class TrainConfig:
     ``lr`` is the learning rate for a total batch of ``lr_base_batch`` images; the engine
     scales it linearly to world_size x imgs_per_gpu. ``lr_steps`` are epochs (0-based
     count of finished epochs) after which the lr is multiplied by ``lr_gamma``.
-    ``stop_after_iters`` (> 0) ends the run early at that global iteration, as an
-    interruption would, without changing the schedule.
+    ``stop_after_iters`` (> 0) ends the run early at that global iteration, with a
+    checkpoint there, without changing the schedule (a later run resumes from it).
     """
 
     lr: float = 0.01
@@ -300,6 +291,10 @@ def _coerce(tp, value, dotted: str, prov: dict):
         if not isinstance(value, str):
             raise bad(f"must be a string, got {value!r}")
         return value
+    if tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad(f"must be a list, got {type(value).__name__} {value!r}")
+        return tp(value)
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
             raise bad(f"must be a table, got {value!r}")

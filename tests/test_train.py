@@ -1,0 +1,202 @@
+"""Training loop: schedule, exact resume, NaN guard, atomic checkpoints, DDP (gloo), CLI entry."""
+import json
+import os
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvod.config import Config, DataConfig, TrainConfig, load_config
+from lvod.data.cocovid import load_cocovid
+from lvod.engine import checkpointing as ckpt_io
+from lvod.engine.train import NonFiniteLossError, lr_at, scaled_lr, train, train_main
+from test_pipeline import write_tiny_vid
+
+torch.set_num_threads(1)
+
+
+class TinyDetector(nn.Module):
+    """Stand-in with the detector's training interface; draws from the global torch RNG
+    (dropout) so that resuming must restore it. ``nan_at``: call that returns a NaN loss."""
+
+    def __init__(self, num_classes: int = 2, nan_at: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.drop = nn.Dropout(0.5)
+        self.cls = nn.Linear(4, num_classes + 1)
+        self.box = nn.Linear(4, 4)
+        self.nan_at, self.calls = nan_at, 0
+
+    def forward(self, images, image_sizes, targets):
+        b, t = images.shape[:2]                                            # [B, T, 3, H, W]
+        feats = self.conv(images.flatten(0, 1)).mean((2, 3)).view(b, t, 4).mean(1)  # [B, 4]
+        feats = self.drop(feats)
+        labels = torch.stack([tg["labels"][0] for tg in targets])
+        boxes = torch.stack([tg["boxes"][0] for tg in targets]) / 100
+        self.calls += 1
+        losses = {"loss_cls": F.cross_entropy(self.cls(feats), labels),
+                  "loss_bbox": F.l1_loss(self.box(feats), boxes)}
+        if self.calls == self.nan_at:
+            losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
+        return losses
+
+
+def fresh_model(**kw) -> TinyDetector:
+    torch.manual_seed(0)  # same initial weights in every run (train() seeds only afterwards)
+    return TinyDetector(**kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tinytrain")
+    vid, _ = write_tiny_vid(root, num_videos=2, num_frames=12, size=(40, 30))
+    return [(load_cocovid(vid, images_root=root), True, False)]  # 20 key frames
+
+
+def make_cfg(**train_kw) -> Config:
+    data = replace(DataConfig(), img_scale=[48, 36], imgs_per_gpu=4, workers_per_gpu=0)
+    base = dict(lr=0.05, lr_base_batch=4, epochs=2, lr_steps=[1], warmup_iters=3,
+                checkpoint_interval=2, log_interval=1, amp=False, progress_bar=False,
+                tensorboard=False, deterministic=True)
+    return Config(name="tiny", data=data, train=replace(TrainConfig(), **{**base, **train_kw}))
+
+
+def test_lr_schedule_warmup_steps_and_scaling():
+    tc = replace(TrainConfig(), warmup_iters=500, warmup_ratio=1 / 3, lr_steps=[2, 5])
+    assert scaled_lr(0.01, 8, 16) == pytest.approx(0.02)
+    assert lr_at(0, 1000, 0.01, tc) == pytest.approx(0.01 / 3)
+    assert lr_at(250, 1000, 0.01, tc) == pytest.approx(0.01 * (1 - 0.5 * 2 / 3))
+    assert lr_at(500, 1000, 0.01, tc) == pytest.approx(0.01)
+    assert lr_at(1999, 1000, 0.01, tc) == pytest.approx(0.01)
+    assert lr_at(2000, 1000, 0.01, tc) == pytest.approx(0.001)
+    assert lr_at(5000, 1000, 0.01, tc) == pytest.approx(0.0001)
+
+
+def test_resume_mid_epoch_is_exact(tmp_path, tiny_sources):
+    straight = train(make_cfg(), tmp_path / "a", model=fresh_model(), sources=tiny_sources)
+    assert straight["iter"] == 10                                     # 2 epochs x 5 batches
+    train(make_cfg(stop_after_iters=4), tmp_path / "b", model=fresh_model(), sources=tiny_sources)
+    state = ckpt_io.load_checkpoint(tmp_path / "b" / "latest.pth")
+    assert state["iter"] == 4 and state["sampler"] == {
+        "epoch": 0, "batch": 4, "seed": 0, "world_size": 1, "batch_size": 4}
+    torch.manual_seed(1234)                                         # must not matter: restored
+    resumed = train(make_cfg(), tmp_path / "b", model=fresh_model(), sources=tiny_sources,
+                    resume=tmp_path / "b" / "latest.pth")
+    assert resumed["iter"] == 10
+    a = ckpt_io.load_checkpoint(tmp_path / "a" / "epoch_2.pth")
+    b = ckpt_io.load_checkpoint(tmp_path / "b" / "epoch_2.pth")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
+    log_a = [json.loads(ln) for ln in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(ln) for ln in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    losses = lambda log: [(r["iter"], r["loss"], r["lr"]) for r in log if r["event"] == "train"]
+    assert losses(log_a) == losses(log_b) and len(losses(log_a)) == 10
+    assert [r["lr"] for r in log_a if r["event"] == "train"][:4] == pytest.approx(
+        [0.05 / 3, 0.05 * 5 / 9, 0.05 * 7 / 9, 0.05])
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.pth")) == [
+        "epoch_1.pth", "epoch_2.pth", "iter_6.pth", "iter_8.pth", "latest.pth"]  # newest 2 kept
+    assert json.loads((tmp_path / "a" / "config.resolved.json").read_text())["train"]["lr"] == 0.05
+
+
+def test_nan_guard_names_iteration_and_loss(tmp_path, tiny_sources):
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss 'loss_bbox' is nan"):
+        train(make_cfg(), tmp_path, model=fresh_model(nan_at=3), sources=tiny_sources)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "latest.pth"
+    ckpt_io.save_checkpoint({"iter": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, fh, *a, **k):
+        fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io.save_checkpoint({"iter": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    state = ckpt_io.load_checkpoint(path)
+    assert state["iter"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["latest.pth"]    # no temp file left
+
+
+def test_rng_state_round_trip_through_weights_only(tmp_path):
+    import random
+
+    import numpy as np
+
+    state = ckpt_io.rng_state()
+    ckpt_io.save_checkpoint({"rng": [state]}, tmp_path / "r.pth")
+    want = (random.random(), np.random.rand(), torch.rand(1).item())
+    ckpt_io.set_rng_state(ckpt_io.load_checkpoint(tmp_path / "r.pth")["rng"][0])
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+
+
+def _ddp_worker(rank, world, port, run_dir, sources):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
+                      RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    try:
+        train(make_cfg(epochs=1), run_dir, model=fresh_model(), sources=sources)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_process_ddp_trains_and_checkpoints(tmp_path, tiny_sources):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the workers share the parent's imports (spawn would re-import torch twice)
+    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, tmp_path, tiny_sources),
+                                          nprocs=2, start_method="fork")
+    state = ckpt_io.load_checkpoint(tmp_path / "latest.pth")
+    assert state["iter"] == 3 and state["epoch"] == 1                # 20 frames / (2 x 4)
+    assert len(state["rng"]) == 2 and state["sampler"]["world_size"] == 2
+    start = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert start["world_size"] == 2 and start["base_lr"] == pytest.approx(0.05 * 8 / 4)
+
+
+def test_train_main_with_real_detector(tmp_path, tiny_sources, capsys):
+    """Config file -> run folder with the single-frame R18 detector, then auto-resume."""
+    root = tmp_path / "data"
+    write_tiny_vid(root, num_videos=1, num_frames=3, size=(128, 96))
+    cfg = tmp_path / "tiny_single.toml"
+    cfg.write_text(f"""
+[data]
+root = "{root.as_posix()}"
+train = [{{ann_file = "vid.json", images_root = ".", key_frames_only = false}}]
+img_scale = [128, 96]
+workers_per_gpu = 0
+num_ref_frames = 0
+[model]
+kind = "single"
+depth = 18
+num_classes = 2
+rpn_train_pre_nms = 200
+rpn_train_post_nms = 50
+[train]
+epochs = 1
+warmup_iters = 2
+progress_bar = false
+log_interval = 1
+amp = false
+""")
+    run = tmp_path / "run"
+    assert train_main(cfg, work_dir=run, overrides=["train.stop_after_iters=1"]) == 0
+    assert f"run folder: {run}" in capsys.readouterr().out
+    assert ckpt_io.load_checkpoint(run / "latest.pth")["iter"] == 1
+    assert load_config(run / "config.resolved.json").model.depth == 18
+    assert train_main(cfg, work_dir=run) == 0                        # auto-resumes at 1
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "done: 3 iterations" in out
+    lines = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in lines if r["event"] == "train"] == [1, 2, 3]
+    assert all(r["loss"] > 0 for r in lines if r["event"] == "train")
