@@ -103,64 +103,91 @@ def _segments(keys: np.ndarray):
     return starts, np.cumsum(new) - 1
 
 
-def match_chunk(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, iou_thrs=IOU_THRS, max_dets: int = 100,
-                area_rng=AREA_ALL, iou_fn=pair_iou, ties: str = "last",
-                prefer_unignored: bool = True):
-    """Greedy COCO matching for one chunk of images.
+@dataclass
+class ChunkPairs:
+    """What every pass over a chunk shares: the kept detections and their candidate pairs.
 
-    Returns ``(keep, matched, ignored, npig)``: ``keep`` int64 (M,) rows of ``dets`` kept
-    (at most ``max_dets`` per image and category), in input order; ``matched`` and
-    ``ignored`` bool (T, M) per IoU threshold; ``npig`` int64 (K,) non-ignored GT per
-    category. ``iou_fn(det_boxes, gt_boxes, crowd)`` computes row-paired IoU (ILSVRC swaps
-    in its +1-pixel variant). ``ties``: which of several GTs with the same best IoU a
-    detection takes - ``"last"`` in GT order (COCOeval's ``>=`` scan) or ``"first"`` (the
-    ILSVRC devkit's strict ``>``). ``prefer_unignored=False`` drops COCO's preference for
-    non-ignored GTs (FGFA's motion evaluation takes the best GT whatever its bucket).
+    ``keep`` int64 (M,) rows of the chunk's detections kept (at most ``max_dets`` per image
+    and category), in input order; ``rank`` int64 (M,) their rank in (score desc, file
+    order) within (image, category); ``det_area`` float64 (M,); pairs (P,): ``p_det`` (row
+    of ``keep``), ``p_gt`` (GT row of the chunk), ``p_iou`` float64, only pairs of the same
+    image and category whose IoU reaches ``min_iou`` (or the GT's own lower threshold).
     """
-    thrs = np.minimum(np.asarray(iou_thrs, np.float64), 1 - 1e-10)
-    T = len(thrs)
-    # ground truth: group key, ignore flag; sort by (key, ignore, file order) = COCOeval's gtind
-    g_ign = gt.ignore | gt.crowd | (gt.area < area_rng[0]) | (gt.area > area_rng[1])
-    npig = np.bincount(gt.cat[~g_ign], minlength=num_cats).astype(np.int64)
-    g_key = gt.img * num_cats + gt.cat
-    g_ord = np.lexsort((g_ign, g_key)) if prefer_unignored else np.argsort(g_key, kind="stable")
-    g_key, g_ign = g_key[g_ord], g_ign[g_ord]
-    g_box, g_crowd, g_id0 = gt.box[g_ord], gt.crowd[g_ord], gt.ann_id[g_ord] == 0
-    g_thr = None if gt.thr is None else np.minimum(gt.thr[g_ord], 1 - 1e-10)
 
-    # detections: rank within (image, category) by (score desc, file order); keep < max_dets
+    keep: np.ndarray
+    rank: np.ndarray
+    det_area: np.ndarray
+    p_det: np.ndarray
+    p_gt: np.ndarray
+    p_iou: np.ndarray
+
+
+def chunk_pairs(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, max_dets: int = 100, min_iou: float = 0.5,
+                iou_fn=pair_iou) -> ChunkPairs:
+    """Rank detections per (image, category), cap at ``max_dets``, list candidate pairs.
+
+    ``iou_fn(det_boxes, gt_boxes, crowd)`` computes row-paired IoU (ILSVRC swaps in its
+    +1-pixel variant).
+    """
     d_key = dets.img * num_cats + dets.cat
     order = np.lexsort((-dets.score.astype(np.float64), d_key))
     starts, seg = _segments(d_key[order])
-    rank_sorted = np.arange(len(order)) - starts[seg] if len(order) else np.zeros(0, np.int64)
     rank = np.empty(len(order), np.int64)
-    rank[order] = rank_sorted
+    rank[order] = np.arange(len(order)) - starts[seg] if len(order) else 0
     keep = np.flatnonzero(rank < max_dets)
     d_key, rank = d_key[keep], rank[keep]
-    M = len(keep)
+    g_key = gt.img * num_cats + gt.cat
+    g_sorted = np.argsort(g_key, kind="stable")
+    sk = g_key[g_sorted]
+    lo = np.searchsorted(sk, d_key, side="left")
+    cnt = np.searchsorted(sk, d_key, side="right") - lo
+    P = int(cnt.sum())
+    p_det = np.repeat(np.arange(len(keep)), cnt)
+    p_gt = g_sorted[lo[p_det] + (np.arange(P) - (np.cumsum(cnt) - cnt)[p_det])]
+    p_iou = iou_fn(dets.box[keep[p_det]], gt.box[p_gt], gt.crowd[p_gt])
+    need = min_iou if gt.thr is None else np.minimum(gt.thr[p_gt], min_iou)
+    ok = p_iou >= need
+    det_area = dets.box[keep, 2].astype(np.float64) * dets.box[keep, 3]
+    return ChunkPairs(keep, rank, det_area, p_det[ok], p_gt[ok], p_iou[ok])
+
+
+def greedy_pass(cp: ChunkPairs, gt: ChunkGT, num_cats: int, *, iou_thrs=IOU_THRS, area_rng=AREA_ALL,
+                ties: str = "last", prefer_unignored: bool = True):
+    """Greedy COCO matching of one chunk for one set of GT ignore flags (``gt.ignore``).
+
+    Returns ``(matched, ignored, npig)``: bool (T, M) per IoU threshold for the kept
+    detections, and int64 (K,) non-ignored GT per category. ``ties``: which of several GTs
+    with the same best IoU a detection takes - ``"last"`` in GT order (COCOeval's ``>=``
+    scan) or ``"first"`` (the ILSVRC devkit's strict ``>``). ``prefer_unignored=False``
+    drops COCO's preference for non-ignored GTs (FGFA's motion evaluation takes the best
+    GT whatever its bucket). ``gt.thr`` (per-GT threshold) replaces ``iou_thrs`` (T = 1).
+    """
+    thrs = np.minimum(np.asarray(iou_thrs, np.float64), 1 - 1e-10)
+    T, M = len(thrs), len(cp.keep)
+    g_ign = gt.ignore | gt.crowd | (gt.area < area_rng[0]) | (gt.area > area_rng[1])
+    npig = np.bincount(gt.cat[~g_ign], minlength=num_cats).astype(np.int64)
     matched = np.zeros((T, M), bool)
     ignored = np.zeros((T, M), bool)
-
-    # pairs (detection, GT of the same key) whose IoU reaches the lowest threshold
-    lo = np.searchsorted(g_key, d_key, side="left")
-    hi = np.searchsorted(g_key, d_key, side="right")
-    cnt = hi - lo
-    P = int(cnt.sum())
-    if P:
-        p_det = np.repeat(np.arange(M), cnt)
-        first = np.cumsum(cnt) - cnt
-        p_gt = lo[p_det] + (np.arange(P) - first[p_det])
-        p_iou = iou_fn(dets.box[keep[p_det]], g_box[p_gt], g_crowd[p_gt])
-        need = thrs.min() if g_thr is None else np.minimum(g_thr[p_gt], thrs.min())
-        ok = p_iou >= need
-        p_det, p_gt, p_iou = p_det[ok], p_gt[ok], p_iou[ok]
-        _greedy(p_det, p_gt, p_iou, rank[p_det], thrs, g_thr, g_ign, g_crowd, g_id0, matched, ignored,
-                len(g_key), ties == "first", prefer_unignored)
-
-    d_area = dets.box[keep, 2].astype(np.float64) * dets.box[keep, 3]
-    out = (d_area < area_rng[0]) | (d_area > area_rng[1])
+    if len(cp.p_det):
+        # COCOeval scans a detection's GTs non-ignored first, then file order (gtind)
+        g_pos = np.empty(len(g_ign), np.int64)
+        g_pos[np.lexsort((g_ign,)) if prefer_unignored else np.arange(len(g_ign))] = np.arange(len(g_ign))
+        o = np.lexsort((g_pos[cp.p_gt], cp.p_det))
+        g_thr = None if gt.thr is None else np.minimum(gt.thr, 1 - 1e-10)
+        _greedy(cp.p_det[o], cp.p_gt[o], cp.p_iou[o], cp.rank[cp.p_det[o]], thrs, g_thr, g_ign, gt.crowd,
+                gt.ann_id == 0, matched, ignored, len(g_ign), ties == "first", prefer_unignored)
+    out = (cp.det_area < area_rng[0]) | (cp.det_area > area_rng[1])
     ignored |= ~matched & out[None, :]
-    return keep, matched, ignored, npig
+    return matched, ignored, npig
+
+
+def match_chunk(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, iou_thrs=IOU_THRS, max_dets: int = 100,
+                area_rng=AREA_ALL, iou_fn=pair_iou, ties: str = "last", prefer_unignored: bool = True):
+    """:func:`chunk_pairs` then :func:`greedy_pass`; returns ``(keep, matched, ignored, npig)``."""
+    cp = chunk_pairs(gt, dets, num_cats, max_dets=max_dets, min_iou=float(np.min(iou_thrs)), iou_fn=iou_fn)
+    m, ig, npig = greedy_pass(cp, gt, num_cats, iou_thrs=iou_thrs, area_rng=area_rng, ties=ties,
+                              prefer_unignored=prefer_unignored)
+    return cp.keep, m, ig, npig
 
 
 def _greedy(p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matched, ignored, n_gt, first,
@@ -206,25 +233,33 @@ def _greedy(p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matc
         ignored[t_i, dd] = g_ign[gg]
 
 
-def accumulate(cat: np.ndarray, score: np.ndarray, matched: np.ndarray, ignored: np.ndarray,
-               npig: np.ndarray, num_cats: int) -> np.ndarray:
+def score_order(cat: np.ndarray, score: np.ndarray, num_cats: int):
+    """Rows grouped by category, each group by descending score, ties in input order.
+
+    Input order must be (image id, per-image COCO order); then this is COCOeval's stable
+    mergesort per category. Returns ``(order int64 (M,), bounds int64 (K+1,))``.
+    """
+    o = np.argsort(-np.asarray(score, np.float64), kind="stable")
+    small = np.asarray(cat)[o].astype(np.int16 if num_cats < 2 ** 15 else np.int64)
+    o = o[np.argsort(small, kind="stable")]  # int16: radix sort
+    bounds = np.searchsorted(np.asarray(cat)[o], np.arange(num_cats + 1))
+    return o, bounds
+
+
+def accumulate(order: np.ndarray, bounds: np.ndarray, matched: np.ndarray, ignored: np.ndarray,
+               npig: np.ndarray) -> np.ndarray:
     """COCOeval.accumulate for one area range and one maxDets.
 
-    Inputs cover every kept detection, concatenated in (image id, per-image COCO order)
-    order: ``cat`` int (M,), ``score`` float (M,), ``matched``/``ignored`` bool (T, M);
-    ``npig`` int64 (K,). Returns ``precision`` float64 (T, R, K), -1 for categories without
-    non-ignored GT (R = 101 recall thresholds).
+    ``order``/``bounds`` from :func:`score_order`; ``matched``/``ignored`` bool (T, M) over
+    the same rows; ``npig`` int64 (K,). Returns ``precision`` float64 (T, R, K), -1 for
+    categories without non-ignored GT (R = 101 recall thresholds).
     """
-    T = matched.shape[0]
-    precision = -np.ones((T, len(REC_THRS), num_cats))
-    by_cat = np.argsort(cat, kind="stable")
-    bounds = np.searchsorted(cat[by_cat], np.arange(num_cats + 1))
-    for k in range(num_cats):
+    T, K = matched.shape[0], len(npig)
+    precision = -np.ones((T, len(REC_THRS), K))
+    for k in range(K):
         if npig[k] == 0:
             continue
-        rows = by_cat[bounds[k]:bounds[k + 1]]
-        inds = np.argsort(-score[rows].astype(np.float64), kind="mergesort")
-        rows = rows[inds]
+        rows = order[bounds[k]:bounds[k + 1]]
         precision[:, :, k] = precision_table(matched[:, rows], ignored[:, rows], int(npig[k]))
     return precision
 

@@ -106,45 +106,65 @@ def _chunks(det_ptr: np.ndarray, chunk_dets: int):
 
 def run_protocol(p: Prepared, dets, *, protocol="coco", gt_ignore=None, iou_thrs=None, max_dets=100,
                  chunk_dets=CHUNK_DETS) -> dict:
-    """Match and accumulate one pass.
+    """One pass of :func:`run_passes`."""
+    return run_passes(p, dets, [(gt_ignore, iou_thrs)], protocol=protocol, max_dets=max_dets,
+                      chunk_dets=chunk_dets)[0]
 
-    ``gt_ignore`` bool (A,) marks extra ignore regions (motion buckets). Returns
-    ``{"precision": (T, R, K) for coco, "ap_voc": (K,) for ilsvrc, "npig": (K,),
-    "iou_thrs": (T,)}``.
+
+def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets=CHUNK_DETS) -> list:
+    """Match and accumulate several passes that differ only in GT ignore flags / thresholds.
+
+    ``passes``: list of ``(gt_ignore bool (A,) or None, iou_thrs or None)``; ``gt_ignore``
+    marks extra ignore regions (motion buckets). Detection ranking, pairs and IoU are
+    computed once per chunk and shared. Returns per pass ``{"precision": (T, R, K)`` (coco)
+    or ``"ap_voc": (K,)`` (ilsvrc), ``"npig": (K,), "iou_thrs": (T,)}``.
     """
     if protocol not in ("coco", "ilsvrc"):
         raise ValueError(f"protocol {protocol!r}: use 'coco' or 'ilsvrc'")
-    ilsvrc_mode = protocol == "ilsvrc"
-    thrs = np.asarray(iou_thrs if iou_thrs is not None else ([0.5] if ilsvrc_mode else coco.IOU_THRS), np.float64)
-    extra = np.zeros(len(p.g_img), bool) if gt_ignore is None else np.asarray(gt_ignore, bool)
-    cats, scores, matched, ignored = [], [], [], []
-    npig = np.zeros(p.num_cats, np.int64)
+    il = protocol == "ilsvrc"
+    default = [0.5] if il else coco.IOU_THRS
+    thrs = [np.asarray(t if t is not None else default, np.float64) for _, t in passes]
+    extras = [np.zeros(len(p.g_img), bool) if g is None else np.asarray(g, bool) for g, _ in passes]
+    if il and any(len(t) != 1 for t in thrs):
+        raise ValueError("the ilsvrc protocol has one IoU threshold per object; pass iou_thrs=None or [0.5]")
+    min_iou = float(min(t.min() for t in thrs))
+    cats, scores = [], []
+    flags = [([], []) for _ in passes]
+    npig = [np.zeros(p.num_cats, np.int64) for _ in passes]
     for i0, i1 in _chunks(p.det_ptr, chunk_dets):
         g = p.g_order[p.img_ptr[i0]:p.img_ptr[i1]]
         d = slice(p.det_ptr[i0], p.det_ptr[i1])
         rows = p.d_rows[d]
         cg = coco.ChunkGT(img=p.g_img[g], cat=p.g_cat[g], box=p.g_box[g], area=p.g_area[g], crowd=p.g_crowd[g],
-                          ignore=extra[g], ann_id=p.g_ann_id[g], thr=p.g_thr[g] if ilsvrc_mode else None)
+                          ignore=extras[0][g], ann_id=p.g_ann_id[g], thr=p.g_thr[g] if il else None)
         cd = coco.ChunkDets(img=p.d_img[d], cat=p.d_cat[d], box=dets.bbox[rows], score=dets.score[rows])
-        if ilsvrc_mode:
+        kept = None
+        if il:
+            kept = ~p.img_excluded[cg.img]
             cg, cd = ilsvrc.drop_unscored(cg, cd, p.img_excluded)
-            keep, m, ig, n = coco.match_chunk(cg, cd, p.num_cats, iou_thrs=thrs, max_dets=np.iinfo(np.int64).max,
-                                              iou_fn=ilsvrc.pair_iou_plus1, ties="first", prefer_unignored=False)
-        else:
-            keep, m, ig, n = coco.match_chunk(cg, cd, p.num_cats, iou_thrs=thrs, max_dets=max_dets)
-        cats.append(cd.cat[keep])
-        scores.append(cd.score[keep])
-        matched.append(m)
-        ignored.append(ig)
-        npig += n
-    T = len(thrs)
+        cp = coco.chunk_pairs(cg, cd, p.num_cats, max_dets=np.iinfo(np.int64).max if il else max_dets,
+                              min_iou=min_iou, iou_fn=ilsvrc.pair_iou_plus1 if il else coco.pair_iou)
+        cats.append(cd.cat[cp.keep])
+        scores.append(cd.score[cp.keep])
+        for j, (extra, t) in enumerate(zip(extras, thrs)):
+            cg.ignore = extra[g][kept] if il else extra[g]
+            m, ig, n = coco.greedy_pass(cp, cg, p.num_cats, iou_thrs=t, ties="first" if il else "last",
+                                        prefer_unignored=not il)
+            flags[j][0].append(m)
+            flags[j][1].append(ig)
+            npig[j] += n
     cat = np.concatenate(cats) if cats else np.zeros(0, np.int64)
     score = np.concatenate(scores) if scores else np.zeros(0)
-    m = np.concatenate(matched, axis=1) if matched else np.zeros((T, 0), bool)
-    ig = np.concatenate(ignored, axis=1) if ignored else np.zeros((T, 0), bool)
-    out = {"npig": npig, "iou_thrs": thrs}
-    if ilsvrc_mode:
-        out["ap_voc"] = ilsvrc.accumulate_voc(cat, score, m[0], ig[0], npig, p.num_cats)
-    else:
-        out["precision"] = coco.accumulate(cat, score, m, ig, npig, p.num_cats)
+    order, bounds = coco.score_order(cat, score, p.num_cats)
+    out = []
+    for j, t in enumerate(thrs):
+        m = np.concatenate(flags[j][0], axis=1) if cats else np.zeros((len(t), 0), bool)
+        ig = np.concatenate(flags[j][1], axis=1) if cats else np.zeros((len(t), 0), bool)
+        flags[j] = None  # free as we go
+        res = {"npig": npig[j], "iou_thrs": t}
+        if il:
+            res["ap_voc"] = ilsvrc.accumulate_voc(order, bounds, m[0], ig[0], npig[j])
+        else:
+            res["precision"] = coco.accumulate(order, bounds, m, ig, npig[j])
+        out.append(res)
     return out

@@ -65,23 +65,22 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-def accumulate_voc(cat, score, matched, ignored, npig, num_cats) -> np.ndarray:
-    """VOC AP per category (K,) from flags (M,) in (image, file) order; -1 without GT.
+def accumulate_voc(order, bounds, matched, ignored, npig) -> np.ndarray:
+    """VOC AP per category (K,); -1 without GT.
 
+    ``order``/``bounds`` from ``coco.score_order`` (per category, score descending, ties in
+    (image, file) order as MATLAB's stable sort); ``matched``/``ignored`` bool (M,).
     Ignored detections (matched to an ignore region) are dropped before the curve.
     """
-    ap = -np.ones(num_cats)
-    keep = ~ignored
-    cat, score, tp = cat[keep], np.asarray(score, np.float64)[keep], matched[keep]
-    by_cat = np.argsort(cat, kind="stable")
-    bounds = np.searchsorted(cat[by_cat], np.arange(num_cats + 1))
-    for k in range(num_cats):
+    ap = -np.ones(len(npig))
+    for k in range(len(npig)):
         if npig[k] == 0:
             continue
-        rows = by_cat[bounds[k]:bounds[k + 1]]
-        rows = rows[np.argsort(-score[rows], kind="stable")]
-        t = np.cumsum(tp[rows]).astype(np.float64)
-        f = np.cumsum(~tp[rows]).astype(np.float64)
+        rows = order[bounds[k]:bounds[k + 1]]
+        rows = rows[~ignored[rows]]
+        tp = matched[rows]
+        t = np.cumsum(tp).astype(np.float64)
+        f = np.cumsum(~tp).astype(np.float64)
         rec = t / npig[k]
         prec = t / np.maximum(t + f, np.finfo(np.float64).eps)
         ap[k] = voc_ap(rec, prec)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lvod.evaluation import coco, motion
-from lvod.evaluation.engine import CHUNK_DETS, prepare, run_protocol
+from lvod.evaluation.engine import CHUNK_DETS, prepare, run_passes
 from lvod.io import atomic_write, save_json
 
 
@@ -83,7 +83,10 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
     float array (A,) per GT annotation (NaN = unknown).
     """
     p = prepare(gt, dets, results_file=results_file)
-    main = run_protocol(p, dets, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets)
+    masks, mot = _motion_masks(gt, p, motion_iou)
+    passes = [(None, None)] + [(~inside, [0.5]) for inside in masks.values()]
+    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets)
+    main = results[0]
     ap50, ap, summ = _class_aps(main, protocol)
     cat_ids = [int(c) for c in p.cat_ids]
     names = list(class_names) if class_names is not None else list(getattr(gt, "cat_names", map(str, cat_ids)))
@@ -99,15 +102,25 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
            "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
            "num_images": int(len(gt.img_ids)), "num_detections": int(len(dets)),
            "dropped_unknown_category": p.dropped_unknown_category}
-    out.update(_motion(gt, dets, p, protocol, motion_iou, max_dets, chunk_dets))
+    out.update(mot)
+    if masks:
+        out["motion"] = {}
+        for (name, inside), res in zip(masks.items(), results[1:]):
+            a50, _, summ = _class_aps(res, protocol)
+            if protocol == "coco":
+                out["motion"][name] = summ["ap50"] if summ["ap50"] > -1 else None
+            else:
+                vals = [v for v in a50 if v is not None]
+                out["motion"][name] = float(np.mean(vals)) if vals else None
     return out
 
 
-def _motion(gt, dets, p, protocol, motion_iou, max_dets, chunk_dets) -> dict:
+def _motion_masks(gt, p, motion_iou):
+    """``({bucket: GT inside bool (A,)}, {motion_counts, motion_source, motion: None})``."""
     if motion_iou is None:
         inst = np.asarray(getattr(gt, "ann_instance_ids", np.full(len(p.g_img), -1)))
         if not (inst >= 0).any():
-            return {"motion": None, "motion_counts": None, "motion_source": "no tracks in the ground truth"}
+            return {}, {"motion": None, "motion_counts": None, "motion_source": "no tracks in the ground truth"}
         frames = np.asarray(gt.img_frame_ids)[gt.ann_image_idx]
         videos = np.asarray(gt.img_video_ids)[gt.ann_image_idx]
         miou, source = motion.motion_iou_from_tracks(videos, inst, frames, gt.ann_boxes), "instance tracks"
@@ -116,19 +129,9 @@ def _motion(gt, dets, p, protocol, motion_iou, max_dets, chunk_dets) -> dict:
     else:
         miou, source = np.asarray(motion_iou, np.float64), "given array"
     masks = motion.bucket_masks(miou)
-    result, counts = {}, {}
-    for name, inside in masks.items():
-        res = run_protocol(p, dets, protocol=protocol, gt_ignore=~inside, iou_thrs=[0.5], max_dets=max_dets,
-                           chunk_dets=chunk_dets)
-        a50, _, summ = _class_aps(res, protocol)
-        if protocol == "coco":
-            result[name] = summ["ap50"] if summ["ap50"] > -1 else None
-        else:
-            vals = [v for v in a50 if v is not None]
-            result[name] = float(np.mean(vals)) if vals else None
-        counts[name] = int((inside & ~p.g_crowd).sum())
+    counts = {name: int((inside & ~p.g_crowd).sum()) for name, inside in masks.items()}
     counts["unknown"] = int(np.isnan(miou).sum())
-    return {"motion": result, "motion_counts": counts, "motion_source": source}
+    return masks, {"motion": None, "motion_counts": counts, "motion_source": source}
 
 
 def _fmt(v) -> str:
