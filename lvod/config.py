@@ -30,9 +30,9 @@ from lvod.models.detector import ModelConfig
 CMDLINE = "<command line>"
 
 
-def choice(default, choices, doc=""):
+def choice(default, choices):
     """A string field restricted to ``choices`` (checked when the config is built)."""
-    return field(default=default, metadata={"choices": tuple(choices), "doc": doc})
+    return field(default=default, metadata={"choices": tuple(choices)})
 
 
 @dataclass
@@ -108,16 +108,13 @@ class TrainConfig:
 
 @dataclass
 class TestConfig:
-    """Video inference: which frames are aggregated with each key frame.
+    """Video inference settings owned by the engine.
 
-    ``ref_sampler = "window"``: FGFA's sliding window of ``window`` frames centred on the
-    key (edges repeat the first/last frame). ``"adaptive_stride"``: SELSA's
-    ``num_ref_frames`` refs spread uniformly over the whole video.
+    Which frames are aggregated at test time is the detector's business and lives in the
+    model section (``model.fgfa_window``: FGFA's sliding window; ``model.selsa_test_refs``:
+    SELSA's refs spread over the whole video), next to the code that uses it.
     """
 
-    ref_sampler: str = choice("window", ("window", "adaptive_stride", "none"))
-    window: int = 31
-    num_ref_frames: int = 14
     workers: int = 2
 
 
