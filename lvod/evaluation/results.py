@@ -181,20 +181,26 @@ def load_npz(path) -> Detections:
         return Detections(*(z[c] for c in COLUMNS)).check(path)
 
 
+def _bad_record(recs: list) -> int:
+    for k, r in enumerate(recs):
+        if not (isinstance(r, dict) and all(c in r for c in COLUMNS) and isinstance(r["bbox"], list)
+                and len(r["bbox"]) == 4):
+            return k
+    return 0
+
+
 def _records_to_columns(recs: list, path, first: int) -> Detections:
     try:
         img = np.fromiter((r["image_id"] for r in recs), np.int64, len(recs))
         cat = np.fromiter((r["category_id"] for r in recs), np.int64, len(recs))
         score = np.fromiter((r["score"] for r in recs), np.float64, len(recs))
         bbox = np.array([r["bbox"] for r in recs], dtype=np.float64)
+        if bbox.shape != (len(recs), 4):
+            raise ValueError(f"bbox column has shape {bbox.shape}")
     except (KeyError, TypeError, ValueError) as e:
-        i = next((k for k, r in enumerate(recs) if not (isinstance(r, dict) and all(c in r for c in COLUMNS)
-                                                       and len(r["bbox"]) == 4)), 0)
+        i = _bad_record(recs)
         raise DataError(path, f"record {first + i}", f"not a COCO bbox result ({e}): {str(recs[i])[:200]}",
                         "each record needs image_id, category_id, bbox [x, y, w, h] and score") from None
-    if bbox.shape != (len(recs), 4):
-        raise DataError(path, f"records {first}..{first + len(recs) - 1}", f"bbox column has shape {bbox.shape}",
-                        "every bbox must be [x, y, w, h]")
     return Detections(img, cat, bbox, score)
 
 

@@ -33,7 +33,7 @@ def synthetic_cocovid(*, num_videos=20, frames=100, num_cats=12, cats_unused=2, 
         wh = rng.uniform(8, 200, (ntrack, 2))
         xy = rng.uniform(0, 1, (ntrack, 2)) * (np.array([W, H]) - wh)
         vel = rng.normal(0, 1, (ntrack, 2)) * rng.choice([0.2, 2.0, 8.0], (ntrack, 1))
-        grow = np.exp(rng.normal(0, 0.01, (ntrack, 1)))
+        grow = np.exp(rng.normal(0, 0.003, (ntrack, 1)))
         crowd = rng.random(ntrack) < crowd_frac
         ids = np.arange(inst_id, inst_id + ntrack)
         inst_id += ntrack
