@@ -93,10 +93,11 @@ def _add_engine(sub):
     i.add_argument("--score-thr", type=float, default=0.3, help="score threshold for drawing")
     i.add_argument("--max-frames", type=int, default=None)
     i.add_argument("--device", default="auto")
+    i.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     i.set_defaults(func=lambda a: _call("lvod.engine.infer", "infer_main", a.config, a.checkpoint, a.input,
                                         a.out, draw=a.draw, video=a.video, score_thr=a.score_thr,
                                         device=a.device, random_weights=a.random_weights,
-                                        max_frames=a.max_frames))
+                                        max_frames=a.max_frames, overrides=a.overrides))
 
     v = sub.add_parser("eval", help="evaluate detections (COCO AP@50 per class, group and motion speed)")
     v.add_argument("--ann", required=True, help="ground-truth annotation json")
