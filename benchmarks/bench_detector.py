@@ -1,0 +1,145 @@
+"""Detector speed: training step time and streaming inference time per frame.
+
+Random weights, random images at the real input size (600x1000 padded to 608x1008), the
+R50-DC5 detectors at their mmtracking defaults unless overridden. Training step = key + refs
+forward, backward, gradient clipping (35) and one SGD step (lr 0.01, momentum 0.9, wd 1e-4),
+timed after ``--warmup`` steps. Inference = ``detect_video`` over a stream of frames, timed per
+yielded frame after the first (which pays for filling the window / reference cache).
+
+    nice -n 10 python benchmarks/bench_detector.py --kind fgfa --threads 2
+    python benchmarks/bench_detector.py --kind fgfa --device cuda --amp --train-steps 20 --infer-frames 60
+
+Prints one JSON object: step seconds (mean, min), inference seconds per frame (mean of the
+steady-state frames) and fps, peak CUDA memory (GiB) for training and inference on CUDA.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+
+from lvod.models.detector import ModelConfig, build_detector
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_targets(n: int, h: int, w: int, num_classes: int, g: torch.Generator) -> dict:
+    xy = torch.rand(n, 2, generator=g) * torch.tensor([w * 0.6, h * 0.6])
+    wh = 48 + torch.rand(n, 2, generator=g) * torch.tensor([w * 0.35, h * 0.35])
+    boxes = torch.cat([xy, (xy + wh).minimum(torch.tensor([w - 1.0, h - 1.0]))], dim=1)
+    return {"boxes": boxes, "labels": torch.randint(1, num_classes + 1, (n,), generator=g)}
+
+
+def bench_train(model, cfg, args, device) -> dict:
+    h, w = args.size
+    ph, pw = -(-h // 16) * 16, -(-w // 16) * 16
+    t = 1 if cfg.kind == "single" else 1 + args.refs
+    g = torch.Generator().manual_seed(0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    model.train()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for step in range(args.warmup + args.train_steps):
+        images = torch.randn(1, t, 3, ph, pw, generator=g).to(device)
+        targets = [{k: v.to(device) for k, v in random_targets(4, h, w, cfg.num_classes, g).items()}]
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                            enabled=args.amp):
+            losses = model(images, [(h, w)], targets)
+        loss = sum(losses.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, 35.0)
+        scaler.step(opt)
+        scaler.update()
+        sync(device)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+        print(f"train step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
+    out = {"train_step_s_mean": statistics.mean(times), "train_step_s_min": min(times),
+           "train_frames_per_step": t}
+    if device.type == "cuda":
+        out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return out
+
+
+def bench_infer(model, cfg, args, device) -> dict:
+    h, w = args.size
+    ph, pw = -(-h // 16) * 16, -(-w // 16) * 16
+    g = torch.Generator().manual_seed(1)
+    n = args.infer_frames
+    meta = {"img_size": (h, w), "orig_size": (h, w)}
+
+    def frames():
+        for _ in range(n):
+            yield torch.randn(3, ph, pw, generator=g).to(device), meta
+
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    gaps = []
+    with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
+                        enabled=args.amp):
+        sync(device)
+        t0 = time.perf_counter()
+        for i, _ in enumerate(model.detect_video(frames(), n)):
+            sync(device)
+            now = time.perf_counter()
+            gaps.append(now - t0)
+            print(f"frame {i}: {now - t0:.2f} s", flush=True)
+            t0 = now
+    steady = gaps[1:] if len(gaps) > 1 else gaps
+    out = {"infer_first_frame_s": gaps[0], "infer_s_per_frame": statistics.mean(steady),
+           "infer_fps": 1.0 / statistics.mean(steady), "infer_frames_timed": len(steady)}
+    if device.type == "cuda":
+        out["infer_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--kind", default="fgfa", choices=["single", "fgfa", "selsa"])
+    ap.add_argument("--depth", type=int, default=50)
+    ap.add_argument("--size", type=int, nargs=2, default=(600, 1000), metavar=("H", "W"))
+    ap.add_argument("--refs", type=int, default=2, help="training refs per key")
+    ap.add_argument("--window", type=int, default=31, help="FGFA test window")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--train-steps", type=int, default=2)
+    ap.add_argument("--infer-frames", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = default)")
+    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-infer", action="store_true")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    cfg = ModelConfig(kind=args.kind, depth=args.depth, fgfa_window=args.window)
+    torch.manual_seed(0)
+    model = build_detector(cfg).to(device)
+    result = {"kind": args.kind, "depth": args.depth, "size": list(args.size), "device": str(device),
+              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "amp": args.amp, "threads": torch.get_num_threads(), "window": args.window,
+              "torch": torch.__version__}
+    if not args.skip_train:
+        result.update(bench_train(model, cfg, args, device))
+    if not args.skip_infer:
+        result.update(bench_infer(model, cfg, args, device))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
