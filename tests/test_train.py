@@ -13,7 +13,9 @@ from torch import nn
 from lvod.config import Config, DataConfig, TrainConfig, load_config
 from lvod.data.cocovid import load_cocovid
 from lvod.engine import checkpointing as ckpt_io
-from lvod.engine.train import NonFiniteLossError, lr_at, scaled_lr, train, train_main
+from lvod.errors import DataError
+from lvod.engine.train import NonFiniteLossError, lr_at, main, scaled_lr, train, train_main
+from lvod.models.heads import SoftmaxHead
 from test_pipeline import write_tiny_vid
 
 torch.set_num_threads(1)
@@ -27,8 +29,7 @@ class TinyDetector(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3, padding=1)
         self.drop = nn.Dropout(0.5)
-        self.cls = nn.Linear(4, num_classes + 1)
-        self.box = nn.Linear(4, 4)
+        self.predictor = SoftmaxHead(4, num_classes)                    # fc_cls, fc_reg
         self.nan_at, self.calls = nan_at, 0
 
     def forward(self, images, image_sizes, targets):
@@ -38,8 +39,9 @@ class TinyDetector(nn.Module):
         labels = torch.stack([tg["labels"][0] for tg in targets])
         boxes = torch.stack([tg["boxes"][0] for tg in targets]) / 100
         self.calls += 1
-        losses = {"loss_cls": F.cross_entropy(self.cls(feats), labels),
-                  "loss_bbox": F.l1_loss(self.box(feats), boxes)}
+        logits, deltas = self.predictor(feats)                           # [B, C+1], [B, 4C]
+        losses = {"loss_cls": F.cross_entropy(logits, labels),
+                  "loss_bbox": F.l1_loss(deltas[:, :4], boxes)}
         if self.calls == self.nan_at:
             losses["loss_bbox"] = losses["loss_bbox"] * float("nan")
         return losses
@@ -83,6 +85,11 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_sources):
     state = ckpt_io.load_checkpoint(tmp_path / "b" / "latest.pth")
     assert state["iter"] == 4 and state["sampler"] == {
         "epoch": 0, "batch": 4, "seed": 0, "world_size": 1, "batch_size": 4}
+    other = make_cfg()
+    other.data.imgs_per_gpu = 2                                     # batch size changed mid-epoch
+    with pytest.raises(DataError, match="mid-epoch"):
+        train(other, tmp_path / "b", model=fresh_model(), sources=tiny_sources,
+              resume=tmp_path / "b" / "latest.pth")
     torch.manual_seed(1234)                                         # must not matter: restored
     resumed = train(make_cfg(), tmp_path / "b", model=fresh_model(), sources=tiny_sources,
                     resume=tmp_path / "b" / "latest.pth")
@@ -137,6 +144,39 @@ def test_rng_state_round_trip_through_weights_only(tmp_path):
     want = (random.random(), np.random.rand(), torch.rand(1).item())
     ckpt_io.set_rng_state(ckpt_io.load_checkpoint(tmp_path / "r.pth")["rng"][0])
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == want
+
+
+def test_init_from_and_freeze_all_but_classifier(tmp_path, tiny_sources):
+    train(make_cfg(epochs=1), tmp_path / "src", model=fresh_model(), sources=tiny_sources)
+    src = ckpt_io.load_checkpoint(tmp_path / "src" / "latest.pth")["model"]
+    torch.manual_seed(5)
+    model = TinyDetector(num_classes=3)                                # 4 logits instead of 3
+    cfg = make_cfg(epochs=1, init_from=str(tmp_path / "src" / "latest.pth"),
+                   freeze="all_but_classifier")
+    train(cfg, tmp_path / "ft", model=model, sources=tiny_sources)
+    log = [json.loads(ln) for ln in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    init = next(r for r in log if r["event"] == "init_from")
+    assert init["loaded"] == 2 and sorted(init["shape_mismatch"]) == [
+        "predictor.fc_cls.bias", "predictor.fc_cls.weight",
+        "predictor.fc_reg.bias", "predictor.fc_reg.weight"]
+    out = model.state_dict()
+    assert torch.equal(out["conv.weight"], src["conv.weight"])         # loaded, then frozen
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "fc_cls" not in n)
+    torch.manual_seed(5)
+    untouched = TinyDetector(num_classes=3).state_dict()
+    assert not torch.equal(out["predictor.fc_cls.weight"], untouched["predictor.fc_cls.weight"])
+    assert torch.equal(out["predictor.fc_reg.weight"], untouched["predictor.fc_reg.weight"])
+
+
+def test_module_entry_parses_like_lvod_train(monkeypatch):
+    import lvod.engine.train as engine
+
+    calls = []
+    monkeypatch.setattr(engine, "train_main", lambda *a: calls.append(a) or 0)
+    assert main(["c.toml", "train.lr=1", "--work-dir", "w", "data.root=/d", "--resume"]) == 0
+    assert main(["c.toml", "--resume-from", "x.pth", "--gpus", "2"]) == 0
+    assert calls == [("c.toml", "w", 1, True, ["train.lr=1", "data.root=/d"]),
+                     ("c.toml", None, 2, "x.pth", [])]
 
 
 def _ddp_worker(rank, world, port, run_dir, sources):

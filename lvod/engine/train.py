@@ -9,7 +9,8 @@ resume, mid-epoch included.
 
 Run as a module (what ``lvod train`` and torchrun call)::
 
-    python -m lvod.engine.train CONFIG [--work-dir DIR] [--gpus N] [--resume] [key=value ...]
+    python -m lvod.engine.train CONFIG [--work-dir DIR] [--gpus N] [--resume | --resume-from CKPT]
+                                [key=value ...]
     torchrun --nnodes 2 --nproc_per_node 8 ... -m lvod.engine.train CONFIG --work-dir DIR
 """
 from __future__ import annotations
@@ -207,6 +208,15 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
     base_lr = scaled_lr(tc.lr, tc.lr_base_batch, world * cfg.data.imgs_per_gpu)
     state = ckpt_io.load_checkpoint(resume) if resume else None
     start_iter = state["iter"] if state else 0
+    if state and (state["sampler"]["world_size"], state["sampler"]["batch_size"]) != (
+            world, cfg.data.imgs_per_gpu):
+        if state["sampler"]["batch"]:
+            raise DataError(resume, "sampler", f"was saved mid-epoch with world_size "
+                            f"{state['sampler']['world_size']} x {state['sampler']['batch_size']} "
+                            f"images; this run has {world} x {cfg.data.imgs_per_gpu}",
+                            "resume with the same GPUs and data.imgs_per_gpu, or pass "
+                            "--resume-from <run>/epoch_N.pth (an epoch boundary)")
+        start_iter = state["sampler"]["epoch"] * iters_per_epoch  # same epoch, new batch size
     log = RunLog(run_dir, start_iter, tc.tensorboard) if rank == 0 else (lambda record: None)
     if rank == 0:
         save_config(cfg, run_dir / "config.resolved.json")
@@ -344,11 +354,11 @@ def train_main(config_path, work_dir=None, gpus: int = 1, resume=False, override
     under_torchrun = "LOCAL_RANK" in os.environ
     if gpus > 1 and not under_torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(gpus),
-               "-m", "lvod.engine.train", str(config_path), "--work-dir", str(run_dir)]
+               "-m", "lvod.engine.train", str(config_path), *overrides, "--work-dir", str(run_dir)]
         if resume:
-            cmd += ["--resume"] + ([] if resume is True else [str(resume)])
-        print(f"run folder: {run_dir}\nlaunching: {' '.join(cmd + list(overrides))}", flush=True)
-        return subprocess.call(cmd + list(overrides))
+            cmd += ["--resume"] if resume is True else ["--resume-from", str(resume)]
+        print(f"run folder: {run_dir}\nlaunching: {' '.join(cmd)}", flush=True)
+        return subprocess.call(cmd)
     latest = run_dir / "latest.pth"
     if resume is True and not latest.exists():
         raise DataError(latest, "resume", "there is no checkpoint to resume from",
@@ -373,12 +383,13 @@ def main(argv=None) -> int:
     parser.add_argument("config")
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--gpus", type=int, default=1)
-    parser.add_argument("--resume", nargs="?", const=True, default=False,
-                        help="resume from <work-dir>/latest.pth, or from the given checkpoint")
+    parser.add_argument("--resume", action="store_true", help="resume from <work-dir>/latest.pth")
+    parser.add_argument("--resume-from", default=None, help="resume from this checkpoint")
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    resume = args.resume_from or args.resume
     try:
-        return train_main(args.config, args.work_dir, args.gpus, args.resume, args.overrides)
+        return train_main(args.config, args.work_dir, args.gpus, resume, args.overrides)
     except (DataError, NonFiniteLossError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
