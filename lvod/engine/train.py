@@ -97,7 +97,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.benchmark = False  # input sizes vary (keep-ratio resize): no re-tuning
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
