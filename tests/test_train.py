@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -195,8 +196,15 @@ def test_two_process_ddp_trains_and_checkpoints(tmp_path, tiny_sources):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # fork: the workers share the parent's imports (spawn would re-import torch twice)
-    torch.multiprocessing.start_processes(_ddp_worker, args=(2, port, tmp_path, tiny_sources),
-                                          nprocs=2, start_method="fork")
+    ctx = torch.multiprocessing.start_processes(
+        _ddp_worker, args=(2, port, tmp_path, tiny_sources), nprocs=2, join=False,
+        start_method="fork")
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for proc in ctx.processes:
+                proc.kill()
+            pytest.fail("2-process gloo training did not finish within 120 s")
     state = ckpt_io.load_checkpoint(tmp_path / "latest.pth")
     assert state["iter"] == 3 and state["epoch"] == 1                # 20 frames / (2 x 4)
     assert len(state["rng"]) == 2 and state["sampler"]["world_size"] == 2
