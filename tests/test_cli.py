@@ -44,3 +44,12 @@ def test_notebook_parameter_values_parse_as_json_or_text():
 def test_unknown_notebook_lists_valid_names():
     with pytest.raises(FileNotFoundError, match="valid names"):
         resolve("99_nope")
+
+
+def test_overrides_may_follow_options(monkeypatch):
+    seen = {}
+    monkeypatch.setattr("lvod.engine.train.train_main", lambda *a, **k: seen.update(k) or 0)
+    assert main(["train", "cfg.toml", "--work-dir", "w", "train.epochs=2", "data.root=/x"]) == 0
+    assert seen["overrides"] == ["train.epochs=2", "data.root=/x"] and seen["work_dir"] == "w"
+    with pytest.raises(SystemExit):
+        main(["train", "cfg.toml", "--no-such-flag"])
