@@ -28,6 +28,11 @@ Exactness (the tests check <= 1e-9 against pycocotools 2.0.11; in practice bit-e
 - Precision/recall arithmetic is COCOeval's (``np.spacing(1)``, envelope from the right,
   ``searchsorted(..., side="left")``, recall thresholds past the last recall get 0).
 
+Where lvod's input differs from what pycocotools reads, the numbers can differ: the
+``CocoVid`` loader treats ``ignore: true`` as crowd (pycocotools' bbox mode looks only at
+``iscrowd``) and repairs defective files (drops empty boxes, clips boxes to the image) and
+says so in its load report.
+
 The matching is vectorised over "pairs" (detection, GT of the same image and category)
 whose IoU reaches the lowest threshold; the greedy order is kept by stepping over the
 detection rank within (image, category) - at most ``max_dets`` steps per chunk.

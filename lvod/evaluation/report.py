@@ -75,15 +75,17 @@ def _class_aps(res: dict, protocol: str):
     return [v if v > -1 else None for v in res["ap_voc"].tolist()], None, None
 
 
-def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_names=None,
+def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_names=None, motion: bool = True,
              max_dets: int = 100, chunk_dets: int = CHUNK_DETS, results_file="<detections>") -> dict:
     """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
 
     ``motion_iou``: None (from tracks when the GT has them), a path to FGFA's ``.mat``, or a
-    float array (A,) per GT annotation (NaN = unknown).
+    float array (A,) per GT annotation (NaN = unknown). ``motion=False`` skips the buckets.
+    ``groups``: GroupTable, groups JSON path or ``{name: [category ids]}``.
     """
     p = prepare(gt, dets, results_file=results_file)
-    masks, mot = _motion_masks(gt, p, motion_iou)
+    masks, mot = _motion_masks(gt, p, motion_iou) if motion else ({}, {"motion": None, "motion_counts": None,
+                                                                        "motion_source": "not requested"})
     passes = [(None, None)] + [(~inside, [0.5]) for inside in masks.values()]
     results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets)
     main = results[0]
