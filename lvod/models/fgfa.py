@@ -8,6 +8,9 @@ RPN and the RoI head. Inference (``detect_video``): a window of ``fgfa_window`` 
 centred on the key, edges padded by repeating the first/last frame; every frame's backbone
 features are computed once when the frame is read and kept while it is inside the window
 (memory: ``fgfa_window`` images + feature maps); the key's own features enter unwarped.
+Flow is computed once per distinct window frame, so the repeated edge frames share one
+flow; the copies of the key frame itself (window edges) also enter unwarped, where
+mmtracking warps them by the (near-zero) flow of the key onto itself.
 """
 from __future__ import annotations
 

@@ -93,9 +93,11 @@ class RoIHead(nn.Module):
         """``feats (B, C, h, w)``, per-image boxes -> ``(sum R_b, C, 7, 7)`` (RoIAlign aligned)."""
         rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b.float()], dim=1)
                 for i, b in enumerate(boxes)]
-        rois = torch.cat(rois) if rois else feats.new_zeros((0, 5))
-        return roi_align(feats, rois.to(feats.dtype), self.roi_size, self.scale,
-                         self.sampling_ratio, aligned=True)
+        rois = torch.cat(rois) if rois else feats.new_zeros((0, 5), dtype=torch.float32)
+        # box coordinates stay float32 (half precision would round them to 0.5 px at 1000 px)
+        out = roi_align(feats.float(), rois.float(), self.roi_size, self.scale,
+                        self.sampling_ratio, aligned=True)
+        return out.to(feats.dtype)
 
     @torch.no_grad()
     def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
