@@ -181,14 +181,15 @@ def test_torchvision_weights_load_and_wrong_depth_is_refused(tmp_path):
     from torchvision.models import resnet18
 
     from lvod.io import torch_save_atomic
-    from lvod.models.backbone import load_backbone_weights
+    from lvod.models.checkpoint import load_torchvision_resnet
 
     torch.manual_seed(5)
     src = resnet18()
     path = torch_save_atomic(src.state_dict(), tmp_path / "r18.pth")
     b = ResNetDC5(18)
-    assert load_backbone_weights(b, path) == []
+    report = load_torchvision_resnet(b, path)
+    assert not report.missing and not report.unexpected
     assert torch.equal(b.layer4[1].conv1.weight, src.layer4[1].conv1.weight)
     assert torch.equal(b.bn1.running_var, src.bn1.running_var)
-    with pytest.raises(DataError, match="depth"):
-        load_backbone_weights(ResNetDC5(34), path)
+    with pytest.raises(DataError):
+        load_torchvision_resnet(ResNetDC5(34), path)

@@ -63,34 +63,6 @@ class ResNetDC5(resnet.ResNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
 
-def load_backbone_weights(backbone: ResNetDC5, path: str | Path) -> list[str]:
-    """Load torchvision ResNet weights (``fc.*`` dropped); returns ``[]`` (no key missing).
-
-    Raises ``DataError`` when the file misses keys, has unknown ones or tensors of the wrong
-    shapes (weights of another depth).
-    """
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("backbone."): v for k, v in state.items()
-             if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    own = backbone.state_dict()
-    for k, v in state.items():
-        if k in own and own[k].shape != v.shape:
-            raise DataError(path, k, f"shape {tuple(v.shape)} != model {tuple(own[k].shape)}",
-                            f"use ResNet-{backbone.depth} weights or set depth to match the file")
-    unexpected = [k for k in state if k not in own]
-    if unexpected:
-        raise DataError(path, unexpected[0], f"{len(unexpected)} keys unknown to ResNet-{backbone.depth}",
-                        "pass a torchvision ResNet state dict")
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise DataError(path, missing[0], f"{len(missing)} ResNet-{backbone.depth} keys missing",
-                        "use weights of the same depth")
-    backbone.load_state_dict(state)
-    return missing
-
-
 class ChannelMapperNeck(nn.Module):
     """One 3x3 conv + ReLU: ``(B, in_channels, h, w) -> (B, out_channels, h, w)``."""
 

@@ -257,6 +257,11 @@ def load_torchvision_resnet(backbone: nn.Module, spec) -> ImportReport:
         raise DataError(source, report.unexpected[0], f"{len(report.unexpected)} keys are not "
                         "torchvision ResNet keys of this backbone", "pass a torchvision ResNet "
                         "state dict of the same depth")
+    missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
+    if missing:  # a half-loaded backbone is worse than an error
+        raise DataError(source, missing[0], f"{len(missing)} keys of this backbone are not in the file "
+                        "(weights of another ResNet depth?)", f"use ResNet-{getattr(backbone, 'depth', '?')} "
+                        "weights or set model.depth to match the file")
     _load_checked(backbone, mapped, report)
     return report
 

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from lvod.errors import DataError
-from lvod.models.backbone import ChannelMapperNeck, ResNetDC5, load_backbone_weights
+from lvod.models.backbone import ChannelMapperNeck, ResNetDC5
 from lvod.models.heads import build_head
 from lvod.models.roi_head import BBoxHead, RoIHead
 from lvod.models.rpn import ProposalSettings, RPNHead
@@ -147,8 +147,10 @@ class FasterRCNN(nn.Module):
     def __init__(self, cfg: ModelConfig, aggregators: list[nn.Module] | None = None):
         super().__init__()
         self.backbone = ResNetDC5(cfg.depth, cfg.frozen_stages)
-        if cfg.backbone_weights:
-            load_backbone_weights(self.backbone, cfg.backbone_weights)
+        if cfg.backbone_weights:  # a path, or torchvision://IMAGENET1K_V1 where online
+            from lvod.models.checkpoint import load_torchvision_resnet
+
+            load_torchvision_resnet(self.backbone, cfg.backbone_weights)
         self.neck = ChannelMapperNeck(self.backbone.out_channels, cfg.neck_channels)
         self.rpn_head = RPNHead(
             cfg.neck_channels, cfg.rpn_channels, anchor_base=cfg.anchor_base,
