@@ -193,3 +193,15 @@ def test_torchvision_weights_load_and_wrong_depth_is_refused(tmp_path):
     assert torch.equal(b.bn1.running_var, src.bn1.running_var)
     with pytest.raises(DataError):
         load_torchvision_resnet(ResNetDC5(34), path)
+
+
+def test_from_scratch_backbone_has_trainable_group_norm():
+    """Frozen BN of a random network is the identity: the demo trains GroupNorm from scratch."""
+    b = ResNetDC5(18, frozen_stages=-1, norm="group")
+    assert isinstance(b.bn1, torch.nn.GroupNorm) and b.conv1.weight.requires_grad
+    assert all(p.requires_grad for p in b.parameters())
+    frozen = ResNetDC5(18)
+    assert not frozen.conv1.weight.requires_grad and not frozen.layer1[0].conv1.weight.requires_grad
+    assert frozen.layer2[0].conv1.weight.requires_grad
+    with pytest.raises(ValueError, match="norm"):
+        ResNetDC5(18, norm="batch")

@@ -8,22 +8,22 @@ block of it is dilated by 2 (mmdet dilates the first block too, torchvision's ow
 BasicBlock of depth 18/34 only ``conv1`` is dilated, as in mmdet). Output: one map of
 stride 16 with 2048 (50/101) or 512 (18/34) channels.
 
-All BatchNorm layers are ``FrozenBatchNorm2d`` (fixed statistics and affine, no grad);
-stem and stage 1 have ``requires_grad=False`` (mmdet ``frozen_stages=1``).
+``norm="frozen"`` (the default, as mmtracking with ImageNet weights): every BatchNorm is
+``FrozenBatchNorm2d`` (fixed statistics and affine, no grad) and stem + stage 1 have
+``requires_grad=False`` (mmdet ``frozen_stages=1``). Frozen BatchNorm of a randomly
+initialised network is the identity, so training from scratch (the CPU demo) uses
+``norm="group"`` (GroupNorm, 32 groups or fewer, trained) with ``frozen_stages=-1``.
 
 ``ChannelMapperNeck``: mmdet ``ChannelMapper`` with one 3x3 conv + ReLU, key
 ``convs.0.conv.{weight,bias}`` as in mmtracking checkpoints.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from lvod.errors import DataError
 
 _ARCH = {
     18: (resnet.BasicBlock, [2, 2, 2, 2]),
@@ -33,14 +33,23 @@ _ARCH = {
 }
 
 
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(32, channels // 4), channels)
+
+
+NORMS = {"frozen": FrozenBatchNorm2d, "group": _group_norm}
+
+
 class ResNetDC5(resnet.ResNet):
     """ResNet with a dilated stride-1 stage 4: ``forward(x (B,3,H,W)) -> (B, C, H/16, W/16)``."""
 
-    def __init__(self, depth: int = 50, frozen_stages: int = 1):
+    def __init__(self, depth: int = 50, frozen_stages: int = 1, norm: str = "frozen"):
         if depth not in _ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(_ARCH)}, got {depth}")
+        if norm not in NORMS:
+            raise ValueError(f"backbone norm must be one of {sorted(NORMS)}, got {norm!r}")
         block, layers = _ARCH[depth]
-        super().__init__(block, layers, norm_layer=FrozenBatchNorm2d)
+        super().__init__(block, layers, norm_layer=NORMS[norm])
         del self.fc, self.avgpool
         self.depth = depth
         self.out_channels = 512 * block.expansion
@@ -53,7 +62,8 @@ class ResNetDC5(resnet.ResNet):
                 blk.downsample[0].stride = (1, 1)
             blk.stride = 1
         self.frozen_stages = frozen_stages
-        frozen = [self.conv1, self.bn1] + [getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]
+        frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else []) + \
+            [getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]
         for m in frozen:
             for p in m.parameters():
                 p.requires_grad_(False)

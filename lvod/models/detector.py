@@ -57,7 +57,8 @@ class ModelConfig:
     head_kwargs: dict = field(default_factory=dict)
     backbone_weights: str | None = None     # torchvision ResNet state dict (.pth)
     flownet_weights: str | None = None      # mmtracking FlowNetSimple state dict (FGFA)
-    frozen_stages: int = 1
+    frozen_stages: int = 1          # -1: nothing frozen (training from scratch)
+    backbone_norm: str = "frozen"   # frozen (pretrained, mmtracking) | group (from scratch)
     neck_channels: int = 512
     rpn_channels: int = 512
     anchor_base: float = 16.0
@@ -146,7 +147,7 @@ class FasterRCNN(nn.Module):
 
     def __init__(self, cfg: ModelConfig, aggregators: list[nn.Module] | None = None):
         super().__init__()
-        self.backbone = ResNetDC5(cfg.depth, cfg.frozen_stages)
+        self.backbone = ResNetDC5(cfg.depth, cfg.frozen_stages, cfg.backbone_norm)
         if cfg.backbone_weights:  # a path, or torchvision://IMAGENET1K_V1 where online
             from lvod.models.checkpoint import load_torchvision_resnet
 
