@@ -28,7 +28,7 @@ def _add_data(sub):
                         "(default: ROOT/ImageSets)")
     c.add_argument("--splits", default="train,val,det", help="comma-separated subset of train,val,det")
     c.set_defaults(func=lambda a: _call("lvod.data.imagenet_vid", "convert_main", a.root, a.out,
-                                        lists=a.lists, splits=tuple(s for s in a.splits.split(",") if s)))
+                                        lists=a.lists, splits=a.splits))
 
     k = dsub.add_parser("check", help="validate an annotation file and print what was repaired or is fatal")
     k.add_argument("ann", help="CocoVID / COCO / TAO json")
@@ -73,13 +73,15 @@ def _add_engine(sub):
     e = sub.add_parser("test", help="run video inference on the config's test split and evaluate")
     e.add_argument("config")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--eval", nargs="*", default=["bbox"], help="metrics to evaluate (bbox)")
+    e.add_argument("--eval", nargs="+", choices=("bbox",), default=["bbox"],
+                   help="metrics to evaluate (bbox, as the original test.py)")
+    e.add_argument("--no-eval", action="store_true", help="only write the results file")
     e.add_argument("--out", default=None, help="results file: .json (COCO results), .npz or .pkl")
     e.add_argument("--groups", default=None, help="groups.json for per-group AP (default: the config's)")
     e.add_argument("--device", default="auto")
     e.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     e.set_defaults(func=lambda a: _call("lvod.engine.test", "test_main", a.config, a.checkpoint,
-                                        eval=tuple(a.eval), out=a.out, groups=a.groups, device=a.device,
+                                        eval=() if a.no_eval else tuple(a.eval), out=a.out, groups=a.groups, device=a.device,
                                         overrides=a.overrides))
 
     i = sub.add_parser("infer", help="detect objects in your own video file or folder of frames")
@@ -178,6 +180,9 @@ def main(argv=None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

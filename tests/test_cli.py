@@ -53,3 +53,45 @@ def test_overrides_may_follow_options(monkeypatch):
     assert seen["overrides"] == ["train.epochs=2", "data.root=/x"] and seen["work_dir"] == "w"
     with pytest.raises(SystemExit):
         main(["train", "cfg.toml", "--no-such-flag"])
+
+
+SAMPLE_ARGS = {
+    "data demo": ["data", "demo", "--out", "d"],
+    "data convert-imagenet-vid": ["data", "convert-imagenet-vid", "--root", "r", "--out", "o"],
+    "data check": ["data", "check", "a.json", "--images", "i"],
+    "stats": ["stats", "a.json", "--out", "o"],
+    "groups": ["groups", "a.json", "--dataset", "demo", "--edges", "10,100"],
+    "train": ["train", "c.toml", "--gpus", "2", "--resume", "train.lr=0.1"],
+    "test": ["test", "c.toml", "--checkpoint", "x.pth", "--eval", "bbox", "--out", "r.json", "data.root=/x"],
+    "infer": ["infer", "c.toml", "v.mp4", "--out", "o", "--random-weights", "--draw"],
+    "eval": ["eval", "--ann", "gt.json", "--results", "r.npz", "--groups", "g.json", "--out", "m.json"],
+    "notebooks run": ["notebooks", "run", "01", "-p", "k", "3"],
+    "notebooks list": ["notebooks", "list"],
+    "demo-job": ["demo-job", "--quick"],
+}
+
+
+@pytest.mark.parametrize("name", SAMPLE_ARGS)
+def test_every_subcommand_calls_a_function_that_accepts_its_arguments(name, monkeypatch):
+    import importlib
+    import inspect
+
+    calls = []
+    monkeypatch.setattr("lvod.cli._call", lambda module, func, *a, **k: calls.append((module, func, a, k)) or 0)
+    assert main(SAMPLE_ARGS[name]) == 0
+    (module, func, args, kwargs), = calls
+    inspect.signature(getattr(importlib.import_module(module), func)).bind(*args, **kwargs)
+
+
+def test_test_command_keeps_overrides_apart_from_eval(monkeypatch):
+    calls = []
+    monkeypatch.setattr("lvod.cli._call", lambda module, func, *a, **k: calls.append(k) or 0)
+    main(SAMPLE_ARGS["test"])
+    assert calls[0]["eval"] == ("bbox",) and calls[0]["overrides"] == ["data.root=/x"]
+
+
+def test_convert_imagenet_vid_reports_a_missing_tree(tmp_path, capsys):
+    code = main(["data", "convert-imagenet-vid", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
+                 "--splits", "val"])
+    assert code == 1
+    assert "none" in capsys.readouterr().err
