@@ -55,7 +55,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 MM_CLS_KEY = "detector.roi_head.bbox_head.fc_cls.weight"  # only mmtracking checkpoints have it
 
 
-def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu"):
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None):
     """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
 
     ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
@@ -65,16 +65,18 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu"):
 
     Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
     checkpoint ``random_weights`` must be True (initialised with seed 0, so runs repeat).
+    The detector is built as training builds it (``lvod.engine.train.build_model``: a BAGS
+    head reads its group table from the config), checked against ``cat_ids`` when given.
     """
     from lvod.engine.checkpointing import load_checkpoint, state_dict_of
-    from lvod.models.detector import build_detector
+    from lvod.engine.train import build_model
 
     if checkpoint is None and not random_weights:
         raise DataError("--checkpoint", "model weights", "no checkpoint given",
                         "pass --checkpoint CKPT (a .pth written by lvod train), or "
                         "--random-weights to smoke-test with an untrained detector")
     torch.manual_seed(0)
-    model = build_detector(cfg.model)
+    model = build_model(cfg, cat_ids)
     ckpt: dict = {}
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint)

@@ -111,7 +111,7 @@ def test_main(config, checkpoint, eval=("bbox",), out=None, groups=None, device=
                         "write it with `lvod groups` or leave --groups out")
     ds, images_root = load_split(cfg)
     dev = resolve_device(device)
-    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev)
+    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids)
     transform = build_test_transform(cfg.data)
     t0 = time.perf_counter()
     with ResultsWriter(npz) as writer:

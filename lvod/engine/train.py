@@ -102,10 +102,11 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def build_model(cfg: Config, cat_ids) -> torch.nn.Module:
-    """The detector of ``cfg.model``, checked against the training data.
+def build_model(cfg: Config, cat_ids=None) -> torch.nn.Module:
+    """The detector of ``cfg.model``, checked against the data (training and test use this).
 
-    ``model.num_classes`` must equal the number of categories of the training files and
+    ``model.num_classes`` must equal the number of categories of the data files (when
+    ``cat_ids`` is given: ``lvod infer`` on a user's video has no annotation file) and
     ``model.image_mean/std`` the pipeline's ``data.mean/std``. A ``bags`` head gets its
     group table from ``model.head_kwargs.groups`` (a path) or else ``data.groups_file``,
     read with ``lvod.groups.load_groups`` and checked against the data's ``cat_ids``.
@@ -113,7 +114,7 @@ def build_model(cfg: Config, cat_ids) -> torch.nn.Module:
     from lvod.models.detector import build_detector
 
     m = cfg.model
-    if m.num_classes != len(cat_ids):
+    if cat_ids is not None and m.num_classes != len(cat_ids):
         raise DataError("<config>", "model.num_classes", f"is {m.num_classes} but the training "
                         f"data has {len(cat_ids)} categories", f"set model.num_classes={len(cat_ids)}")
     if not (np.allclose(m.image_mean, cfg.data.mean) and np.allclose(m.image_std, cfg.data.std)):
@@ -128,7 +129,8 @@ def build_model(cfg: Config, cat_ids) -> torch.nn.Module:
             raise DataError("<config>", "data.groups_file", "is empty but model.head = 'bags'",
                             "run `lvod groups` and set data.groups_file to its groups.json")
         kwargs["groups"] = load_groups(path)
-        kwargs.setdefault("cat_ids", [int(c) for c in cat_ids])
+        if cat_ids is not None:
+            kwargs.setdefault("cat_ids", [int(c) for c in cat_ids])
     return build_detector(dataclasses.replace(m, head_kwargs=kwargs))
 
 
