@@ -63,3 +63,10 @@ def save_npz_atomic(path, **arrays) -> Path:
     with atomic_write(path, "wb") as fh:
         np.savez(fh, **arrays)
     return Path(path)
+
+
+def save_csv(frame, path) -> Path:
+    """A pandas DataFrame as CSV (no index), atomically."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
+        frame.to_csv(fh, index=False)
+    return Path(path)

@@ -172,3 +172,15 @@ def draw_frame(image, boxes, labels, scores, names, *, ax=None, score_thr: float
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     return fig
+
+
+def save(fig, path, *, dpi: int = 120):
+    """Write a figure (format from the suffix) atomically; returns the path."""
+    from pathlib import Path
+
+    from lvod.io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    return path
