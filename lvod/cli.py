@@ -42,8 +42,11 @@ def _add_stats_groups(sub):
     s.add_argument("--out", required=True, help="folder for class_stats.csv/.json and summary.json")
     s.set_defaults(func=lambda a: _call("lvod.stats", "stats_main", a.ann, a.out))
 
-    g = sub.add_parser("groups", help="build BAGS frequency-group tables from an annotation file or stats CSV")
-    g.add_argument("source", help="training annotation json, or a class_stats.csv")
+    g = sub.add_parser("groups", help="build BAGS frequency-group tables from an annotation file or stats CSV, "
+                                      "or import the reference BAGS files")
+    g.add_argument("source", nargs="?", default=None,
+                   help="training annotation json, or a class_stats.csv (optional with --from-bags: gives "
+                        "the category ids, names and counts the imported table is checked against)")
     g.add_argument("--dataset", required=True, help="dataset name: tables go to intermediate_files/<dataset>/")
     g.add_argument("--method", choices=("edges", "quantiles", "log"), default="quantiles",
                    help="edges: explicit count edges (BAGS: 10,100,1000); quantiles: k groups of about "
@@ -53,11 +56,14 @@ def _add_stats_groups(sub):
     g.add_argument("--bags-dir", default=None,
                    help="also write the BAGS reference files (label2binlabel.pt, pred_slice_with0.pt, "
                         "valsplit.pkl) into this folder")
+    g.add_argument("--from-bags", default=None, metavar="DIR",
+                   help="import the table from BAGS reference files in DIR (label2binlabel.pt, "
+                        "pred_slice_with0.pt, valsplit.pkl) instead of building it; --method/--edges/-k unused")
     g.add_argument("--out", default=None, help="output json (default intermediate_files/<dataset>/groups.json)")
     g.set_defaults(func=lambda a: _call(
         "lvod.groups", "groups_main", a.source, a.out, method=a.method,
         edges=[float(e) for e in a.edges.split(",")] if a.edges else None, k=a.k, dataset=a.dataset,
-        bags_dir=a.bags_dir))
+        bags_dir=a.bags_dir, from_bags=a.from_bags))
 
 
 def _add_engine(sub):

@@ -380,25 +380,38 @@ def format_groups(t: GroupTable, max_names: int = 8) -> str:
     return "\n".join(lines)
 
 
-def groups_main(source, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None) -> int:
-    """``lvod groups``: build a group table from ``source`` and write ``groups.json``.
+def groups_main(source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None,
+                from_bags=None) -> int:
+    """``lvod groups``: build (or import) a group table and write ``groups.json``.
 
     ``source``: annotation JSON or stats CSV (see :func:`counts_from_source`); ``edges``:
     a sequence or a comma string ``"10,100,1000"`` (method "edges"); ``k``: groups for
     "quantiles"/"log". ``out`` defaults to ``intermediate_files/<dataset>/groups.json``
-    (``dataset`` defaults to the source's file stem). ``bags_dir``: also write the three
-    reference BAGS files there. Prints the table; returns 0, or 2 after printing a
-    DataError to stderr.
+    (``dataset`` defaults to the source's file stem, or the folder name of ``from_bags``).
+    ``bags_dir``: also write the three reference BAGS files there. ``from_bags``: read the
+    table from the reference BAGS files in that folder (:func:`import_bags`) instead of
+    building it; ``method``/``edges``/``k`` are then unused, and ``source`` (optional)
+    gives the category ids, names and counts, so the imported bins are checked against the
+    dataset (every count must fall in its group's bin). Without ``source`` the labels
+    1..C are taken as the category ids (as in LVIS). Prints the table; returns 0, or 2
+    after printing the error (a DataError names file, record and fix) to stderr.
     """
     import sys
 
     try:
-        ids, names, counts, what = counts_from_source(source)
-        dataset = dataset or Path(source).stem
-        if isinstance(edges, str):
-            edges = [float(e) for e in edges.replace(" ", "").split(",") if e]
-        table = build_groups(ids, counts, method=method, edges=edges if method == "edges" else None,
-                             k=None if method == "edges" else k, names=names, dataset=dataset)
+        if source is None and from_bags is None:
+            raise ValueError("give an annotation json or stats CSV, or --from-bags DIR")
+        ids = names = counts = None
+        if source is not None:
+            ids, names, counts, what = counts_from_source(source)
+        dataset = dataset or (Path(source).stem if source is not None else Path(from_bags).name)
+        if from_bags is not None:
+            table = import_bags(from_bags, ids, names, counts=counts, dataset=dataset)
+        else:
+            if isinstance(edges, str):
+                edges = [float(e) for e in edges.replace(" ", "").split(",") if e]
+            table = build_groups(ids, counts, method=method, edges=edges if method == "edges" else None,
+                                 k=None if method == "edges" else k, names=names, dataset=dataset)
         out = Path(out) if out else Path("intermediate_files") / dataset / "groups.json"
         save_groups(table, out)
         if bags_dir:
@@ -407,5 +420,9 @@ def groups_main(source, out=None, *, method="quantiles", edges=None, k=3, datase
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_groups(table))
-    print(f"counts: {what} of {source}\nwrote {out}" + (f" and BAGS files in {bags_dir}" if bags_dir else ""))
+    if from_bags is not None:
+        print(f"groups: BAGS files in {from_bags}")
+    print(f"counts: {what} of {source}" if source is not None else
+          "counts: none (no source given; labels 1..C are the category ids)")
+    print(f"wrote {out}" + (f" and BAGS files in {bags_dir}" if bags_dir else ""))
     return 0

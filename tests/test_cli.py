@@ -61,6 +61,7 @@ SAMPLE_ARGS = {
     "data check": ["data", "check", "a.json", "--images", "i"],
     "stats": ["stats", "a.json", "--out", "o"],
     "groups": ["groups", "a.json", "--dataset", "demo", "--edges", "10,100"],
+    "groups --from-bags": ["groups", "--from-bags", "bags", "--dataset", "demo"],
     "train": ["train", "c.toml", "--gpus", "2", "--resume", "train.lr=0.1"],
     "test": ["test", "c.toml", "--checkpoint", "x.pth", "--eval", "bbox", "--out", "r.json", "data.root=/x"],
     "infer": ["infer", "c.toml", "v.mp4", "--out", "o", "--random-weights", "--draw"],

@@ -287,3 +287,55 @@ def test_groups_main_from_annotations(external_data, tmp_path, capsys):
     # non-crowd boxes: car 4 (instance 1; the 3 crowd boxes do not count), person 3
     assert t.counts == (4, 3) and t.groups == ((1, 2),) and t.dataset == "ann"
     assert math.isclose(t.bounds[0][1], 5)
+
+
+def _demo_stats_csv(path):
+    """A stats CSV with the demo dataset's classes, ids 1..12 listed in reverse order."""
+    from lvod.data.demo import CLASSES, TRAIN_TRACKS
+
+    rows = [f"{i},{name},{TRAIN_TRACKS[name] * 12}" for i, (name, *_) in enumerate(CLASSES, start=1)]
+    path.write_text("category_id,name,boxes\n" + "\n".join(reversed(rows)) + "\n")
+    return path
+
+
+def test_cli_bags_export_then_from_bags_import_gives_the_same_groups_json(tmp_path, capsys):
+    from lvod.cli import main
+
+    csv = _demo_stats_csv(tmp_path / "class_stats.csv")
+    bags, built, imported = tmp_path / "bags", tmp_path / "built.json", tmp_path / "imported.json"
+    # demo train boxes run 12..384: edges 30, 100 put 3, 5 and 4 classes in the three bins
+    assert main(["groups", str(csv), "--dataset", "demo", "--method", "edges", "--edges", "30,100",
+                 "--bags-dir", str(bags), "--out", str(built)]) == 0
+    assert sorted(p.name for p in bags.iterdir()) == ["label2binlabel.pt", "pred_slice_with0.pt", "valsplit.pkl"]
+    capsys.readouterr()
+    assert main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo", "--out", str(imported)]) == 0
+    assert "BAGS files in" in capsys.readouterr().out
+    a, b = json.loads(built.read_text()), json.loads(imported.read_text())
+    assert a["num_groups"] == 3 and [g["num_classes"] for g in a["groups"][1:]] == [3, 5, 4]
+    assert a == b
+    assert load_groups(imported) == load_groups(built)
+
+
+def test_cli_from_bags_without_source_and_against_a_wrong_dataset(tmp_path, capsys):
+    from lvod.cli import main
+
+    csv = _demo_stats_csv(tmp_path / "class_stats.csv")
+    bags = tmp_path / "bags"
+    assert main(["groups", str(csv), "--dataset", "demo", "--method", "edges", "--edges", "30,100",
+                 "--bags-dir", str(bags), "--out", str(tmp_path / "built.json")]) == 0
+    # no source: labels are the ids, names are the ids, no counts; the bins survive
+    assert main(["groups", "--from-bags", str(bags), "--dataset", "demo", "--out", str(tmp_path / "bare.json")]) == 0
+    bare, built = load_groups(tmp_path / "bare.json"), load_groups(tmp_path / "built.json")
+    assert bare.counts is None and bare.groups == built.groups and bare.edges == built.edges
+    capsys.readouterr()
+    # counts that put classes outside the imported bins are refused, naming the class
+    text = csv.read_text().replace("blue_square,384", "blue_square,5")
+    csv.write_text(text)
+    assert main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo",
+                 "--out", str(tmp_path / "bad.json")]) == 2
+    err = capsys.readouterr().err
+    assert "valsplit.pkl" in err and "category_id 2" in err and "outside its group's bin" in err
+    assert not (tmp_path / "bad.json").exists()
+    # neither a source nor --from-bags
+    assert main(["groups", "--dataset", "demo"]) == 2
+    assert "--from-bags" in capsys.readouterr().err
