@@ -180,6 +180,40 @@ def test_module_entry_parses_like_lvod_train(monkeypatch):
                      ("c.toml", None, 2, "x.pth", [])]
 
 
+def test_gpus_above_one_relaunches_under_torchrun(tmp_path, monkeypatch, capsys):
+    """``train_main(gpus=2)`` runs ``python -m torch.distributed.run`` on this module with the
+    config, the overrides, the run folder and the resume choice, and returns its exit code."""
+    import sys
+    from types import SimpleNamespace
+
+    import lvod.engine.train as engine
+
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text("[train]\nepochs = 1\n")
+    launched = []
+    monkeypatch.setattr(engine, "subprocess", SimpleNamespace(call=lambda cmd: launched.append(cmd) or 3))
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    run = tmp_path / "run"
+    assert train_main(cfg, work_dir=run, gpus=2, overrides=["train.lr=0.1", "data.root=/d"]) == 3
+    assert train_main(cfg, work_dir=run, gpus=4, resume=True) == 3
+    assert train_main(cfg, work_dir=run, gpus=2, resume="x.pth") == 3
+    assert launched[0] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "lvod.engine.train", str(cfg), "train.lr=0.1", "data.root=/d",
+                           "--work-dir", str(run)]
+    assert launched[1][3:5] == ["--nproc_per_node", "4"] and launched[1][-1] == "--resume"
+    assert launched[2][-2:] == ["--resume-from", "x.pth"]
+    assert "launching: " in capsys.readouterr().out and not (run / "log.jsonl").exists()
+    # the relaunched module must parse that command line back into the same call
+    seen = []
+    monkeypatch.setattr(engine, "train_main", lambda *a: seen.append(a) or 0)
+    assert main(launched[0][launched[0].index("lvod.engine.train") + 1:]) == 0
+    assert seen == [(str(cfg), str(run), 1, False, ["train.lr=0.1", "data.root=/d"])]
+    # under torchrun (LOCAL_RANK set) train_main trains itself instead of launching again
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(engine, "train", lambda *a, **k: {"iter": 0, "epoch": 0, "run_dir": str(run)})
+    assert train_main(cfg, work_dir=run, gpus=2) == 0 and len(launched) == 3
+
+
 def _ddp_worker(rank, world, port, run_dir, sources):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))
