@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from lvod.data.cocovid import load_cocovid
 from lvod.data.demo import CLASSES, demo_main, key_frames, make_demo
 
 TINY = dict(num_train_videos=3, num_val_videos=2, frames_per_video=8, image_size=(96, 80))
@@ -151,10 +152,9 @@ def test_readme_and_summary(demo, tmp_path, capsys):
 
 
 def test_loads_with_cocovid_loader(demo):
-    cocovid = pytest.importorskip("lvod.data.cocovid")
     r, data = demo
     for split in ("train", "val"):
-        c = cocovid.load_cocovid(r[f"{split}_json"], images_root=r["images_root"],
+        c = load_cocovid(r[f"{split}_json"], images_root=r["images_root"],
                                  check_images=True, strict=True)
         assert c.num_images == len(data[split]["images"])
         assert c.num_anns == len(data[split]["annotations"])

@@ -280,7 +280,6 @@ def test_groups_main_from_stats_csv(tmp_path, capsys):
 
 
 def test_groups_main_from_annotations(external_data, tmp_path, capsys):
-    pytest.importorskip("lvod.data.cocovid")
     ann = external_data / "mmtracking/master/tests/data/demo_cocovid_data/ann.json"
     assert groups_main(ann, tmp_path / "g.json", method="edges", edges=[5]) == 0
     t = load_groups(tmp_path / "g.json")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lvod.errors import DataError
+from lvod.groups import build_groups, import_bags
 from lvod.models import losses as L
 from lvod.models.heads import HEADS, SoftmaxHead, build_head
 
@@ -352,9 +353,8 @@ def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
 
 
 def test_bags_head_from_real_group_tables():
-    groups = pytest.importorskip("lvod.groups")
     ids, counts = [1, 2, 3, 4, 5], [21000, 50000, 30000, 90000, 130000]
-    table = groups.build_groups(ids, counts, method="quantiles", k=2)
+    table = build_groups(ids, counts, method="quantiles", k=2)
     head = build_head("bags", 8, 5, groups=table, cat_ids=ids, seed=0)
     assert head.num_logits == table.num_logits == 5 + 1 + 2 + 1
     assert torch.equal(head.label2binlabel, table.label2binlabel)
@@ -363,14 +363,13 @@ def test_bags_head_from_real_group_tables():
     with pytest.raises(DataError, match="category ids differ"):
         build_head("bags", 8, 5, groups=table, cat_ids=[1, 2, 3, 4, 7])
     # LVIS's fixed edges on VID-like counts: one group only, and the head says so
-    lvis_edges = groups.build_groups(ids, counts, method="edges", edges=[10, 100, 1000])
+    lvis_edges = build_groups(ids, counts, method="edges", edges=[10, 100, 1000])
     with pytest.warns(UserWarning, match="single object group"):
         build_head("bags", 8, 5, groups=lvis_edges)
 
 
 def test_bags_head_from_the_reference_lvis_files(external_data):
-    groups = pytest.importorskip("lvod.groups")
-    table = groups.import_bags(external_data / "bags" / "BUPT-PRIV_BalancedGroupSoftmax@lvis"
+    table = import_bags(external_data / "bags" / "BUPT-PRIV_BalancedGroupSoftmax@lvis"
                                / "data" / "lvis")
     head = build_head("bags", 16, table.num_classes, groups=table)
     assert head.num_logits == 1236 and head.num_groups == 4

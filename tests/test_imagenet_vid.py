@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lvod.data.cocovid import load_cocovid
 from lvod.data.imagenet_vid import (VID_CLASSES, convert_imagenet_vid, convert_main,
                                     parse_det_list, parse_vid_train_list, parse_vid_val_list)
 from lvod.errors import DataError
@@ -104,12 +105,11 @@ def test_val_flags_no_frame_and_det_keeps_only_vid_classes(tree, tmp_path):
 
 
 def test_files_load_with_cocovid_loader(tree, tmp_path):
-    cocovid = pytest.importorskip("lvod.data.cocovid")
     r = convert_imagenet_vid(tree, tmp_path / "out", progress=False)
-    c = cocovid.load_cocovid(r["paths"]["train"])
+    c = load_cocovid(r["paths"]["train"])
     assert (c.num_images, c.num_anns, c.num_classes) == (8, 9, 30)
     assert c.img_is_key.tolist() == [True, False, False, True, False, False, False, True]
-    det = cocovid.load_cocovid(r["paths"]["det"])
+    det = load_cocovid(r["paths"]["det"])
     assert det.num_images == 2 and det.num_anns == 1
 
 
