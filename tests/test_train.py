@@ -214,6 +214,23 @@ def test_gpus_above_one_relaunches_under_torchrun(tmp_path, monkeypatch, capsys)
     assert train_main(cfg, work_dir=run, gpus=2) == 0 and len(launched) == 3
 
 
+def test_tensorboard_missing_prints_one_warning_and_logs_to_jsonl(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from lvod.engine.train import RunLog
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import now raises ImportError
+    log = RunLog(tmp_path, None, tensorboard=True)
+    log({"event": "train", "iter": 1, "loss": 0.5})
+    log.close()
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["warning: train.tensorboard is on but the tensorboard package is not installed: "
+                   "pip install 'lvod[tensorboard]'; logging to log.jsonl only"]
+    assert log.tb is None and json.loads((tmp_path / "log.jsonl").read_text())["loss"] == 0.5
+    RunLog(tmp_path, None, tensorboard=False).close()                      # off: no warning
+    assert capsys.readouterr().err == ""
+
+
 def _ddp_worker(rank, world, port, run_dir, sources):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world),
                       RANK=str(rank), LOCAL_RANK=str(rank))

@@ -150,7 +150,11 @@ def init_and_freeze(model, cfg: Config, log, resuming: bool) -> None:
 
 
 class RunLog:
-    """``log.jsonl`` (one JSON object per line) and an optional TensorBoard writer."""
+    """``log.jsonl`` (one JSON object per line) and an optional TensorBoard writer.
+
+    Built on rank 0 only. With ``tensorboard`` on but the package missing it prints one
+    warning line to stderr and logs to ``log.jsonl`` only.
+    """
 
     def __init__(self, run_dir: Path, keep_until_iter: int | None, tensorboard: bool):
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +171,8 @@ class RunLog:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
-                self.tb = None
+                print("warning: train.tensorboard is on but the tensorboard package is not installed: "
+                      "pip install 'lvod[tensorboard]'; logging to log.jsonl only", file=sys.stderr, flush=True)
 
     def __call__(self, record: dict) -> None:
         self.fh.write(json.dumps(record) + "\n")
