@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lvod.errors import DataError
+
 
 def load_metrics(path) -> dict:
     return json.loads(Path(path).read_text())
@@ -42,11 +44,18 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     from lvod.evaluation.results import load_results
 
     path = Path(path)
-    ckpt = torch.load(path / checkpoint, map_location="cpu", weights_only=True)
+    file = path / checkpoint
+    ckpt = torch.load(file, map_location="cpu", weights_only=True)
+    model = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, dict):
+        raise DataError(file, "model", "the checkpoint has no 'model' state dict",
+                        "pass a checkpoint written by lvod train (latest.pth or epoch_N.pth)")
     head = _head_name(ckpt.get("config", {}))
-    weight = next((v for k, v in ckpt["model"].items() if k.endswith("fc_cls.weight")), None)
+    weight = next((v for k, v in model.items() if k.endswith("fc_cls.weight")), None)
     if weight is None:
-        raise KeyError(f"{path / checkpoint}: no '*fc_cls.weight' in the model state dict")
+        raise DataError(file, "model", "no '*fc_cls.weight' in the model state dict (the detector has no "
+                        "classification head lvod knows)", "pass the checkpoint of a detector lvod trained "
+                        "with a softmax, seesaw or bags head")
     return Run(name=path.name, metrics=load_metrics(path / "metrics.json"),
                dets=load_results(path / results), head=head,
                weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table))

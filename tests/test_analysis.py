@@ -79,3 +79,38 @@ def test_pick_frames_prefers_rare_classes(tmp_path):
         Detections(image_id=[2], category_id=[2], bbox=[[1, 2, 3, 4]], score=[0.5]), 2, gt.cat_ids)
     np.testing.assert_allclose(boxes, [[1, 2, 4, 6]])
     assert labels.tolist() == [2]
+
+
+def _run_folder(tmp_path, model: dict, head="softmax"):
+    import torch
+
+    from lvod.evaluation.results import save_results_npz
+
+    (tmp_path / "metrics.json").write_text(json.dumps({"bbox_mAP_50": 0.5, "classwise": []}))
+    save_results_npz(Detections(image_id=[1], category_id=[2], bbox=[[0, 0, 10, 10]], score=[0.9]),
+                     tmp_path / "results.npz")
+    torch.save({"model": model, "config": {"model": {"head": head}}}, tmp_path / "latest.pth")
+    return tmp_path
+
+
+def test_load_run_reads_metrics_detections_and_weight_norms(tmp_path):
+    import torch
+
+    w = torch.tensor([[9.0, 0.0], [3.0, 4.0], [0.0, 2.0]])      # softmax: row 0 background
+    run = analysis.load_run(_run_folder(tmp_path, {"roi_head.predictor.fc_cls.weight": w}))
+    assert run.head == "softmax" and run.metrics["bbox_mAP_50"] == 0.5 and len(run.dets) == 1
+    np.testing.assert_allclose(run.weight_norms, [5.0, 2.0])
+
+
+def test_load_run_without_classifier_raises_data_error(tmp_path):
+    import torch
+
+    from lvod.errors import DataError
+
+    _run_folder(tmp_path, {"backbone.conv1.weight": torch.zeros(2, 3)})
+    with pytest.raises(DataError, match="fc_cls.weight") as exc:
+        analysis.load_run(tmp_path)
+    assert exc.value.file == str(tmp_path / "latest.pth") and exc.value.record == "model" and exc.value.fix
+    torch.save({"iter": 3}, tmp_path / "latest.pth")                # not a training checkpoint
+    with pytest.raises(DataError, match="no 'model' state dict"):
+        analysis.load_run(tmp_path)
