@@ -2,7 +2,7 @@
 
 ``metrics.json`` keys (values in 0..1; ``None`` where undefined):
 
-- ``protocol``: ``"coco"`` or ``"ilsvrc"``.
+- ``protocol``: ``"coco"`` or ``"ilsvrc"``; ``backend``: ``"lvod"`` or ``"pycocotools"``.
 - ``bbox_mAP_50``: mean AP@0.5 over classes with GT; ``bbox_mAP``: AP@[.5:.95] (COCO only).
 - ``classwise``: list of ``{category_id, name, ap50, ap, num_gt}`` (``num_gt`` = non-crowd
   GT; ap values ``None`` for a class without GT).
@@ -18,12 +18,14 @@ from __future__ import annotations
 import csv
 import io
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from lvod.evaluation import coco, motion
-from lvod.evaluation.engine import CHUNK_DETS, prepare, run_passes
+from lvod.evaluation.engine import CHUNK_DETS, check_backend, prepare, run_passes
+from lvod.evaluation.library import CHUNK_DETS as LIBRARY_CHUNK_DETS
 from lvod.io import atomic_write, save_json
 
 
@@ -76,18 +78,27 @@ def _class_aps(res: dict, protocol: str):
 
 
 def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_names=None, motion: bool = True,
-             max_dets: int = 100, chunk_dets: int = CHUNK_DETS, results_file="<detections>") -> dict:
+             max_dets: int = 100, chunk_dets: int | None = None, results_file="<detections>",
+             backend: str = "lvod") -> dict:
     """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
 
     ``motion_iou``: None (from tracks when the GT has them), a path to FGFA's ``.mat``, or a
     float array (A,) per GT annotation (NaN = unknown). ``motion=False`` skips the buckets.
     ``groups``: GroupTable, groups JSON path or ``{name: [category ids]}``.
+    ``backend``: ``"lvod"`` (own vectorised matcher, the full-scale default) or
+    ``"pycocotools"`` (COCOeval per chunk of images; COCO protocol only, ~25x slower - see
+    :mod:`lvod.evaluation.library`). ``chunk_dets``: detections per chunk (None: 2 M for
+    lvod, 250 k for pycocotools, whose dicts take ~3 GB per million).
     """
+    check_backend(backend, protocol)
+    if chunk_dets is None:
+        chunk_dets = LIBRARY_CHUNK_DETS if backend == "pycocotools" else CHUNK_DETS
     p = prepare(gt, dets, results_file=results_file)
     masks, mot = _motion_masks(gt, p, motion_iou) if motion else ({}, {"motion": None, "motion_counts": None,
                                                                         "motion_source": "not requested"})
     passes = [(None, None)] + [(~inside, [0.5]) for inside in masks.values()]
-    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets)
+    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets,
+                         backend=backend)
     main = results[0]
     ap50, ap, summ = _class_aps(main, protocol)
     cat_ids = [int(c) for c in p.cat_ids]
@@ -100,7 +111,7 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
         m50, m = (float(np.mean(vals)) if vals else None), None
     classwise = [{"category_id": c, "name": n, "ap50": a50, "ap": a, "num_gt": int(g)}
                  for c, n, a50, a, g in zip(cat_ids, names, ap50, ap if ap else [None] * len(cat_ids), main["npig"])]
-    out = {"protocol": protocol, "bbox_mAP_50": m50, "bbox_mAP": m, "classwise": classwise,
+    out = {"protocol": protocol, "backend": backend, "bbox_mAP_50": m50, "bbox_mAP": m, "classwise": classwise,
            "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
            "num_images": int(len(gt.img_ids)), "num_detections": int(len(dets)),
            "dropped_unknown_category": p.dropped_unknown_category}
@@ -181,14 +192,24 @@ def write_metrics(m: dict, out) -> dict:
     return paths
 
 
-def eval_main(ann, results, groups=None, out=None, protocol="coco", motion_iou=None) -> int:
-    """``lvod eval``: load GT and detections, evaluate, print the tables, write files. Returns 0."""
+def eval_main(ann, results, groups=None, out=None, protocol="coco", motion_iou=None, backend="lvod") -> int:
+    """``lvod eval``: load GT and detections, evaluate, print the tables, write files.
+
+    ``backend``: ``"lvod"`` or ``"pycocotools"`` (see :func:`evaluate`). Returns 0, or 2
+    (message on stderr, nothing loaded) for a backend that cannot run ``protocol``.
+    """
+    try:
+        check_backend(backend, protocol)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from lvod.data.cocovid import load_cocovid
     from lvod.evaluation.results import load_results
 
     gt = load_cocovid(ann)
     dets = load_results(results)
-    m = evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=results)
+    m = evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=results,
+                 backend=backend)
     print(format_tables(m), end="")
     if m["dropped_unknown_category"]:
         print(f"note: {m['dropped_unknown_category']} detections have a category_id not in {ann}; not scored")
