@@ -46,6 +46,7 @@ import numpy as np
 
 CHUNK_DETS = 250_000  # detections per chunk: well under 1 GB of library dicts
 
+
 def _coco_objects(gt, dets, img_ids, cat_ids, chunk_ids):
     """(COCO ground truth, COCO detections or None, GT annotation dicts in chunk order).
 
