@@ -9,8 +9,10 @@ centred on the key, edges padded by repeating the first/last frame; every frame'
 features are computed once when the frame is read and kept while it is inside the window
 (memory: ``fgfa_window`` images + feature maps); the key's own features enter unwarped.
 Flow is computed once per distinct window frame, so the repeated edge frames share one
-flow; the copies of the key frame itself (window edges) also enter unwarped, where
-mmtracking warps them by the (near-zero) flow of the key onto itself.
+flow, and each distinct frame is embedded once (``EmbedAggregator.aggregate_window``: a
+repeated frame's softmax weights are summed); each frame's FlowNet input half is prepared
+once and cached with its features. The copies of the key frame itself (window edges) also
+enter unwarped, where mmtracking warps them by the (near-zero) flow of the key onto itself.
 """
 from __future__ import annotations
 
@@ -59,6 +61,20 @@ class EmbedAggregator(nn.Module):
         w = self.weights(x, refs)
         return (refs.float() * w).sum(dim=0, keepdim=True).to(refs.dtype)
 
+    def aggregate_window(self, feats: Tensor, index: Tensor, key: int = 0) -> Tensor:
+        """``forward(feats[key:key+1], feats[index])`` without embedding a frame twice.
+
+        ``feats (U, C, h, w)``: the distinct frames of a window (the key among them, at
+        ``key``); ``index (T,)`` int64: the window as positions in ``feats`` (edge padding
+        repeats a position). Returns ``(1, C, h, w)``. A repeated frame has the same
+        embedding and weight each time, so its weights are summed before the weighted sum.
+        """
+        emb = self.embed(feats)
+        sim = (emb * emb[key:key + 1]).sum(dim=1, keepdim=True)  # (U, 1, h, w)
+        w = sim.index_select(0, index).softmax(dim=0)            # (T, 1, h, w)
+        w = torch.zeros_like(sim).index_add_(0, index, w)        # (U, 1, h, w)
+        return (feats.float() * w).sum(dim=0, keepdim=True).to(feats.dtype)
+
 
 def window_indices(t: int, num_frames: int, window: int) -> list[int]:
     """Frame indices of the window centred on ``t``, out-of-range ones clamped (edge padding)."""
@@ -82,7 +98,7 @@ class FGFA(nn.Module):
     def aggregate(self, key_img: Tensor, ref_imgs: Tensor, key_feat: Tensor, ref_feats: Tensor,
                   img_size: tuple[int, int]) -> Tensor:
         """Warp ``ref_feats (T, C, h, w)`` to the key and aggregate them: ``(1, C, h, w)``."""
-        flows = self.motion(key_img[None].expand_as(ref_imgs), ref_imgs, img_size)
+        flows = self.motion(key_img[None], ref_imgs, img_size)
         return self.aggregator(key_feat[None], warp(ref_feats, flows))
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
@@ -104,7 +120,8 @@ class FGFA(nn.Module):
         """Per frame ``{"boxes" (K,4) original pixels, "scores" (K,), "labels" (K,) 1..C}``,
         in frame order. Frames are read ``fgfa_window // 2`` ahead of the one detected."""
         it = iter(frames)
-        cache: OrderedDict[int, tuple[Tensor, dict, Tensor]] = OrderedDict()  # idx -> img, meta, feat
+        # idx -> [image, meta, features, (FlowNet half of the image, the img_size it used)]
+        cache: OrderedDict[int, list] = OrderedDict()
         read = 0
         for t in range(num_frames):
             idx = window_indices(t, num_frames, self.cfg.fgfa_window)
@@ -114,21 +131,30 @@ class FGFA(nn.Module):
                     raise ValueError(f"detect_video: num_frames={num_frames} but the frames ran out "
                                      f"after {read}")
                 img, meta = item
-                cache[read] = (img, meta, self.detector.extract_feat(img[None])[0])
+                cache[read] = [img, meta, self.detector.extract_feat(img[None])[0], None]
                 read += 1
             while next(iter(cache)) < idx[0]:
                 cache.popitem(last=False)
-            key_img, meta, key_feat = cache[t]
-            others = sorted({i for i in idx if i != t})
-            if others:
-                ref_imgs = torch.stack([cache[i][0] for i in others])
-                ref_feats = torch.stack([cache[i][2] for i in others])
-                flows = self.motion(key_img[None].expand_as(ref_imgs), ref_imgs, meta["img_size"])
-                warped = dict(zip(others, warp(ref_feats, flows)))
-            else:
-                warped = {}
-            window = torch.stack([key_feat if i == t else warped[i] for i in idx])
-            agg = self.aggregator(key_feat[None], window)
+            _, meta, key_feat, _ = cache[t]
+            size = tuple(meta["img_size"])
+            units = [t] + sorted({i for i in idx if i != t})  # distinct window frames, key first
+            feats = key_feat[None]
+            if len(units) > 1:
+                flow_in = [self._flow_half(cache[i], size) for i in units]
+                key_half = flow_in[0].expand(len(units) - 1, -1, -1, -1)
+                flows = self.motion.predict(torch.cat([key_half, torch.stack(flow_in[1:])], dim=1))
+                ref_feats = torch.stack([cache[i][2] for i in units[1:]])
+                feats = torch.cat([feats, warp(ref_feats, flows)])
+            pos = {f: j for j, f in enumerate(units)}
+            index = torch.tensor([pos[i] for i in idx], dtype=torch.int64, device=key_feat.device)
+            agg = self.aggregator.aggregate_window(feats, index, key=0)
             props = self.detector.rpn_test(agg, [meta["img_size"]])
             det = self.detector.roi_head.detect(agg, props, [meta["img_size"]])[0]
             yield to_original(det, meta)
+
+    def _flow_half(self, entry: list, size: tuple[int, int]) -> Tensor:
+        """A cached frame's FlowNet input half ``(3, h, w)`` for a key of unpadded ``size``,
+        prepared once per frame (again only if the key's size differs)."""
+        if entry[3] is None or entry[3][1] != size:
+            entry[3] = (self.motion.prepare_image(entry[0][None], size)[0], size)
+        return entry[3][0]

@@ -51,7 +51,7 @@ class _Conv(nn.Module):
 
 
 class FlowNetSimple(nn.Module):
-    """``forward(key (N,3,H,W), ref (N,3,H,W), img_size (h, w)) -> flow (N, 2, H, W)``.
+    """``forward(key (N|1,3,H,W), ref (N,3,H,W), img_size (h, w)) -> flow (N, 2, H, W)``.
 
     Args:
         img_scale: resize factor applied to the images before the network (0.5).
@@ -88,19 +88,30 @@ class FlowNetSimple(nn.Module):
         self.register_buffer("img_std", torch.tensor(image_std).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("flow_mean", torch.tensor(FLOW_MEAN).view(1, 3, 1, 1), persistent=False)
 
-    def prepare(self, key: Tensor, ref: Tensor, img_size: tuple[int, int]) -> Tensor:
-        """``(N, 6, H*img_scale, W*img_scale)`` network input (see the module docstring)."""
-        x = torch.cat([key, ref], dim=1).float()
-        mean = self.img_mean.repeat(1, 2, 1, 1)
-        std = self.img_std.repeat(1, 2, 1, 1)
-        x = (x * std + mean) / 255.0 - self.flow_mean.repeat(1, 2, 1, 1)
+    def prepare_image(self, img: Tensor, img_size: tuple[int, int]) -> Tensor:
+        """``img (N, 3, H, W)`` -> its half of the network input ``(N, 3, H*img_scale,
+        W*img_scale)``: de-normalised, /255, centred, zeroed outside ``img_size`` (the key's
+        unpadded size), resized. Per channel, so a (key, ref) input is the concatenation of
+        the two halves; a video can prepare each frame once and reuse it for every pair."""
+        x = img.float() * self.img_std + self.img_mean
+        x = x / 255.0 - self.flow_mean
         h, w = img_size
         x[:, :, h:, :] = 0.0
         x[:, :, :, w:] = 0.0
         return F.interpolate(x, scale_factor=self.img_scale, mode="bilinear", align_corners=False)
 
+    def prepare(self, key: Tensor, ref: Tensor, img_size: tuple[int, int]) -> Tensor:
+        """``(N, 6, H*img_scale, W*img_scale)`` network input (see the module docstring);
+        ``key`` may be ``(1, 3, H, W)``, prepared once and shared by every ref."""
+        k = self.prepare_image(key, img_size)
+        r = self.prepare_image(ref, img_size)
+        return torch.cat([k.expand(r.shape[0], -1, -1, -1), r], dim=1)
+
     def forward(self, key: Tensor, ref: Tensor, img_size: tuple[int, int]) -> Tensor:
-        x = self.prepare(key, ref, img_size)
+        return self.predict(self.prepare(key, ref, img_size))
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Flow ``(N, 2, H, W)`` (input pixels, scaled) from a ``prepare``d ``(N, 6, h, w)``."""
         outs = []
         for i in range(1, 7):
             for layer in getattr(self, f"conv{i}"):
