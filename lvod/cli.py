@@ -116,8 +116,12 @@ def _add_engine(sub):
                    help="coco: AP@50 as mmtracking reports it; ilsvrc: the official VID devkit rules")
     v.add_argument("--motion-iou", default=None,
                    help="official per-object motion IoU .mat (ImageNet VID val) instead of computing it")
+    v.add_argument("--backend", choices=("lvod", "pycocotools"), default="lvod",
+                   help="lvod: its own exact matcher (fast, scales to ImageNet VID val; default); "
+                        "pycocotools: COCOeval per chunk of images (about 25x slower, coco protocol)")
     v.set_defaults(func=lambda a: _call("lvod.evaluation", "eval_main", a.ann, a.results, groups=a.groups,
-                                        out=a.out, protocol=a.protocol, motion_iou=a.motion_iou))
+                                        out=a.out, protocol=a.protocol, motion_iou=a.motion_iou,
+                                        backend=a.backend))
 
 
 def _add_notebooks_and_jobs(sub):
