@@ -10,7 +10,7 @@ frames (FlowNet on window-1 pairs); frames near the video's ends repeat frames a
 cheaper, so a video shorter than the window has no steady-state frame at all.
 
     nice -n 10 python benchmarks/bench_detector.py --kind fgfa --threads 2
-    nice -n 10 python benchmarks/bench_detector.py --kind fgfa --size 304 496 --window 11 --threads 1 --skip-train
+    nice -n 10 python benchmarks/bench_detector.py --size 304 496 --window 11 --threads 1 --skip-train
     python benchmarks/bench_detector.py --kind fgfa --device cuda --amp --train-steps 20 --infer-frames 60
 
 Prints one JSON object: step seconds (mean, min), inference seconds per frame (mean of the
