@@ -134,3 +134,19 @@ def test_detect_video_refuses_too_few_frames():
     meta = {"img_size": (H, W), "orig_size": (H, W)}
     with pytest.raises(ValueError, match="ran out"):
         list(m.detect_video(iter([(torch.randn(3, H, W), meta)] * 2), 4))
+
+
+def test_window_aggregation_embeds_each_distinct_frame_once_and_matches_the_plain_path():
+    torch.manual_seed(3)
+    agg = EmbedAggregator(8).eval()
+    feats = torch.randn(4, 8, 5, 6)
+    index = torch.tensor([0, 0, 0, 1, 2, 3, 3])  # edge padding repeats the first and last frame
+    calls = []
+    embed = agg.embed
+    agg.embed = lambda x: calls.append(x.shape[0]) or embed(x)  # count frames embedded
+    with torch.no_grad():
+        fast = agg.aggregate_window(feats, index, key=1)
+        calls_fast = list(calls)
+        plain = agg(feats[1:2], feats[index])
+    assert calls_fast == [4]  # one embedding pass over the 4 distinct frames
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
