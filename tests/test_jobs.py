@@ -38,3 +38,18 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
     for png in ("ap_vs_frequency", "groups", "gain_bags", "weight_norms", "frames"):
         assert (run / "report" / f"{png}.png").stat().st_size > 5_000
     assert "bbox_mAP_50" in (run / "report" / "summary.md").read_text()
+
+    # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
+    from lvod.notebooks import NOTEBOOK_DIR, run_notebook
+
+    data = ["data.root=run/data-quick", "data.groups_file=run/groups.json"]
+    run_notebook(NOTEBOOK_DIR / "02_train.ipynb", run / "nb", {
+        "config": repo_configs["softmax"], "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
+        "work_dir": "run/nb-train", "refresh_seconds": 1})
+    assert (run / "nb-train" / "latest.pth").exists() and (run / "nb-train" / "log.jsonl").exists()
+    run_notebook(NOTEBOOK_DIR / "03_evaluate.ipynb", run / "nb", {
+        "config": repo_configs["softmax"], "checkpoint": "run/nb-train/latest.pth", "overrides": data})
+    evaluated = nbformat.read(str(run / "nb" / "03_evaluate.ipynb"), as_version=4)
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in evaluated.cells for o in c.get("outputs", []))
+    assert "bbox_mAP_50" in shown and "slow" in shown
+    assert json.loads((run / "nb-train" / "metrics.json").read_text())["classwise"]
