@@ -176,6 +176,14 @@ class FasterRCNN(nn.Module):
         """``(N, 3, H, W)`` -> ``(N, neck_channels, H/16, W/16)``."""
         return self.neck(self.backbone(images))
 
+    def extract_clip_feats(self, images: Tensor, image_sizes, targets) -> Tensor:
+        """Training input of the video detectors: check it, run every frame of every clip
+        through backbone + neck in one batch. ``(B, T, 3, H, W)`` -> ``(B, T, C, h, w)``."""
+        check_inputs(images, image_sizes, targets, min_frames=2)
+        b, t = images.shape[:2]
+        feats = self.extract_feat(images.flatten(0, 1))
+        return feats.view(b, t, *feats.shape[1:])
+
     def rpn_train(self, feats: Tensor, image_sizes, gt_boxes: list[Tensor]
                   ) -> tuple[dict[str, Tensor], list[Tensor]]:
         """RPN losses of the batch and its training proposals (detached)."""

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from lvod.models.detector import FasterRCNN, ModelConfig, check_inputs, to_original
+from lvod.models.detector import FasterRCNN, ModelConfig, to_original
 from lvod.models.flownet import FlowNetSimple, load_flownet_weights, warp
 
 
@@ -105,12 +105,9 @@ class FGFA(nn.Module):
                 targets: list[dict]) -> dict[str, Tensor]:
         """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
         + head extras). ``images (B, T, 3, H, W)``: ``[:, 0]`` key, ``[:, 1:]`` refs (T >= 2)."""
-        check_inputs(images, image_sizes, targets, min_frames=2)
-        b, t = images.shape[:2]
-        feats = self.detector.extract_feat(images.flatten(0, 1))
-        feats = feats.view(b, t, *feats.shape[1:])
+        feats = self.detector.extract_clip_feats(images, image_sizes, targets)  # (B, T, C, h, w)
         agg = torch.cat([self.aggregate(images[i, 0], images[i, 1:], feats[i, 0], feats[i, 1:],
-                                        image_sizes[i]) for i in range(b)])
+                                        image_sizes[i]) for i in range(len(feats))])
         losses, props = self.detector.rpn_train(agg, image_sizes, [x["boxes"] for x in targets])
         losses.update(self.detector.roi_head.losses(agg, props, targets))
         return losses

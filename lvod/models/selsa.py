@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from lvod.models.detector import FasterRCNN, ModelConfig, check_inputs, to_original
+from lvod.models.detector import FasterRCNN, ModelConfig, to_original
 
 
 class SelsaAggregator(nn.Module):
@@ -87,10 +87,8 @@ class SELSA(nn.Module):
                 targets: list[dict]) -> dict[str, Tensor]:
         """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
         + head extras). ``images (B, T, 3, H, W)``: ``[:, 0]`` key, ``[:, 1:]`` refs (T >= 2)."""
-        check_inputs(images, image_sizes, targets, min_frames=2)
-        b, t = images.shape[:2]
-        feats = self.detector.extract_feat(images.flatten(0, 1))
-        feats = feats.view(b, t, *feats.shape[1:])
+        feats = self.detector.extract_clip_feats(images, image_sizes, targets)
+        b, t = feats.shape[:2]
         refs = [self._ref_embeddings(feats[i, 1:], [image_sizes[i]] * (t - 1)) for i in range(b)]
         key = feats[:, 0]
         losses, props = self.detector.rpn_train(key, image_sizes, [x["boxes"] for x in targets])
