@@ -120,42 +120,14 @@ def test_mp4_writer_leaves_nothing_on_error(tmp_path):
 
 # ----------------------------------------------------------------------------- lvod infer
 
-TINY_MODEL = """
-[model]
-kind = "{kind}"
-depth = 18
-num_classes = 2
-neck_channels = 32
-rpn_channels = 32
-fc_channels = 64
-rpn_test_pre_nms = 200
-rpn_test_post_nms = 30
-test_max_dets = 20
-fgfa_window = 3
-
-[data]
-root = "{root}"
-val = {{ ann_file = "ann.json" }}
-
-[test]
-workers = {workers}
-"""
 SMALL = ("data.img_scale=[256, 144]",)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The CI box is small and shared: the tiny detector runs on one CPU thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
-def tiny_config(external_data, tmp_path):
+def tiny_config(external_data, tmp_path, tiny_detector_config):
     """A depth-18 detector config whose class names come from mmtracking's CocoVID file."""
     src = external_data / "mmtracking/master/tests/data/demo_cocovid_data/ann.json"
     root = tmp_path / "data"
@@ -163,9 +135,8 @@ def tiny_config(external_data, tmp_path):
     (root / "ann.json").write_bytes(src.read_bytes())
 
     def make(kind="single", workers=0):
-        path = tmp_path / f"tiny_{kind}_{workers}.toml"
-        path.write_text(TINY_MODEL.format(kind=kind, root=root.as_posix(), workers=workers))
-        return path
+        return tiny_detector_config(tmp_path / f"tiny_{kind}_{workers}.toml", kind=kind, root=root,
+                                          workers=workers)
     return make
 
 

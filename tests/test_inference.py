@@ -261,46 +261,16 @@ def test_oracle_results_evaluate_to_known_ap(grey_cocovid, tmp_path):
 
 # ----------------------------------------------------------------------------- lvod test
 
-TINY = """
-[model]
-kind = "{kind}"
-depth = 18
-num_classes = {num_classes}
-neck_channels = 32
-rpn_channels = 32
-fc_channels = 64
-rpn_test_pre_nms = 200
-rpn_test_post_nms = 30
-test_max_dets = 20
-fgfa_window = 3
-
-[data]
-root = "{root}"
-img_scale = [256, 144]
-val = {{ ann_file = "ann.json" }}
-
-[test]
-workers = 1
-"""
-
-
 @pytest.fixture
-def tiny_config(grey_cocovid, tmp_path):
+def tiny_config(grey_cocovid, tmp_path, tiny_detector_config):
     def make(kind="single", num_classes=2, extra=""):
-        path = tmp_path / f"{kind}_{num_classes}_{len(extra)}.toml"
-        path.write_text(TINY.format(kind=kind, num_classes=num_classes,
-                                    root=grey_cocovid.path.parent.as_posix()).replace(
-                                        "fgfa_window = 3", "fgfa_window = 3\n" + extra))
-        return path
+        return tiny_detector_config(tmp_path / f"{kind}_{num_classes}_{len(extra)}.toml", kind=kind,
+                                          root=grey_cocovid.path.parent, num_classes=num_classes,
+                                          img_scale=(256, 144), extra=extra)
     return make
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_results_paths_never_write_a_pickle(tmp_path):
