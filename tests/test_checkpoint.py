@@ -67,8 +67,8 @@ def _assert_every_tensor_arrived(model, sd, report):
     n_cls = 0
     for mm_key, value in sd.items():
         lv_key, rule = ck.map_key(mm_key)
-        if rule is not None and rule.transform == "drop":
-            assert mm_key in report.dropped
+        if rule is not None and rule.transform == "counter" and lv_key not in own:
+            assert mm_key in report.dropped  # FrozenBatchNorm2d has no batch counter
             continue
         assert lv_key in own, f"{mm_key} -> {lv_key} has no place in the lvod model"
         expected = value
@@ -79,6 +79,22 @@ def _assert_every_tensor_arrived(model, sd, report):
         assert torch.equal(own[lv_key], expected.to(own[lv_key].dtype)), mm_key
     assert n_cls == 2
     assert report.missing == [] and report.unexpected == []
+
+
+def test_batch_counters_are_copied_into_eval_bn_and_dropped_for_frozen_bn(fgfa_sd, fgfa_model):
+    counters = [k for k in fgfa_sd if k.endswith("num_batches_tracked")]
+    assert len(counters) == 53  # every BatchNorm of the ResNet-50
+    report = ck.import_mmtracking(fgfa_sd, fgfa_model, kind="fgfa")  # default backbone_norm "eval"
+    assert not any(k in report.dropped for k in counters)
+    frozen = _build("single", backbone_norm="frozen")
+    report = ck.import_mmtracking(fgfa_sd, frozen, kind="fgfa")
+    assert sorted(k for k in report.dropped if k.startswith("detector.")) == sorted(counters)
+    assert report.missing == []
+    own = frozen.state_dict()
+    for k in counters:  # the affine and statistics still arrive in the FrozenBatchNorm2d buffers
+        stem = k[: -len("num_batches_tracked")]
+        for part in ("weight", "bias", "running_mean", "running_var"):
+            assert torch.equal(own[stem + part], fgfa_sd[stem + part].to(own[stem + part].dtype))
 
 
 @pytest.mark.parametrize("kind", ["fgfa", "selsa"])
@@ -159,7 +175,8 @@ def test_mapping_doc_holds_the_code_table():
         assert text.count(f"| `{rule.mm}` |") == 1
     assert ck.map_key("detector.roi_head.bbox_head.fc_cls.weight")[0] == \
         "detector.roi_head.bbox_head.predictor.fc_cls.weight"
-    assert ck.map_key("detector.backbone.layer1.0.bn1.num_batches_tracked") == (None, ck.KEY_RULES[2])
+    assert ck.map_key("detector.backbone.layer1.0.bn1.num_batches_tracked") == \
+        ("detector.backbone.layer1.0.bn1.num_batches_tracked", ck.KEY_RULES[2])
     assert ck.map_key("unknown.weight") == (None, None)
 
 
@@ -178,9 +195,9 @@ def test_torchvision_resnet_round_trip(tmp_path):
     report = ck.load_torchvision_resnet(backbone, path)
     got = backbone.state_dict()
     for k, v in src.state_dict().items():
-        if k.startswith("fc.") or k.endswith("num_batches_tracked"):
+        if k.startswith("fc."):
             assert k in report.dropped
-        else:
+        else:  # batch counters included: the default norm_eval BatchNorm keeps them
             assert torch.equal(got[k], v), k
     assert report.missing == [] and report.unexpected == []
     bad = {k: v for k, v in src.state_dict().items()}

@@ -114,7 +114,18 @@ def test_resnet50_dc5_stride_16_dilated_stage4_and_frozen_parts():
     assert b.layer3[0].conv2.stride == (2, 2)
     assert not any(p.requires_grad for p in list(b.conv1.parameters()) + list(b.layer1.parameters()))
     assert all(p.requires_grad for p in b.layer2.parameters())
-    assert not any("bn" in n for n, _ in b.named_parameters())  # all BatchNorm frozen (buffers)
+    # mmtracking's norm_eval BatchNorm: statistics fixed, affine trained outside stem/stage 1
+    stats = b.layer2[0].bn1.running_mean.clone()
+    b.train()
+    assert not any(m.training for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    b(torch.randn(2, 3, 64, 96))
+    assert torch.equal(b.layer2[0].bn1.running_mean, stats)
+    assert b.layer2[0].bn1.weight.requires_grad and not b.bn1.weight.requires_grad
+    trainable_bn = sum(p.numel() for n, p in b.named_parameters() if p.requires_grad and
+                       ("bn" in n or "downsample.1" in n))
+    assert trainable_bn == 50_176  # the count mmtracking's FGFA config trains in stages 2-4
+    frozen = ResNetDC5(50, norm="frozen")
+    assert not any("bn" in n for n, _ in frozen.named_parameters())  # FrozenBatchNorm2d: buffers
 
 
 def test_resnet18_basicblock_stage4_dilated_by_hand():
@@ -126,7 +137,7 @@ def test_resnet18_basicblock_stage4_dilated_by_hand():
 def test_state_dict_matches_mmtracking_detector_keys_and_shapes(external_data):
     zoo = json.loads((external_data / SHAPES).read_text())["fgfa_r50_dc5"]["state_dict"]
     want = {k: v for k, v in zoo.items()
-            if k.startswith("detector.") and not k.endswith("num_batches_tracked")}
+            if k.startswith("detector.")}
     m = build_detector(ModelConfig(kind="single"))
     got = {k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape) for k, v in m.state_dict().items()}
     assert got == want

@@ -8,11 +8,19 @@ block of it is dilated by 2 (mmdet dilates the first block too, torchvision's ow
 BasicBlock of depth 18/34 only ``conv1`` is dilated, as in mmdet). Output: one map of
 stride 16 with 2048 (50/101) or 512 (18/34) channels.
 
-``norm="frozen"`` (the default, as mmtracking with ImageNet weights): every BatchNorm is
-``FrozenBatchNorm2d`` (fixed statistics and affine, no grad) and stem + stage 1 have
-``requires_grad=False`` (mmdet ``frozen_stages=1``). Frozen BatchNorm of a randomly
-initialised network is the identity, so training from scratch (the CPU demo) uses
-``norm="group"`` (GroupNorm, 32 groups or fewer, trained) with ``frozen_stages=-1``.
+Normalisation (``norm``); whatever it is, the stem and the first ``frozen_stages`` stages
+get ``requires_grad=False`` (mmdet ``frozen_stages``, 1 in mmtracking):
+
+- ``"eval"`` (the default, exactly mmtracking's R50-DC5 configs: ``norm_cfg=dict(type='BN',
+  requires_grad=True), norm_eval=True``): ``EvalBatchNorm2d``, BatchNorm that never leaves
+  eval mode, so its running statistics stay those of the pretrained weights, while its
+  affine weight and bias keep training (and take weight decay) outside the frozen stages;
+- ``"frozen"``: ``FrozenBatchNorm2d`` (statistics and affine fixed, buffers only, as in
+  torchvision/detectron2 detectors); the same function at inference, fewer trained
+  parameters (53,120 fewer for ResNet-50) and no batch counter in the state dict;
+- ``"group"``: GroupNorm (32 groups or fewer, trained). BatchNorm of a randomly
+  initialised network is the identity, so training from scratch uses ``"group"`` with
+  ``frozen_stages=-1``.
 
 ``ChannelMapperNeck``: mmdet ``ChannelMapper`` with one 3x3 conv + ReLU, key
 ``convs.0.conv.{weight,bias}`` as in mmtracking checkpoints.
@@ -37,13 +45,25 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4), channels)
 
 
-NORMS = {"frozen": FrozenBatchNorm2d, "group": _group_norm}
+class EvalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm kept in eval mode (mmdet ``norm_eval=True``): ``train()`` leaves it in eval,
+    so running statistics are used and never updated; weight and bias still get gradients."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.training = False  # from construction on, not only after the first train()/eval()
+
+    def train(self, mode: bool = True) -> "EvalBatchNorm2d":
+        return super().train(False)
+
+
+NORMS = {"eval": EvalBatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_norm}
 
 
 class ResNetDC5(resnet.ResNet):
     """ResNet with a dilated stride-1 stage 4: ``forward(x (B,3,H,W)) -> (B, C, H/16, W/16)``."""
 
-    def __init__(self, depth: int = 50, frozen_stages: int = 1, norm: str = "frozen"):
+    def __init__(self, depth: int = 50, frozen_stages: int = 1, norm: str = "eval"):
         if depth not in _ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(_ARCH)}, got {depth}")
         if norm not in NORMS:

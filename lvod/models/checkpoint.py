@@ -42,8 +42,9 @@ KEY_RULES: tuple[KeyRule, ...] = (
             "softmax head: rows [cls 0..C-1, bg] -> [bg, cls 1..C]; BAGS / Seesaw: as is"),
     KeyRule(f"{_CLS}.fc_reg.*", f"{_CLS}.predictor.fc_reg.*", "copy",
             "4 rows per class in class order, no background rows in either"),
-    KeyRule("detector.backbone.*num_batches_tracked", None, "drop",
-            "lvod's backbone uses FrozenBatchNorm2d, which has no batch counter"),
+    KeyRule("detector.backbone.*num_batches_tracked", "detector.backbone.*num_batches_tracked", "counter",
+            "BatchNorm batch counter: copied into model.backbone_norm = \"eval\" (mmtracking's "
+            "norm_eval BatchNorm); dropped for \"frozen\" (FrozenBatchNorm2d has none)"),
     KeyRule(f"{_CLS}.aggregator.*", f"{_CLS}.aggregator.*", "copy",
             "SELSA: SelsaAggregator after each shared FC"),
     KeyRule("detector.*", "detector.*", "copy",
@@ -184,6 +185,9 @@ def import_mmtracking(state_dict_or_path, model: nn.Module, *, kind: str) -> Imp
     for mm_key, t in state.items():
         lv_key, rule = map_key(mm_key)
         if rule is not None and lv_key is None:
+            report.dropped.append(mm_key)
+            continue
+        if rule is not None and rule.transform == "counter" and lv_key not in own:
             report.dropped.append(mm_key)
             continue
         if lv_key is None or lv_key not in own:

@@ -58,7 +58,7 @@ class ModelConfig:
     backbone_weights: str | None = None     # torchvision ResNet state dict (.pth)
     flownet_weights: str | None = None      # mmtracking FlowNetSimple state dict (FGFA)
     frozen_stages: int = 1          # -1: nothing frozen (training from scratch)
-    backbone_norm: str = "frozen"   # frozen (pretrained, mmtracking) | group (from scratch)
+    backbone_norm: str = "eval"     # eval (mmtracking norm_eval) | frozen (FrozenBN) | group (from scratch)
     neck_channels: int = 512
     rpn_channels: int = 512
     anchor_base: float = 16.0
@@ -112,11 +112,11 @@ class ModelConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> "ModelConfig":
-        """A CPU demo/test preset: ResNet-18, 32-channel neck/RPN, 128-wide FCs, anchors
-        16..128 px, a few proposals, FlowNet at 1/16 width (random weights), window 5,
-        4 SELSA refs. ``overrides`` replace any field."""
-        base = dict(depth=18, neck_channels=32, rpn_channels=32, fc_channels=128, anchor_base=4.0,
-                    rpn_allowed_border=-1.0, rpn_num_samples=64, rpn_train_pre_nms=300,
+        """A CPU demo/test preset: ResNet-18 with FrozenBatchNorm2d, 32-channel neck/RPN,
+        128-wide FCs, anchors 16..128 px, a few proposals, FlowNet at 1/16 width (random
+        weights), window 5, 4 SELSA refs. ``overrides`` replace any field."""
+        base = dict(depth=18, backbone_norm="frozen", neck_channels=32, rpn_channels=32, fc_channels=128,
+                    anchor_base=4.0, rpn_allowed_border=-1.0, rpn_num_samples=64, rpn_train_pre_nms=300,
                     rpn_train_post_nms=64, rpn_test_pre_nms=300, rpn_test_post_nms=32,
                     roi_num_samples=64, test_max_dets=20, flownet_width=1 / 16, fgfa_window=5,
                     selsa_test_refs=4, selsa_attention_blocks=4)
