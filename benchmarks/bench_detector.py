@@ -13,8 +13,10 @@ cheaper, so a video shorter than the window has no steady-state frame at all.
     nice -n 10 python benchmarks/bench_detector.py --size 304 496 --window 11 --threads 1 --skip-train
     python benchmarks/bench_detector.py --kind fgfa --device cuda --amp --train-steps 20 --infer-frames 60
 
-Prints one JSON object: step seconds (mean, min), inference seconds per frame (mean of the
-steady-state frames) and fps, peak CUDA memory (GiB) for training and inference on CUDA.
+Prints one JSON object: step seconds (mean, median, min), inference seconds per frame (mean
+of the steady-state frames) and fps, peak CUDA memory (GiB) on CUDA, and on Linux the peak
+resident memory of each phase (``VmHWM``, reset through ``/proc/self/clear_refs`` before the
+phase; the model and the libraries are included).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +34,26 @@ from lvod.models.detector import ModelConfig, build_detector
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS counter (Linux); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_gib() -> float | None:
+    """``VmHWM`` of this process in GiB (Linux), else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return None
 
 
 def random_targets(n: int, h: int, w: int, num_classes: int, g: torch.Generator) -> dict:
@@ -50,6 +73,7 @@ def bench_train(model, cfg, args, device) -> dict:
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
     model.train()
     times = []
+    rss = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for step in range(args.warmup + args.train_steps):
@@ -71,8 +95,10 @@ def bench_train(model, cfg, args, device) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
         print(f"train step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
-    out = {"train_step_s_mean": statistics.mean(times), "train_step_s_min": min(times),
-           "train_frames_per_step": t}
+    out = {"train_step_s_mean": statistics.mean(times), "train_step_s_median": statistics.median(times),
+           "train_step_s_min": min(times), "train_frames_per_step": t}
+    if rss:
+        out["train_peak_rss_gib"] = peak_rss_gib()
     if device.type == "cuda":
         out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     return out
@@ -90,6 +116,7 @@ def bench_infer(model, cfg, args, device) -> dict:
             yield torch.randn(3, ph, pw, generator=g).to(device), meta
 
     model.eval()
+    rss = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gaps = []
@@ -119,6 +146,8 @@ def bench_infer(model, cfg, args, device) -> dict:
                   flush=True)
     out.update({"infer_s_per_frame": statistics.mean(steady), "infer_fps": 1.0 / statistics.mean(steady),
                 "infer_frames_timed": len(steady)})
+    if rss:
+        out["infer_peak_rss_gib"] = peak_rss_gib()
     if device.type == "cuda":
         out["infer_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
     return out
