@@ -88,3 +88,25 @@ def test_references_change_the_key_frame_result():
     r1 = list(m.detect_video([(key, meta), (a, meta)], 2))[0]
     r2 = list(m.detect_video([(key, meta), (b, meta)], 2))[0]
     assert r1["scores"].shape != r2["scores"].shape or not torch.allclose(r1["scores"], r2["scores"])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_key_frame_rois_join_the_references_at_test_time(stream):
+    """mmtracking's test path appends the key frame to the references (``ref_x = cat(refs,
+    key)``): every key RoI also attends to the key's own proposals, after the references."""
+    m = tiny_selsa(selsa_test_refs=2).eval()
+    seen = []
+    m.detector.roi_head.bbox_head.aggregator[0].register_forward_hook(
+        lambda mod, args, out: seen.append((args[0].clone(), args[1].clone())))
+    g = torch.Generator().manual_seed(6)
+    meta = {"img_size": (H, W), "orig_size": (H, W)}
+    frames = [(torch.randn(3, H, W, generator=g), meta) for _ in range(3)]
+    with torch.no_grad():  # the references' own rows: frames 0 and 2, as ref_embeddings gives them
+        feats = torch.cat([m.detector.extract_feat(f[0][None]) for f in frames])
+        ref_rows = m._ref_embeddings(feats[[0, 2]], [meta["img_size"]] * 2)[0]
+    list(m.detect_video(iter(frames) if stream else frames, 3))
+    assert len(seen) == 3
+    for x, ref in seen:  # x: the key's first-FC RoI features, aggregator 0's input
+        assert ref.shape[0] == len(ref_rows) + len(x)
+        torch.testing.assert_close(ref[:len(ref_rows)], ref_rows)
+        assert torch.equal(ref[len(ref_rows):], x)

@@ -8,7 +8,8 @@ features attend to the RoI features of reference frames (multi-head scaled dot-p
 Training (key + refs, usually 2): one backbone batch; RPN losses and sampled RoIs on the
 key; reference proposals are the RPN's test-time proposals (``rpn_test_post_nms`` per ref).
 Inference: ``selsa_test_refs`` (14) references spread uniformly over the whole video
-(mmtracking's "adaptive stride": frame ``round(i * (N-1) / (K-1))``, ``i = 0..K-1``). Each
+(mmtracking's "adaptive stride": frame ``round(i * (N-1) / (K-1))``, ``i = 0..K-1``), plus
+the key frame's own RoIs, which mmtracking's test path appends to the references. Each
 reference's RoI embeddings are computed once per video and every frame's backbone runs once
 (see ``SELSA.detect_video`` for the two reading modes).
 """
@@ -102,8 +103,14 @@ class SELSA(nn.Module):
         return props, self.detector.roi_head.bbox_head.shared_fcs[0](pooled.flatten(1)), meta
 
     def _finish(self, stage: tuple[Tensor, Tensor, dict], refs: list[Tensor]) -> dict:
+        """Aggregate and classify one frame. As in mmtracking's test path, the key frame's own
+        RoIs join the references (``ref_x = cat(refs, key)``), so each key RoI also attends to
+        the key's proposals; in training only the reference frames' RoIs do."""
         props, x0, meta = stage
-        emb = self.detector.roi_head.bbox_head.embed(x0, refs, fcs_done=1)
+        bbox_head = self.detector.roi_head.bbox_head
+        own = [x0, bbox_head.shared_fcs[1](torch.relu(x0))]  # the key's ref_embeddings
+        refs = [torch.cat([r, o]) for r, o in zip(refs, own)]
+        emb = bbox_head.embed(x0, refs, fcs_done=1)
         return to_original(self.detector.roi_head.predict(emb, props, meta["img_size"]), meta)
 
     @torch.no_grad()
