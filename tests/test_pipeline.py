@@ -10,7 +10,7 @@ from PIL import Image
 from lvod.config import DataConfig
 from lvod.data.cocovid import load_cocovid
 from lvod.engine.data import (ResumableSampler, TrainDataset, collate, flip_boxes,
-                              pad_batch, rescale_size, sample_refs)
+                              pad_batch, rescale_size, resize, sample_refs)
 
 
 def write_tiny_vid(root, num_videos=2, num_frames=12, size=(48, 36), det_images=2):
@@ -197,3 +197,19 @@ def test_sampler_resume_skips_consumed_part_and_splits_ranks():
     assert {i for r in ranks for i, _ in r} == set(range(7))
     seeds = [s for r in ranks for _, s in r]
     assert len(set(seeds)) == 8
+
+
+def test_uint8_resize_is_mmcv_imresize_and_float_resize_samples_alike():
+    """uint8 frames are resized as mmcv's imresize does (cv2 INTER_LINEAR on uint8), so the
+    network sees mmtracking's very input; float input takes the same bilinear sampling."""
+    import cv2
+
+    g = np.random.default_rng(3)
+    img = g.integers(0, 256, (3, 37, 61), dtype=np.uint8)
+    out = resize(torch.from_numpy(img), (50, 83))
+    want = cv2.resize(np.ascontiguousarray(img.transpose(1, 2, 0)), (83, 50), interpolation=cv2.INTER_LINEAR)
+    assert out.dtype == torch.float32 and out.shape == (3, 50, 83)
+    assert torch.equal(out, torch.from_numpy(want.transpose(2, 0, 1)).float())
+    smooth = resize(torch.from_numpy(img).float(), (50, 83))
+    assert (smooth - out).abs().max() <= 1.0  # cv2 rounds to the uint8 grid; no other difference
+    assert torch.equal(resize(torch.from_numpy(img), (37, 61)), torch.from_numpy(img).float())

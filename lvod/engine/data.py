@@ -83,7 +83,23 @@ def rescale_size(width: int, height: int, scale=(1000, 600)) -> tuple[int, int]:
 
 
 def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (no antialias, like cv2 INTER_LINEAR) of ``[3, H, W]`` -> float32."""
+    """Bilinear resize of ``[3, H, W]`` -> float32 ``[3, h, w]``.
+
+    A uint8 image (what ``load_image`` and the video readers give) goes through
+    ``cv2.resize(INTER_LINEAR)`` and stays on the uint8 grid, exactly as mmcv's ``imresize``
+    in mmdet's ``Resize``, so lvod's network input is bit-identical to mmtracking's. A float
+    image uses ``F.interpolate`` (bilinear, half-pixel centres, no antialias: the same
+    sampling, without cv2's fixed-point rounding).
+    """
+    h, w = size_hw
+    if image.dtype == torch.uint8:
+        if tuple(image.shape[-2:]) == (h, w):
+            return image.float()
+        import cv2
+
+        arr = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        out = cv2.resize(arr, (w, h), interpolation=cv2.INTER_LINEAR)
+        return torch.from_numpy(out.reshape(h, w, -1)).permute(2, 0, 1).float()
     out = F.interpolate(image[None].float(), size=size_hw, mode="bilinear", align_corners=False)
     return out[0]
 
