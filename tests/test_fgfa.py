@@ -150,3 +150,60 @@ def test_window_aggregation_embeds_each_distinct_frame_once_and_matches_the_plai
         plain = agg(feats[1:2], feats[index])
     assert calls_fast == [4]  # one embedding pass over the 4 distinct frames
     torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_mmtracking_grid_pulls_samples_towards_the_origin():
+    """mmtracking's flow_warp_feats divides by W where align_corners=True wants W - 1: at zero
+    flow it reads column j at j * (W - 1) / W (row i at i * (H - 1) / H), not at j."""
+    h, w = 5, 8
+    ramp = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float32),
+                                      torch.arange(w, dtype=torch.float32), indexing="ij"))[None]
+    zero = torch.zeros(1, 2, h, w)
+    torch.testing.assert_close(warp(ramp, zero, "aligned"), ramp, atol=1e-5, rtol=0)
+    got = warp(ramp, zero, "mmtracking")
+    torch.testing.assert_close(got[0, 1], ramp[0, 1] * (w - 1) / w, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[0, 0], ramp[0, 0] * (h - 1) / h, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="grid"):
+        warp(ramp, zero, "corners")
+
+
+def _plain_window_detections(m, frames, t):
+    """FGFA test time as mmtracking's FGFA.extract_feats writes it, with no cache: every
+    window slot warped by the flow of (key, slot frame), then the centre slot replaced by the
+    unwarped key; lvod's aligned grid leaves every copy of the key unwarped instead."""
+    meta = frames[t][1]
+    size = meta["img_size"]
+    idx = window_indices(t, len(frames), m.cfg.fgfa_window)
+    feats = torch.cat([m.detector.extract_feat(frames[i][0][None]) for i in idx])
+    key = m.detector.extract_feat(frames[t][0][None])
+    imgs = torch.stack([frames[i][0] for i in idx])
+    warped = warp(feats, m.motion(frames[t][0][None], imgs, size), m.cfg.flow_warp)
+    for j, i in enumerate(idx):
+        if j == len(idx) // 2 or (i == t and m.cfg.flow_warp == "aligned"):
+            warped[j] = key[0]
+    agg = m.aggregator(key, warped)
+    props = m.detector.rpn_test(agg, [size])
+    return m.detector.roi_head.detect(agg, props, [size])[0]
+
+
+@pytest.mark.parametrize("grid", ["aligned", "mmtracking"])
+def test_streaming_window_equals_the_plain_per_frame_computation(grid):
+    m = tiny_fgfa(fgfa_window=5, flow_warp=grid).eval()
+    with torch.no_grad():  # a random FlowNet predicts real, non-zero flows
+        m.motion.predict_flow.conv.weight.normal_(0, 0.05)
+    g = torch.Generator().manual_seed(8)
+    meta = {"img_size": (H, W), "orig_size": (H, W)}
+    frames = [(torch.randn(3, H, W, generator=g), meta) for _ in range(4)]
+    pairs = []
+    predict = m.motion.predict
+    m.motion.predict = lambda x: pairs.append(x.shape[0]) or predict(x)
+    got = list(m.detect_video(frames, 4))
+    # FlowNet pairs per frame: each distinct other frame, plus (key, key) where the
+    # mmtracking grid warps the key's edge copies (frames 0 and 3 of a 4-frame video)
+    assert pairs == ([3, 3, 3, 3] if grid == "mmtracking" else [2, 3, 3, 2])
+    with torch.no_grad():
+        for t in range(4):
+            want = _plain_window_detections(m, frames, t)
+            assert torch.equal(got[t]["labels"], want["labels"])
+            torch.testing.assert_close(got[t]["scores"], want["scores"], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(got[t]["boxes"], want["boxes"], atol=1e-3, rtol=1e-4)

@@ -347,3 +347,29 @@ def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(DataError, match="unknown metric"):
         test_main(cfg_path, ckpt, eval=("segm",), device="cpu", progress=False)
+
+
+def test_mmtracking_fgfa_checkpoint_loads_and_asks_for_its_warp_grid(tiny_config, tmp_path):
+    """An mmtracking-layout FGFA file goes through the importer; with lvod's aligned grid a
+    warning says how to reproduce mmtracking's detections, with the mmtracking grid none."""
+    import warnings
+
+    from lvod.config import load_config
+    from lvod.engine.checkpointing import save_checkpoint
+    from lvod.engine.inference import load_model
+
+    cfg = load_config(tiny_config("fgfa"))
+    model, _ = load_model(cfg, None, random_weights=True)
+    mm = {}
+    for k, v in model.state_dict().items():  # back to mmdet names and background-last rows
+        if ".predictor.fc_cls." in k:
+            v = torch.cat([v[1:], v[:1]])
+        mm[k.replace("bbox_head.predictor.", "bbox_head.")] = v
+    path = save_checkpoint({"state_dict": mm, "meta": {}}, tmp_path / "fgfa_mm.pth")
+    with pytest.warns(UserWarning, match="model.flow_warp=mmtracking"):
+        loaded, _ = load_model(cfg, path)
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(load_config(tiny_config("fgfa", extra='flow_warp = "mmtracking"')), path)

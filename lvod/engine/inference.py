@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -90,6 +91,12 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
                                 "use an fgfa or selsa config")
             report = import_mmtracking(ckpt, model, kind=cfg.model.kind)
             missing, unexpected = report.missing, report.unexpected
+            if cfg.model.kind == "fgfa" and cfg.model.flow_warp != "mmtracking":
+                warnings.warn(f"{checkpoint}: mmtracking FGFA weights were trained with mmtracking's "
+                              "warp grid, which lvod's default 'aligned' grid corrects (up to one "
+                              "feature cell apart at the right and bottom edges); set "
+                              "model.flow_warp=mmtracking to reproduce mmtracking's detections",
+                              stacklevel=2)
         else:
             own = model.state_dict()
             wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()

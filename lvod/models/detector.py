@@ -92,6 +92,7 @@ class ModelConfig:
     flownet_width: float = 1.0
     flow_img_scale: float = 0.5
     flow_scale_factor: float = 5.0
+    flow_warp: str = "aligned"      # aligned (zero flow = identity) | mmtracking (its zoo weights' grid)
     image_mean: tuple = (123.675, 116.28, 103.53)   # RGB, 0..255, as the data pipeline
     image_std: tuple = (58.395, 57.12, 57.375)
     selsa_test_refs: int = 14
@@ -104,6 +105,8 @@ class ModelConfig:
                 setattr(self, f.name, tuple(v))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.flow_warp not in ("aligned", "mmtracking"):
+            raise ValueError(f"flow_warp must be 'aligned' or 'mmtracking', got {self.flow_warp!r}")
         if self.fgfa_window < 1 or self.fgfa_window % 2 == 0:
             raise ValueError(f"fgfa_window must be odd and >= 1, got {self.fgfa_window}")
         if self.fc_channels % self.selsa_attention_blocks:

@@ -13,6 +13,12 @@ flow, and each distinct frame is embedded once (``EmbedAggregator.aggregate_wind
 repeated frame's softmax weights are summed); each frame's FlowNet input half is prepared
 once and cached with its features. The copies of the key frame itself (window edges) also
 enter unwarped, where mmtracking warps them by the (near-zero) flow of the key onto itself.
+``model.flow_warp`` picks the sampling grid of the warp (``lvod.models.flownet``):
+``"aligned"`` (zero flow = identity) or ``"mmtracking"`` (its zoo checkpoints' grid). Under
+the mmtracking grid, a warp by near-zero flow is no longer near the identity, so the key's
+edge copies are then warped by the flow of (key, key) exactly as mmtracking does (one more
+FlowNet pair, in the first and last ``fgfa_window // 2`` frames of a video only); the
+centre slot keeps the unwarped key, as in mmtracking.
 """
 from __future__ import annotations
 
@@ -99,7 +105,7 @@ class FGFA(nn.Module):
                   img_size: tuple[int, int]) -> Tensor:
         """Warp ``ref_feats (T, C, h, w)`` to the key and aggregate them: ``(1, C, h, w)``."""
         flows = self.motion(key_img[None], ref_imgs, img_size)
-        return self.aggregator(key_feat[None], warp(ref_feats, flows))
+        return self.aggregator(key_feat[None], warp(ref_feats, flows, self.cfg.flow_warp))
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
                 targets: list[dict]) -> dict[str, Tensor]:
@@ -135,15 +141,22 @@ class FGFA(nn.Module):
             _, meta, key_feat, _ = cache[t]
             size = tuple(meta["img_size"])
             units = [t] + sorted({i for i in idx if i != t})  # distinct window frames, key first
+            centre = len(idx) // 2
+            # mmtracking keeps only the centre slot unwarped; its grid makes the key's edge
+            # copies, warped by the flow of (key, key), differ from the key: one more unit
+            warped_key = self.cfg.flow_warp == "mmtracking" and idx.count(t) > 1
+            warped = units[1:] + ([t] if warped_key else [])
             feats = key_feat[None]
-            if len(units) > 1:
-                flow_in = [self._flow_half(cache[i], size) for i in units]
-                key_half = flow_in[0].expand(len(units) - 1, -1, -1, -1)
+            if warped:
+                flow_in = [self._flow_half(cache[i], size) for i in [t] + warped]
+                key_half = flow_in[0].expand(len(warped), -1, -1, -1)
                 flows = self.motion.predict(torch.cat([key_half, torch.stack(flow_in[1:])], dim=1))
-                ref_feats = torch.stack([cache[i][2] for i in units[1:]])
-                feats = torch.cat([feats, warp(ref_feats, flows)])
+                ref_feats = torch.stack([cache[i][2] for i in warped])
+                feats = torch.cat([feats, warp(ref_feats, flows, self.cfg.flow_warp)])
             pos = {f: j for j, f in enumerate(units)}
-            index = torch.tensor([pos[i] for i in idx], dtype=torch.int64, device=key_feat.device)
+            slots = [pos[i] if i != t or j == centre or not warped_key else len(units)
+                     for j, i in enumerate(idx)]
+            index = torch.tensor(slots, dtype=torch.int64, device=key_feat.device)
             agg = self.aggregator.aggregate_window(feats, index, key=0)
             props = self.detector.rpn_test(agg, [meta["img_size"]])
             det = self.detector.roi_head.detect(agg, props, [meta["img_size"]])[0]

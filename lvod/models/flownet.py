@@ -16,7 +16,13 @@ is resized back to the input resolution and multiplied by ``4 / img_scale`` (pix
 
 ``warp(feats, flow)``: bilinear ``grid_sample`` (border padding, ``align_corners=True``) at
 ``position + flow``, the flow first resized to the feature map with its values scaled by
-the same factor per axis.
+the same factor per axis. ``grid="aligned"`` (lvod's default) samples pixel ``j`` at
+``j + flow``, so zero flow is the identity. ``grid="mmtracking"`` reproduces mmtracking
+0.x's ``flow_warp_feats``, which normalises positions by ``W`` (and ``H``) where
+``align_corners=True`` wants ``W - 1``: pixel ``j`` is sampled at ``(j + flow) * (W - 1) / W``,
+a pull towards the top-left that grows to one feature cell (16 input pixels) at the right and
+bottom edges, even at zero flow. Its model-zoo FGFA weights were trained so; use that grid to
+reproduce their numbers (``model.flow_warp = "mmtracking"``).
 """
 from __future__ import annotations
 
@@ -163,17 +169,24 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return out * scale
 
 
-def warp(feats: Tensor, flow: Tensor) -> Tensor:
+WARP_GRIDS = ("aligned", "mmtracking")
+
+
+def warp(feats: Tensor, flow: Tensor, grid: str = "aligned") -> Tensor:
     """Sample ``feats (N, C, h, w)`` at ``position + flow``: ``(N, C, h, w)``.
 
-    ``flow (N, 2, H, W)`` holds (dx, dy) in pixels of its own resolution.
+    ``flow (N, 2, H, W)`` holds (dx, dy) in pixels of its own resolution. ``grid``:
+    ``"aligned"`` or ``"mmtracking"`` (see the module docstring).
     """
+    if grid not in WARP_GRIDS:
+        raise ValueError(f"grid must be one of {WARP_GRIDS}, got {grid!r}")
     n, _, h, w = feats.shape
     flow = resize_flow(flow.float(), (h, w))
     ys, xs = torch.meshgrid(torch.arange(h, device=feats.device, dtype=torch.float32),
                             torch.arange(w, device=feats.device, dtype=torch.float32), indexing="ij")
-    gx = (xs[None] + flow[:, 0]) * (2.0 / max(w - 1, 1)) - 1.0
-    gy = (ys[None] + flow[:, 1]) * (2.0 / max(h - 1, 1)) - 1.0
+    dw, dh = (w, h) if grid == "mmtracking" else (max(w - 1, 1), max(h - 1, 1))
+    gx = (xs[None] + flow[:, 0]) * (2.0 / dw) - 1.0
+    gy = (ys[None] + flow[:, 1]) * (2.0 / dh) - 1.0
     grid = torch.stack([gx, gy], dim=-1)  # (N, h, w, 2)
     return F.grid_sample(feats.float(), grid, mode="bilinear", padding_mode="border",
                          align_corners=True).to(feats.dtype)
