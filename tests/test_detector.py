@@ -1,6 +1,7 @@
 """Faster R-CNN R50-DC5 parts (backbone, box maths, config) and the detector interface
 shared by the three kinds and the three heads. CPU, tiny models; budget about 25 s."""
 import json
+import math
 
 import pytest
 import torch
@@ -216,3 +217,31 @@ def test_from_scratch_backbone_has_trainable_group_norm():
     assert frozen.layer2[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="norm"):
         ResNetDC5(18, norm="batch")
+
+
+def test_rpn_loss_normaliser_is_mmdets_num_total_samples():
+    """mmdet divides the RPN losses by sum over images of max(pos, 1) + max(neg, 1): an image
+    without a positive anchor counts one more than it sampled."""
+    rpn = build_detector(ModelConfig.tiny(kind="single", num_classes=3)).detector.rpn_head
+    feats = torch.zeros(1, 32, 4, 6)
+    anchors = rpn.anchors(feats)
+    logits = torch.zeros(1, anchors.shape[0])  # every anchor: BCE = log 2
+    deltas = torch.zeros(1, anchors.shape[0], 4)
+    empty = rpn.losses(logits, deltas, anchors, [(64, 96)], [torch.zeros(0, 4)])
+    n_neg = min(rpn.num_samples, int(bc.inside_image(anchors, 64, 96, rpn.allowed_border).sum()))
+    assert float(empty["loss_rpn_cls"]) == pytest.approx(n_neg * math.log(2) / (n_neg + 1), rel=1e-6)
+    assert float(empty["loss_rpn_bbox"]) == 0.0
+
+
+def test_rcnn_assignment_follows_mmdet_low_quality_order():
+    """mmdet assigns the proposals before the GT boxes join them, with low-quality matching:
+    a proposal that is the best one of two GTs goes to the later GT, even where it overlaps
+    the earlier one more (mmtracking's rcnn assigner keeps match_low_quality=True)."""
+    head = build_detector(ModelConfig.tiny(kind="single", num_classes=8)).detector.roi_head
+    prop = torch.tensor([[8.0, 0, 108, 100]])
+    gts = torch.tensor([[10.0, 0, 110, 100], [0.0, 0, 100, 100]])  # IoU 0.96 and 0.85
+    rois, labels, _, _ = head.sample(prop, gts, torch.tensor([3, 7]))
+    row = int(torch.nonzero((rois == prop).all(dim=1))[0])
+    assert int(labels[row]) == 7
+    gt_rows = [int(torch.nonzero((rois == g).all(dim=1))[0]) for g in gts]
+    assert labels[gt_rows].tolist() == [3, 7]  # GT boxes are assigned to themselves

@@ -81,6 +81,7 @@ class ModelConfig:
     fc_channels: int = 1024
     roi_pos_iou: float = 0.5
     roi_neg_iou: float = 0.5
+    roi_match_low_quality: bool = True   # mmdet MaxIoUAssigner default, kept by mmtracking's rcnn
     roi_num_samples: int = 256
     roi_pos_fraction: float = 0.25
     roi_add_gt: bool = True
@@ -167,6 +168,7 @@ class FasterRCNN(nn.Module):
         self.roi_head = RoIHead(
             bbox_head, roi_size=cfg.roi_size, sampling_ratio=cfg.roi_sampling_ratio,
             pos_iou=cfg.roi_pos_iou, neg_iou=cfg.roi_neg_iou, min_pos_iou=cfg.roi_pos_iou,
+            low_quality=cfg.roi_match_low_quality,
             num_samples=cfg.roi_num_samples, pos_fraction=cfg.roi_pos_fraction,
             add_gt_as_proposals=cfg.roi_add_gt, target_stds=cfg.roi_target_stds,
             score_thr=cfg.test_score_thr, nms_iou=cfg.test_nms_iou, max_dets=cfg.test_max_dets)

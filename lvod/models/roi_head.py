@@ -1,7 +1,8 @@
 """Second stage: RoIAlign, two shared FCs, the box predictor, target sampling and inference.
 
-``RoIHead`` owns the sampling (mmdet ``MaxIoUAssigner`` 0.5/0.5 + ``RandomSampler`` 256 at
-25 % positives, GT boxes added as proposals), the box coding (target stds 0.2) and the
+``RoIHead`` owns the sampling (mmdet ``MaxIoUAssigner`` 0.5/0.5 with low-quality matching on
+the proposals, then GT boxes added as proposals assigned to themselves, + ``RandomSampler``
+256 at 25 % positives), the box coding (target stds 0.2) and the
 per-class NMS at test. Everything that differs between classification heads lives in the
 predictor (``lvod.models.heads``), of which only ``forward``, ``losses`` and ``scores`` are
 called.
@@ -74,13 +75,15 @@ class RoIHead(nn.Module):
 
     def __init__(self, bbox_head: BBoxHead, *, roi_size: int = 7, sampling_ratio: int = 2,
                  stride: int = 16, pos_iou: float = 0.5, neg_iou: float = 0.5,
-                 min_pos_iou: float = 0.5, num_samples: int = 256, pos_fraction: float = 0.25,
+                 min_pos_iou: float = 0.5, low_quality: bool = True, num_samples: int = 256,
+                 pos_fraction: float = 0.25,
                  add_gt_as_proposals: bool = True, target_stds=(0.2, 0.2, 0.2, 0.2),
                  score_thr: float = 1e-4, nms_iou: float = 0.5, max_dets: int = 100):
         super().__init__()
         self.bbox_head = bbox_head
         self.roi_size, self.sampling_ratio, self.scale = roi_size, sampling_ratio, 1.0 / stride
         self.pos_iou, self.neg_iou, self.min_pos_iou = pos_iou, neg_iou, min_pos_iou
+        self.low_quality = low_quality
         self.num_samples, self.pos_fraction, self.add_gt = num_samples, pos_fraction, add_gt_as_proposals
         self.stds = tuple(float(s) for s in target_stds)
         self.score_thr, self.nms_iou, self.max_dets = score_thr, nms_iou, max_dets
@@ -106,10 +109,16 @@ class RoIHead(nn.Module):
 
         Positives first. ``box_targets`` are encoded deltas divided by the target stds.
         """
-        gt_boxes = gt_boxes.float()
+        gt_boxes, proposals = gt_boxes.float(), proposals.float()
+        # mmdet order: assign the proposals alone (MaxIoUAssigner with match_low_quality,
+        # mmtracking's rcnn default: each GT's best proposals go to that GT, the last GT
+        # winning a shared one), then prepend the GT boxes, each assigned to itself
+        matched, _ = bc.assign(proposals, gt_boxes, self.pos_iou, self.neg_iou, self.min_pos_iou,
+                               self.low_quality)
         if self.add_gt and gt_boxes.numel():
-            proposals = torch.cat([gt_boxes, proposals.float()])
-        matched, _ = bc.assign(proposals, gt_boxes, self.pos_iou, self.neg_iou, self.min_pos_iou, False)
+            proposals = torch.cat([gt_boxes, proposals])
+            own = torch.arange(1, gt_boxes.shape[0] + 1, dtype=matched.dtype, device=matched.device)
+            matched = torch.cat([own, matched])
         pos, neg = bc.sample(matched, self.num_samples, self.pos_fraction)
         rois = torch.cat([proposals[pos], proposals[neg]])
         labels = torch.zeros(rois.shape[0], dtype=torch.int64, device=rois.device)

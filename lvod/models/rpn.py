@@ -72,8 +72,10 @@ class RPNHead(nn.Module):
     def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
                image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor]) -> dict[str, Tensor]:
         """``loss_rpn_cls`` (sigmoid CE) and ``loss_rpn_bbox`` (smooth-L1), both summed over the
-        sampled anchors of the batch and divided by their number (mmdet normalisation)."""
-        cls_terms, box_terms, n_samples = [], [], 0
+        sampled anchors of the batch and divided by mmdet's ``num_total_samples``: per image
+        ``max(positives, 1) + max(negatives, 1)`` (so an image without a positive counts one
+        more than it sampled)."""
+        cls_terms, box_terms, n_samples = [], [], 0.0
         for i, (h, w) in enumerate(image_sizes):
             valid = torch.nonzero(bc.inside_image(anchors, h, w, self.allowed_border)).flatten()
             va = anchors[valid]
@@ -86,8 +88,8 @@ class RPNHead(nn.Module):
             if pos.numel():
                 tgt = bc.encode(va[pos], gt[matched[pos] - 1], (1.0, 1.0, 1.0, 1.0))
                 box_terms.append(F.smooth_l1_loss(deltas[i, valid[pos]], tgt, beta=self.beta, reduction="sum"))
-            n_samples += idx.numel()
-        denom = max(n_samples, 1)
+            n_samples += max(pos.numel(), 1) + max(neg.numel(), 1)  # mmdet AnchorHead.get_targets
+        denom = n_samples
         loss_box = torch.stack(box_terms).sum() if box_terms else deltas.sum() * 0.0
         return {"loss_rpn_cls": torch.stack(cls_terms).sum() / denom, "loss_rpn_bbox": loss_box / denom}
 
