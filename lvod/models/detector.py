@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from lvod.errors import DataError
 from lvod.models.backbone import ChannelMapperNeck, ResNetDC5
+from lvod.models.flownet import WARP_GRIDS
 from lvod.models.heads import build_head
 from lvod.models.roi_head import BBoxHead, RoIHead
 from lvod.models.rpn import ProposalSettings, RPNHead
@@ -106,8 +107,8 @@ class ModelConfig:
                 setattr(self, f.name, tuple(v))
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.flow_warp not in ("aligned", "mmtracking"):
-            raise ValueError(f"flow_warp must be 'aligned' or 'mmtracking', got {self.flow_warp!r}")
+        if self.flow_warp not in WARP_GRIDS:
+            raise ValueError(f"flow_warp must be one of {WARP_GRIDS}, got {self.flow_warp!r}")
         if self.fgfa_window < 1 or self.fgfa_window % 2 == 0:
             raise ValueError(f"fgfa_window must be odd and >= 1, got {self.fgfa_window}")
         if self.fc_channels % self.selsa_attention_blocks:

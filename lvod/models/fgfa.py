@@ -154,8 +154,10 @@ class FGFA(nn.Module):
                 ref_feats = torch.stack([cache[i][2] for i in warped])
                 feats = torch.cat([feats, warp(ref_feats, flows, self.cfg.flow_warp)])
             pos = {f: j for j, f in enumerate(units)}
-            slots = [pos[i] if i != t or j == centre or not warped_key else len(units)
-                     for j, i in enumerate(idx)]
+            slots = [pos[i] for i in idx]
+            if warped_key:  # the key's edge copies read the warped key, the last unit
+                slots = [len(units) if i == t and j != centre else s
+                         for j, (i, s) in enumerate(zip(idx, slots))]
             index = torch.tensor(slots, dtype=torch.int64, device=key_feat.device)
             agg = self.aggregator.aggregate_window(feats, index, key=0)
             props = self.detector.rpn_test(agg, [meta["img_size"]])

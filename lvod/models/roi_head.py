@@ -39,14 +39,16 @@ class BBoxHead(nn.Module):
         self.aggregator = nn.ModuleList(aggregators) if aggregators else None
         self.predictor = predictor
 
-    def ref_embeddings(self, ref_feats: Tensor) -> list[Tensor]:
+    def ref_embeddings(self, ref_feats: Tensor, fcs_done: int = 0) -> list[Tensor]:
         """Reference RoI features after each shared FC (before ReLU): list of ``(M, D)``.
 
         They do not depend on the key frame, so a video can compute them once.
+        ``fcs_done=1``: ``ref_feats (M, D)`` is already ``shared_fcs[0]``'s output.
         """
-        out, x = [], ref_feats.flatten(1)
-        for fc in self.shared_fcs:
-            x = fc(x)
+        out, x = [], ref_feats if fcs_done else ref_feats.flatten(1)
+        for i, fc in enumerate(self.shared_fcs):
+            if i >= fcs_done:
+                x = fc(x)
             out.append(x)
             x = torch.relu(x)
         return out

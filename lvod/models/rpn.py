@@ -89,9 +89,9 @@ class RPNHead(nn.Module):
                 tgt = bc.encode(va[pos], gt[matched[pos] - 1], (1.0, 1.0, 1.0, 1.0))
                 box_terms.append(F.smooth_l1_loss(deltas[i, valid[pos]], tgt, beta=self.beta, reduction="sum"))
             n_samples += max(pos.numel(), 1) + max(neg.numel(), 1)  # mmdet AnchorHead.get_targets
-        denom = n_samples
         loss_box = torch.stack(box_terms).sum() if box_terms else deltas.sum() * 0.0
-        return {"loss_rpn_cls": torch.stack(cls_terms).sum() / denom, "loss_rpn_bbox": loss_box / denom}
+        return {"loss_rpn_cls": torch.stack(cls_terms).sum() / n_samples,
+                "loss_rpn_bbox": loss_box / n_samples}
 
     @torch.no_grad()
     def proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor,

@@ -108,7 +108,7 @@ class SELSA(nn.Module):
         the key's proposals; in training only the reference frames' RoIs do."""
         props, x0, meta = stage
         bbox_head = self.detector.roi_head.bbox_head
-        own = [x0, bbox_head.shared_fcs[1](torch.relu(x0))]  # the key's ref_embeddings
+        own = bbox_head.ref_embeddings(x0, fcs_done=1)
         refs = [torch.cat([r, o]) for r, o in zip(refs, own)]
         emb = bbox_head.embed(x0, refs, fcs_done=1)
         return to_original(self.detector.roi_head.predict(emb, props, meta["img_size"]), meta)
