@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from lvod.models.detector import ModelConfig, build_detector
+from lvod.config import ModelConfig
+from lvod.models import build_model
 
 
 def sync(device: torch.device) -> None:
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     cfg = ModelConfig(kind=args.kind, depth=args.depth, fgfa_window=args.window)
     torch.manual_seed(0)
-    model = build_detector(cfg).to(device)
+    model = build_model(cfg).to(device)
     result = {"kind": args.kind, "depth": args.depth, "size": list(args.size), "device": str(device),
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "amp": args.amp, "threads": torch.get_num_threads(), "window": args.window,

@@ -12,6 +12,19 @@ Every key is checked against the dataclasses below: an unknown key or a value of
 wrong type raises :class:`lvod.errors.DataError` naming the key and the file that set it.
 The resolved config (every field, defaults included) is what :func:`config_to_dict`
 returns; the engine writes it into the run folder and every checkpoint.
+
+This module is the schema and imports no torch and no model code: the defaults of every
+part live here, and the builders (``lvod.models.build_model``, ``lvod.engine.data``) read
+them and pass plain arguments down.
+
+The classification head is a checked choice (``model.head``, one of :data:`HEAD_SETTINGS`)
+and each head with settings has its own typed section (``[model.bags]``,
+``[model.seesaw]``); a section for a head that is not chosen is refused, naming the file.
+The frequency-group table is a model setting (``model.groups_file``): the BAGS head needs
+it, and evaluation uses it for per-group AP with any head.
+
+Files and checkpoints written before these names (``data.groups_file``, ``data.mean`` /
+``data.std``, ``model.head_kwargs``) are migrated on load by :func:`migrate_legacy_keys`.
 """
 from __future__ import annotations
 
@@ -20,12 +33,11 @@ import json
 import tomllib
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lvod.errors import DataError
-
-from lvod.models.detector import ModelConfig
 
 CMDLINE = "<command line>"
 
@@ -52,19 +64,20 @@ class SourceConfig:
 
 @dataclass
 class DataConfig:
-    """Datasets, reference-frame sampling and the training transforms."""
+    """Datasets, reference-frame sampling and the training transforms.
+
+    The pixel normalisation is the model's (``model.image_mean`` / ``model.image_std``):
+    the pipeline reads it from there, so training and inference cannot disagree.
+    """
 
     root: str = "data/ILSVRC2015"
     train: list[SourceConfig] = field(default_factory=list)
     val: SourceConfig = field(default_factory=SourceConfig)
-    groups_file: str = ""
     ref_sampler: str = choice("bilateral_uniform", ("bilateral_uniform", "uniform", "key_copy"))
     ref_frame_range: list[int] = field(default_factory=lambda: [-9, 9])
     num_ref_frames: int = 2
     img_scale: list[int] = field(default_factory=lambda: [1000, 600])
     flip_prob: float = 0.5
-    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     size_divisor: int = 16
     filter_empty_gt: bool = True
     imgs_per_gpu: int = 1
@@ -116,6 +129,170 @@ class TestConfig:
     """
 
     workers: int = 2
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class BagsConfig:
+    """``[model.bags]``: Balanced Group Softmax (Li et al., CVPR 2020).
+
+    ``others_sample_ratio``: background ("others") RoIs kept per group, as a multiple of
+    the group's positives (the paper's 8). ``seed``: a private generator for that sampling
+    (reproducible per head); unset uses torch's global generator. The group table is
+    ``model.groups_file``.
+    """
+
+    others_sample_ratio: float = 8.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.others_sample_ratio <= 0:
+            raise ValueError(f"others_sample_ratio must be > 0, got {self.others_sample_ratio}")
+
+
+@dataclass
+class SeesawConfig:
+    """``[model.seesaw]``: Seesaw Loss (Wang et al., CVPR 2021), mmdetection's defaults.
+
+    ``p``: mitigation exponent, ``q``: compensation exponent, ``eps``: the compensation
+    term's floor.
+    """
+
+    p: float = 0.8
+    q: float = 2.0
+    eps: float = 1e-2
+
+    def __post_init__(self):
+        if self.p < 0 or self.q < 0:
+            raise ValueError(f"seesaw p and q must be >= 0, got p={self.p}, q={self.q}")
+
+
+# Each head and its settings section (None: no settings). The model side of the same
+# choice is ``lvod.models.heads.HEADS``; a test holds the two tables to the same names.
+HEAD_SETTINGS: dict[str, type | None] = {
+    "softmax": None,
+    "bags": BagsConfig,
+    "seesaw": SeesawConfig,
+}
+# The detectors (``lvod.models.build.DETECTORS`` builds them; a test holds the names equal).
+DETECTOR_KINDS = ("single", "fgfa", "selsa")
+# FGFA's feature-warp grid: "aligned" (zero flow = identity) or "mmtracking" (its zoo
+# weights' grid, one feature cell towards the top-left; docs/checkpoint_mapping.md).
+WARP_GRIDS = ("aligned", "mmtracking")
+# Backbone BatchNorm: eval (mmtracking norm_eval: statistics fixed, affine trained),
+# frozen (FrozenBatchNorm2d), group (GroupNorm, for training from scratch).
+BACKBONE_NORMS = ("eval", "frozen", "group")
+
+
+@dataclass
+class ModelConfig:
+    """Every setting of a detector; defaults = mmtracking's R50-DC5 ImageNet VID configs.
+
+    mmtracking config key -> field: ``backbone.depth`` -> ``depth``;
+    ``backbone.frozen_stages`` -> ``frozen_stages``; ``neck.out_channels`` ->
+    ``neck_channels``; ``rpn_head.feat_channels`` -> ``rpn_channels``;
+    ``anchor_generator.{scales,ratios}`` -> ``anchor_{scales,ratios}`` (stride 16);
+    ``train_cfg.rpn.assigner.*`` -> ``rpn_{pos,neg,min_pos}_iou``;
+    ``train_cfg.rpn.sampler.{num,pos_fraction}`` -> ``rpn_{num_samples,pos_fraction}``;
+    ``train_cfg.rpn.allowed_border`` -> ``rpn_allowed_border``;
+    ``train_cfg.rpn_proposal.{nms_pre,max_per_img}`` -> ``rpn_train_{pre,post}_nms``;
+    ``test_cfg.rpn.*`` -> ``rpn_test_{pre,post}_nms``, ``rpn_nms_iou``, ``rpn_min_size``;
+    ``bbox_roi_extractor.roi_layer`` -> ``roi_size``, ``roi_sampling_ratio``;
+    ``bbox_head.fc_out_channels`` -> ``fc_channels``; ``train_cfg.rcnn.*`` -> ``roi_*``;
+    ``bbox_coder.target_stds`` -> ``roi_target_stds``; ``test_cfg.rcnn.{score_thr, nms,
+    max_per_img}`` -> ``test_{score_thr, nms_iou, max_dets}``; FGFA test ``frame_range``
+    -> ``fgfa_window``; SELSA test ``num_ref_imgs`` -> ``selsa_test_refs``;
+    ``aggregator.num_attention_blocks`` -> ``selsa_attention_blocks``;
+    ``bbox_head.num_classes`` -> ``num_classes``; ``img_norm_cfg.{mean,std}`` ->
+    ``image_{mean,std}`` (docs/config_mapping.md has the whole table).
+    """
+
+    kind: str = choice("single", DETECTOR_KINDS)
+    depth: int = 50
+    num_classes: int = 30
+    head: str = choice("softmax", HEAD_SETTINGS)
+    bags: BagsConfig = field(default_factory=BagsConfig)
+    seesaw: SeesawConfig = field(default_factory=SeesawConfig)
+    groups_file: str = ""           # frequency-group table (lvod groups): BAGS, per-group AP
+    backbone_weights: str | None = None     # torchvision ResNet state dict (.pth)
+    flownet_weights: str | None = None      # mmtracking FlowNetSimple state dict (FGFA)
+    frozen_stages: int = 1          # -1: nothing frozen (training from scratch)
+    backbone_norm: str = choice("eval", BACKBONE_NORMS)
+    neck_channels: int = 512
+    rpn_channels: int = 512
+    anchor_base: float = 16.0
+    anchor_scales: tuple = (4, 8, 16, 32)
+    anchor_ratios: tuple = (0.5, 1.0, 2.0)
+    rpn_pos_iou: float = 0.7
+    rpn_neg_iou: float = 0.3
+    rpn_min_pos_iou: float = 0.3
+    rpn_num_samples: int = 256
+    rpn_pos_fraction: float = 0.5
+    rpn_allowed_border: float = 0.0
+    rpn_train_pre_nms: int = 6000
+    rpn_train_post_nms: int = 600
+    rpn_test_pre_nms: int = 6000
+    rpn_test_post_nms: int = 300
+    rpn_nms_iou: float = 0.7
+    rpn_min_size: float = 0.0
+    roi_size: int = 7
+    roi_sampling_ratio: int = 2
+    fc_channels: int = 1024
+    roi_pos_iou: float = 0.5
+    roi_neg_iou: float = 0.5
+    roi_match_low_quality: bool = True   # mmdet MaxIoUAssigner default, kept by mmtracking's rcnn
+    roi_num_samples: int = 256
+    roi_pos_fraction: float = 0.25
+    roi_add_gt: bool = True
+    roi_target_stds: tuple = (0.2, 0.2, 0.2, 0.2)
+    test_score_thr: float = 1e-4
+    test_nms_iou: float = 0.5
+    test_max_dets: int = 100
+    fgfa_window: int = 31
+    flownet_width: float = 1.0
+    flow_img_scale: float = 0.5
+    flow_scale_factor: float = 5.0
+    flow_warp: str = choice("aligned", WARP_GRIDS)
+    image_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)  # RGB 0..255; the pipeline reads it
+    image_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    selsa_test_refs: int = 14
+    selsa_attention_blocks: int = 16
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, list):
+                setattr(self, f.name, tuple(v))
+            choices = f.metadata.get("choices")
+            if choices and v not in choices:  # checked here too for ModelConfig(...) in code
+                raise ValueError(f"{f.name} must be one of {list(choices)}, got {v!r}")
+        if self.fgfa_window < 1 or self.fgfa_window % 2 == 0:
+            raise ValueError(f"fgfa_window must be odd and >= 1, got {self.fgfa_window}")
+        if self.fc_channels % self.selsa_attention_blocks:
+            raise ValueError(f"fc_channels {self.fc_channels} must be divisible by "
+                             f"selsa_attention_blocks {self.selsa_attention_blocks}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3:
+            raise ValueError("image_mean and image_std must have 3 values (R, G, B)")
+
+    def head_settings(self) -> dict:
+        """The chosen head's settings as keyword arguments (``{}`` for softmax)."""
+        section = HEAD_SETTINGS[self.head]
+        return dataclasses.asdict(getattr(self, self.head)) if section else {}
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelConfig":
+        """A CPU demo/test preset: ResNet-18 with FrozenBatchNorm2d, 32-channel neck/RPN,
+        128-wide FCs, anchors 16..128 px, a few proposals, FlowNet at 1/16 width (random
+        weights), window 5, 4 SELSA refs. ``overrides`` replace any field."""
+        base = dict(depth=18, backbone_norm="frozen", neck_channels=32, rpn_channels=32, fc_channels=128,
+                    anchor_base=4.0, rpn_allowed_border=-1.0, rpn_num_samples=64, rpn_train_pre_nms=300,
+                    rpn_train_post_nms=64, rpn_test_pre_nms=300, rpn_test_post_nms=32,
+                    roi_num_samples=64, test_max_dets=20, flownet_width=1 / 16, fgfa_window=5,
+                    selsa_test_refs=4, selsa_attention_blocks=4)
+        base.update(overrides)
+        return cls(**base)
 
 
 @dataclass
@@ -328,12 +505,107 @@ def build(cls, data: dict, prov: dict | None = None, prefix: str = ""):
                         "fix the values of that section") from exc
 
 
+# ----------------------------------------------------------------------------- old names
+
+# (old dotted key, new key in [model]) for settings that moved into the model section.
+_MOVED_TO_MODEL = (("data.groups_file", "groups_file"), ("data.mean", "image_mean"),
+                   ("data.std", "image_std"))
+
+
+def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
+    """Rewrite, in place, the keys of configs and checkpoints written before the model
+    section owned the head settings, the group table and the normalisation.
+
+    - ``data.groups_file`` -> ``model.groups_file``; ``data.mean`` / ``data.std`` ->
+      ``model.image_mean`` / ``model.image_std`` (where both are set, the new key wins);
+    - ``model.head_kwargs`` -> the chosen head's section (``[model.bags]``,
+      ``[model.seesaw]``), its ``groups`` path -> ``model.groups_file``, its ``cat_ids``
+      dropped (the builder takes the class list from the data).
+
+    Returns one note per rewrite (empty for a current file); a ``head_kwargs`` that no
+    section can take raises ``DataError`` naming the file.
+    """
+    notes: list[str] = []
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    if not any(old.split(".")[1] in data for old, _ in _MOVED_TO_MODEL) and not (
+            isinstance(tree.get("model"), dict) and "head_kwargs" in tree["model"]):
+        return notes
+    model = tree.setdefault("model", {})
+    if not isinstance(model, dict):
+        return notes  # build() reports the wrong type
+
+    def put(key: str, value, old: str) -> None:
+        where = _where(prov, old)
+        new = f"model.{key}"
+        if model.get(key) not in (None, "") and list(_as_seq(model[key])) != list(_as_seq(value)):
+            notes.append(f"{where}: {old} = {value!r} ignored: {new} = {model[key]!r} is set")
+            return
+        model[key] = value
+        prov.setdefault(new, where)
+        notes.append(f"{where}: {old} is now {new}")
+
+    for old, key in _MOVED_TO_MODEL:
+        name = old.split(".")[1]
+        if name in data:
+            put(key, data.pop(name), old)
+    if "head_kwargs" in model:
+        where = _where(prov, "model.head_kwargs")
+        kwargs = model.pop("head_kwargs")
+        if not isinstance(kwargs, dict):
+            raise DataError(where, "key 'model.head_kwargs'", f"must be a table, got {kwargs!r}",
+                            "move the head's settings into its own section, e.g. [model.bags]")
+        kwargs = dict(kwargs)
+        kwargs.pop("cat_ids", None)
+        if "groups" in kwargs:
+            put("groups_file", kwargs.pop("groups"), "model.head_kwargs.groups")
+        head = model.get("head", "softmax")
+        if kwargs:
+            if HEAD_SETTINGS.get(head) is None:
+                raise DataError(where, "key 'model.head_kwargs'", f"sets {sorted(kwargs)} but "
+                                f"model.head = {head!r} takes no settings",
+                                "remove them, or choose the head they belong to")
+            section = model.setdefault(head, {})
+            for key, value in kwargs.items():
+                section.setdefault(key, value)
+                prov.setdefault(f"model.{head}.{key}", where)
+            notes.append(f"{where}: model.head_kwargs is now the section [model.{head}]")
+    return notes
+
+
+def _as_seq(v):
+    return v if isinstance(v, (list, tuple)) else [v]
+
+
+def _check_head_sections(tree: dict, prov: dict) -> None:
+    """Refuse settings of a head that is not the chosen one (they would do nothing)."""
+    model = tree.get("model")
+    if not isinstance(model, dict):
+        return
+    head = model.get("head", "softmax")
+    for name, section in HEAD_SETTINGS.items():
+        if section is not None and name != head and name in model:
+            raise DataError(_where(prov, f"model.{name}"), f"section 'model.{name}'",
+                            f"sets the {name} head's settings, but model.head = {head!r}",
+                            f'remove [model.{name}], or set model.head = "{name}"')
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
 def load_config(path, overrides=()) -> Config:
-    """Read a config file (with includes) and ``key=value`` overrides into a :class:`Config`."""
+    """Read a config file (with includes) and ``key=value`` overrides into a :class:`Config`.
+
+    Old key names (:func:`migrate_legacy_keys`) are rewritten with a ``FutureWarning``
+    that names the file.
+    """
     path = Path(path)
     tree, prov = read_tree(path)
     for text in overrides:
         apply_override(tree, prov, *parse_override(text))
+    notes = migrate_legacy_keys(tree, prov)
+    if notes:
+        warnings.warn("old config names, rewritten: " + "; ".join(notes), FutureWarning, stacklevel=2)
+    _check_head_sections(tree, prov)
     cfg = build(Config, tree, prov)
     if not cfg.name:
         cfg.name = path.stem.removesuffix(".resolved").removeprefix("config.") or path.stem
@@ -341,20 +613,36 @@ def load_config(path, overrides=()) -> Config:
 
 
 def config_to_dict(cfg) -> dict:
-    """Plain nested dict (lists, str, numbers, bools) of a config: JSON/TOML-safe."""
+    """Plain nested dict (lists, str, numbers, bools) of a config: JSON/TOML-safe.
+
+    Of the head sections only the chosen head's is written, so the dict loads again.
+    """
     def plain(v):
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v
-    return plain(dataclasses.asdict(cfg))
+
+    out = plain(dataclasses.asdict(cfg))
+    model = out.get("model") if isinstance(cfg, Config) else out if isinstance(cfg, ModelConfig) else None
+    if model is not None:
+        for name in HEAD_SETTINGS:
+            if name != model["head"]:
+                model.pop(name, None)
+    return out
 
 
 def config_from_dict(data: dict, source: str = "<checkpoint>") -> Config:
-    """Inverse of :func:`config_to_dict` (e.g. the config stored in a checkpoint)."""
+    """Inverse of :func:`config_to_dict` (e.g. the config stored in a checkpoint); the
+    configs of checkpoints written before the current names are migrated silently."""
+    import copy
+
+    data = copy.deepcopy(data)
     prov: dict = {}
     _record(data, prov, source, "")
+    migrate_legacy_keys(data, prov)
+    _check_head_sections(data, prov)
     return build(Config, data, prov)
 
 

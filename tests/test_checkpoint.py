@@ -42,9 +42,10 @@ def zoo_shapes(external_data):
 
 
 def _build(kind: str, head: str = "softmax", **kw):
-    from lvod.models.detector import ModelConfig, build_detector
+    from lvod.config import ModelConfig
+    from lvod.models import build_model
     torch.manual_seed(0)
-    return build_detector(ModelConfig(kind=kind, head=head, **kw))
+    return build_model(ModelConfig(kind=kind, head=head, **kw))
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,24 @@ import torch
 from lvod.errors import DataError
 from lvod.models import box_coder as bc
 from lvod.models.backbone import ResNetDC5
-from lvod.models.detector import ModelConfig, build_detector
+from lvod.config import ModelConfig
+from lvod.models import build_model
 
 H, W = 64, 96
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}
 SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
 
 
-def head_kwargs(head):
+def group_table(head):
     if head == "bags":
         from lvod.groups import build_groups
-        return {"groups": build_groups([1, 2, 3], [100, 10, 1], method="edges", edges=(5, 50))}
-    return {}
+        return build_groups([1, 2, 3], [100, 10, 1], method="edges", edges=(5, 50))
+    return None
 
 
 def tiny(kind, head="softmax", **kw):
     torch.manual_seed(0)
-    return build_detector(ModelConfig.tiny(kind=kind, num_classes=3, head=head,
-                                           head_kwargs=head_kwargs(head), **kw))
+    return build_model(ModelConfig.tiny(kind=kind, num_classes=3, head=head, **kw), groups=group_table(head))
 
 
 def one_target():
@@ -139,7 +139,7 @@ def test_state_dict_matches_mmtracking_detector_keys_and_shapes(external_data):
     zoo = json.loads((external_data / SHAPES).read_text())["fgfa_r50_dc5"]["state_dict"]
     want = {k: v for k, v in zoo.items()
             if k.startswith("detector.")}
-    m = build_detector(ModelConfig(kind="single"))
+    m = build_model(ModelConfig(kind="single"))
     got = {k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape) for k, v in m.state_dict().items()}
     assert got == want
 
@@ -178,11 +178,18 @@ def test_assign_low_quality_matches_only_when_enabled():
 
 
 def test_config_rejects_unknown_keys_and_wrong_types():
-    assert ModelConfig.from_dict({"depth": 18, "anchor_scales": [2, 4]}).anchor_scales == (2, 4)
-    with pytest.raises(DataError, match="model.depthh"):
-        ModelConfig.from_dict({"depthh": 18}, "exp.yaml")
-    with pytest.raises(DataError, match="expected int"):
-        ModelConfig.from_dict({"depth": "50"}, "exp.yaml")
+    from lvod.config import config_from_dict
+
+    def model(d):
+        return config_from_dict({"model": d}, "exp.toml").model
+
+    assert model({"depth": 18, "anchor_scales": [2, 4]}).anchor_scales == (2, 4)
+    with pytest.raises(DataError, match="exp.toml: key 'model.depthh'"):
+        model({"depthh": 18})
+    with pytest.raises(DataError, match="must be an integer"):
+        model({"depth": "50"})
+    with pytest.raises(DataError, match="'dff' is not one of"):
+        model({"kind": "dff"})
     with pytest.raises(ValueError, match="kind"):
         ModelConfig(kind="dff")
     with pytest.raises(ValueError, match="depth"):
@@ -222,7 +229,7 @@ def test_from_scratch_backbone_has_trainable_group_norm():
 def test_rpn_loss_normaliser_is_mmdets_num_total_samples():
     """mmdet divides the RPN losses by sum over images of max(pos, 1) + max(neg, 1): an image
     without a positive anchor counts one more than it sampled."""
-    rpn = build_detector(ModelConfig.tiny(kind="single", num_classes=3)).detector.rpn_head
+    rpn = build_model(ModelConfig.tiny(kind="single", num_classes=3)).detector.rpn_head
     feats = torch.zeros(1, 32, 4, 6)
     anchors = rpn.anchors(feats)
     logits = torch.zeros(1, anchors.shape[0])  # every anchor: BCE = log 2
@@ -237,7 +244,7 @@ def test_rcnn_assignment_follows_mmdet_low_quality_order():
     """mmdet assigns the proposals before the GT boxes join them, with low-quality matching:
     a proposal that is the best one of two GTs goes to the later GT, even where it overlaps
     the earlier one more (mmtracking's rcnn assigner keeps match_low_quality=True)."""
-    head = build_detector(ModelConfig.tiny(kind="single", num_classes=8)).detector.roi_head
+    head = build_model(ModelConfig.tiny(kind="single", num_classes=8)).detector.roi_head
     prop = torch.tensor([[8.0, 0, 108, 100]])
     gts = torch.tensor([[10.0, 0, 110, 100], [0.0, 0, 100, 100]])  # IoU 0.96 and 0.85
     rois, labels, _, _ = head.sample(prop, gts, torch.tensor([3, 7]))

@@ -7,9 +7,11 @@ import torch
 
 from lvod.errors import DataError
 from lvod.io import torch_save_atomic
-from lvod.models.detector import ModelConfig, build_detector
+from lvod.config import ModelConfig
+from lvod.models import build_model
 from lvod.models.fgfa import EmbedAggregator, window_indices
-from lvod.models.flownet import FLOW_MEAN, FlowNetSimple, load_flownet_weights, resize_flow, warp
+from lvod.models.checkpoint import load_flownet_weights
+from lvod.models.flownet import FLOW_MEAN, FlowNetSimple, resize_flow, warp
 
 SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
 H, W = 64, 96
@@ -17,7 +19,7 @@ H, W = 64, 96
 
 def tiny_fgfa(**kw):
     torch.manual_seed(0)
-    return build_detector(ModelConfig.tiny(kind="fgfa", num_classes=3, **kw))
+    return build_model(ModelConfig.tiny(kind="fgfa", num_classes=3, **kw))
 
 
 def test_zero_flow_warps_features_to_themselves():
@@ -173,13 +175,13 @@ def _plain_window_detections(m, frames, t):
     unwarped key; lvod's aligned grid leaves every copy of the key unwarped instead."""
     meta = frames[t][1]
     size = meta["img_size"]
-    idx = window_indices(t, len(frames), m.cfg.fgfa_window)
+    idx = window_indices(t, len(frames), m.window)
     feats = torch.cat([m.detector.extract_feat(frames[i][0][None]) for i in idx])
     key = m.detector.extract_feat(frames[t][0][None])
     imgs = torch.stack([frames[i][0] for i in idx])
-    warped = warp(feats, m.motion(frames[t][0][None], imgs, size), m.cfg.flow_warp)
+    warped = warp(feats, m.motion(frames[t][0][None], imgs, size), m.warp_grid)
     for j, i in enumerate(idx):
-        if j == len(idx) // 2 or (i == t and m.cfg.flow_warp == "aligned"):
+        if j == len(idx) // 2 or (i == t and m.warp_grid == "aligned"):
             warped[j] = key[0]
     agg = m.aggregator(key, warped)
     props = m.detector.rpn_test(agg, [size])

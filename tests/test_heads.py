@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lvod.config import HEAD_SETTINGS, ModelConfig
 from lvod.errors import DataError
 from lvod.groups import build_groups, import_bags
+from lvod.models import build_model, check_group_table
 from lvod.models import losses as L
 from lvod.models.heads import HEADS, SoftmaxHead, build_head
 
@@ -217,7 +219,7 @@ def test_bags_loss_hand_computed_and_empty_group_adds_zero():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 9, generator=g, requires_grad=True)
     labels = torch.tensor([0, 1, 3, 0])  # only group-1 classes: group 2 has no member
-    total, per_group = L.bags_loss(logits, labels, L2B, PSLICE, others_sample_ratio=8)
+    total, per_group, _ = L.bags_loss(logits, labels, L2B, PSLICE, others_sample_ratio=8)
     ce0 = F.cross_entropy(logits[:, 0:2], torch.tensor([0, 1, 1, 0]))
     ce1 = F.cross_entropy(logits[:, 2:5], torch.tensor([0, 1, 2, 0]))  # ratio 8: all others kept
     torch.testing.assert_close(per_group, torch.stack([ce0, ce1, torch.tensor(0.0)]))
@@ -230,7 +232,7 @@ def test_bags_loss_hand_computed_and_empty_group_adds_zero():
 def test_bags_loss_subsamples_others_and_averages_over_kept():
     labels = torch.tensor([2] + [0] * 10)  # 1 member of group 2, 10 others
     logits = torch.zeros(11, 9)
-    _, per_group = L.bags_loss(logits, labels, L2B, PSLICE, others_sample_ratio=3,
+    _, per_group, _ = L.bags_loss(logits, labels, L2B, PSLICE, others_sample_ratio=3,
                                generator=torch.Generator().manual_seed(0))
     assert per_group[2].item() == pytest.approx(math.log(4))  # mean over the 4 kept RoIs
     assert per_group[1].item() == 0.0 and per_group[0].item() == pytest.approx(math.log(2))
@@ -243,12 +245,18 @@ def test_bags_head_losses_shapes_and_no_foreground():
     assert logits.shape == (6, 9) and deltas.shape == (6, 20)
     labels = torch.tensor([0, 1, 2, 5, 0, 3])
     out = head.losses(logits, deltas, labels, torch.randn(6, 4), (labels > 0).float())
-    assert set(out) == {"loss_cls", "loss_bbox"} and out["loss_bbox"] > 0
-    assert out["loss_cls"].item() == pytest.approx(sum(head.last_stats.values()), rel=1e-5)
+    diagnostics = {f"bags_group{k}_{what}" for k in range(3) for what in ("loss", "kept")}
+    assert set(out) == {"loss_cls", "loss_bbox"} | diagnostics and out["loss_bbox"] > 0
+    per_group = [out[f"bags_group{k}_loss"].item() for k in range(3)]
+    assert out["loss_cls"].item() == pytest.approx(sum(per_group), rel=1e-5)
+    assert not any(out[k].requires_grad for k in diagnostics)
+    # group 0 keeps all 6 RoIs; group 1 (classes 1, 3) its 2 positives + all 4 others (< 8x)
+    assert out["bags_group0_kept"].item() == 6 and out["bags_group1_kept"].item() == 6
     bg = torch.zeros(6, dtype=torch.long)
     out = head.losses(logits, deltas, bg, torch.randn(6, 4), torch.zeros(6))
     assert out["loss_bbox"].item() == 0.0 and torch.isfinite(out["loss_cls"])
-    assert head.last_stats["loss_cls_group1"] == 0.0 and head.last_stats["loss_cls_group2"] == 0.0
+    assert out["bags_group1_loss"].item() == 0.0 and out["bags_group2_loss"].item() == 0.0
+    assert out["bags_group1_kept"].item() == 0 and out["bags_group2_kept"].item() == 0
 
 
 def test_defect4_table_whose_groups_cannot_come_from_the_counts_is_refused():
@@ -258,14 +266,17 @@ def test_defect4_table_whose_groups_cannot_come_from_the_counts_is_refused():
                             counts=[21000, 50000, 30000, 90000, 130000], edges=[10, 100, 1000],
                             groups=[[1, 3], [2, 4, 5]], label2binlabel=L2B, pred_slice=PSLICE)
     with pytest.raises(DataError, match="cannot come from these counts"):
-        build_head("bags", 8, 5, groups=table)
+        check_group_table(table, 5)
     table.edges = [40000]  # edges that do produce {1,3} / {2,4,5} from these counts
-    head = build_head("bags", 8, 5, groups=table, cat_ids=[1, 2, 3, 4, 5])
-    assert head.num_logits == 9
+    check_group_table(table, 5, [1, 2, 3, 4, 5])
+    assert build_head("bags", 8, 5, groups=table).num_logits == 9
     with pytest.raises(DataError, match="category ids differ"):
-        build_head("bags", 8, 5, groups=table, cat_ids=[1, 2, 3, 4, 6])
+        check_group_table(table, 5, [1, 2, 3, 4, 6])
     with pytest.raises(DataError, match="5 classes, the detector 4"):
-        build_head("bags", 8, 4, groups=table)
+        check_group_table(table, 4)
+    # the one builder runs the check: a bags detector for other data is refused
+    with pytest.raises(DataError, match="category ids differ"):
+        build_model(ModelConfig.tiny(num_classes=5, head="bags"), [1, 2, 3, 4, 6], groups=table)
 
 
 # ---------------------------------------------------------------- Seesaw
@@ -325,12 +336,14 @@ def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
     """The RoI head's inference path must take class scores from ``predictor.scores`` (the
     original never called its BAGS merge). A spy scores() that puts 0.9 on class 3 must be
     what comes out of ``detect_video``."""
-    from lvod.models.detector import ModelConfig, build_detector
+    from lvod.config import ModelConfig
+    from lvod.models import build_model
     torch.manual_seed(0)
     cfg = ModelConfig(kind="single", depth=18, num_classes=5, head="bags",
-                      head_kwargs={"label2binlabel": L2B.tolist(), "pred_slice": PSLICE.tolist()},
                       rpn_test_pre_nms=50, rpn_test_post_nms=20)
-    model = build_detector(cfg).eval()
+    table = SimpleNamespace(cat_ids=[1, 2, 3, 4, 5], label2binlabel=L2B, pred_slice=PSLICE,
+                            counts=None, edges=None, groups=[[1, 3], [2, 4, 5]])
+    model = build_model(cfg, groups=table).eval()
     predictor = model.detector.roi_head.bbox_head.predictor
     calls = []
     real = predictor.scores
@@ -355,13 +368,14 @@ def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
 def test_bags_head_from_real_group_tables():
     ids, counts = [1, 2, 3, 4, 5], [21000, 50000, 30000, 90000, 130000]
     table = build_groups(ids, counts, method="quantiles", k=2)
-    head = build_head("bags", 8, 5, groups=table, cat_ids=ids, seed=0)
+    check_group_table(table, 5, ids)
+    head = build_head("bags", 8, 5, groups=table, seed=0)
     assert head.num_logits == table.num_logits == 5 + 1 + 2 + 1
     assert torch.equal(head.label2binlabel, table.label2binlabel)
     logits, deltas = head(torch.randn(4, 8))
     assert head.scores(logits).shape == (4, 6)
     with pytest.raises(DataError, match="category ids differ"):
-        build_head("bags", 8, 5, groups=table, cat_ids=[1, 2, 3, 4, 7])
+        check_group_table(table, 5, [1, 2, 3, 4, 7])
     # LVIS's fixed edges on VID-like counts: one group only, and the head says so
     lvis_edges = build_groups(ids, counts, method="edges", edges=[10, 100, 1000])
     with pytest.warns(UserWarning, match="single object group"):
@@ -375,3 +389,26 @@ def test_bags_head_from_the_reference_lvis_files(external_data):
     assert head.num_logits == 1236 and head.num_groups == 4
     s = head.scores(torch.randn(3, 1236))
     assert s.shape == (3, 1231) and bool((s >= 0).all())
+
+
+def test_head_table_and_config_sections_name_the_same_heads():
+    """A head is one class + one HEADS entry + its settings section: the two tables agree,
+    and every section's defaults are the head's constructor defaults (one home)."""
+    assert set(HEADS) == set(HEAD_SETTINGS)
+    assert ModelConfig(head="seesaw").head_settings() == {"p": 0.8, "q": 2.0, "eps": 0.01}
+    head = build_head("seesaw", 8, 3, **ModelConfig(head="seesaw").head_settings())
+    assert (head.p, head.q, head.eps) == (0.8, 2.0, 0.01)
+    assert HEADS["bags"].uses_groups and not HEADS["seesaw"].uses_groups
+
+
+def test_seesaw_losses_return_detached_parts_beside_loss_cls():
+    torch.manual_seed(0)
+    head = build_head("seesaw", 8, 3)
+    logits, deltas = head(torch.randn(5, 8))
+    labels = torch.tensor([0, 1, 2, 0, 3])
+    out = head.losses(logits, deltas, labels, torch.randn(5, 4), (labels > 0).float())
+    assert set(out) == {"loss_cls", "loss_bbox", "seesaw_classes_loss", "seesaw_objectness_loss"}
+    torch.testing.assert_close(out["loss_cls"].detach(),
+                               out["seesaw_classes_loss"] + out["seesaw_objectness_loss"])
+    assert out["loss_cls"].requires_grad and not out["seesaw_classes_loss"].requires_grad
+

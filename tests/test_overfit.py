@@ -22,7 +22,8 @@ from lvod.engine.inference import build_test_transform, run_inference
 from lvod.evaluation.report import evaluate
 from lvod.evaluation.results import ResultsWriter, load_npz
 from lvod.groups import load_groups
-from lvod.models.detector import ModelConfig, build_detector
+from lvod.config import ModelConfig
+from lvod.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 4
@@ -59,12 +60,11 @@ def test_tiny_fgfa_overfits_demo_frames(head, demo_data, tmp_path, one_thread):
     data = DataConfig(img_scale=[160, 128], ref_frame_range=[-2, 2], flip_prob=0.5)
     dataset = TrainDataset([(coco, True, True)], data)
     assert len(dataset) == NUM_FRAMES
-    kwargs = {}
+    groups = None
     if head == "bags":
-        kwargs = {"groups": load_groups(REPO / "intermediate_files" / "demo" / "groups.json"),
-                  "cat_ids": [int(c) for c in coco.cat_ids]}
-    model = build_detector(ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head,
-                                            head_kwargs=kwargs, frozen_stages=4))
+        groups = load_groups(REPO / "intermediate_files" / "demo" / "groups.json")
+    model = build_model(ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head,
+                                         frozen_stages=4), coco.cat_ids, groups=groups)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     # a step schedule as in real training: the last quarter at lr/10 settles the boxes
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [STEPS * 3 // 4], 0.1)

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from lvod.models.detector import ModelConfig, build_detector
+from lvod.config import ModelConfig
+from lvod.models import build_model
 from lvod.models.selsa import SelsaAggregator, ref_indices
 
 SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
@@ -14,7 +15,7 @@ H, W = 64, 96
 
 def tiny_selsa(**kw):
     torch.manual_seed(0)
-    return build_detector(ModelConfig.tiny(kind="selsa", num_classes=3, **kw))
+    return build_model(ModelConfig.tiny(kind="selsa", num_classes=3, **kw))
 
 
 def test_reference_frames_are_uniform_over_the_whole_video():
@@ -42,7 +43,7 @@ def test_attention_rows_sum_to_one_and_one_reference_is_copied():
 
 def test_aggregator_layout_matches_mmtracking(external_data):
     zoo = json.loads((external_data / SHAPES).read_text())["selsa_r50_dc5"]["state_dict"]
-    m = build_detector(ModelConfig(kind="selsa"))
+    m = build_model(ModelConfig(kind="selsa"))
     got = {k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape) for k, v in m.state_dict().items()}
     assert got == zoo  # BatchNorm batch counters included (norm_eval BatchNorm, as mmtracking)
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lvod.config import ModelConfig
 from lvod.errors import DataError
 
 REF_SAMPLERS = ("bilateral_uniform", "uniform", "key_copy")
@@ -149,7 +150,8 @@ class TrainDataset(torch.utils.data.Dataset):
     """Key frames (with refs and targets) of one or more CocoVid files.
 
     ``sources``: list of ``(CocoVid, load_as_video, key_frames_only)``. Every file must
-    have the same ``cat_ids``. ``data`` is the ``DataConfig`` (ref sampling and transforms).
+    have the same ``cat_ids``. ``data`` is the ``DataConfig`` (ref sampling and transforms);
+    ``mean``/``std`` the model's pixel normalisation (``model.image_mean/image_std``).
     An item is addressed by ``(index, sample_seed)`` (an int means seed 0). It returns:
 
     - ``frames``: list of T float32 ``[3, h, w]`` normalised unpadded images, key first;
@@ -159,7 +161,7 @@ class TrainDataset(torch.utils.data.Dataset):
     - ``frame_rows``: the T image rows used (key first), for tests and debugging.
     """
 
-    def __init__(self, sources, data):
+    def __init__(self, sources, data, *, mean=ModelConfig.image_mean, std=ModelConfig.image_std):
         if not sources:
             raise DataError("<config>", "data.train", "is empty", "list at least one ann file")
         self.sources = [s[0] for s in sources]
@@ -170,6 +172,7 @@ class TrainDataset(torch.utils.data.Dataset):
                                 f"{self.sources[0].path}", "use one category list for all "
                                 "training files (same ids, e.g. the 30 VID classes)")
         self.cfg = data
+        self.mean, self.std = tuple(mean), tuple(std)
         self.videos: list[np.ndarray] = []  # frame rows of each clip
         keys = []  # (source, clip, position of the key in the clip)
         self.num_skipped_empty = 0
@@ -233,7 +236,7 @@ class TrainDataset(torch.utils.data.Dataset):
                 img = resize(img, (h, w))
                 if flip:
                     img = img.flip(-1)
-                cache[row] = normalize(img, cfg.mean, cfg.std)
+                cache[row] = normalize(img, self.mean, self.std)
             frames.append(cache[row])
         key_row = frame_rows[0]
         h0, w0 = int(coco.img_height[key_row]), int(coco.img_width[key_row])
@@ -315,8 +318,9 @@ class ResumableSampler(torch.utils.data.Sampler):
 
 
 def build_train_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0,
-                       sources=None):
-    """``(dataset, sampler, loader)`` for ``data`` (a ``DataConfig``).
+                       sources=None, *, mean=ModelConfig.image_mean, std=ModelConfig.image_std):
+    """``(dataset, sampler, loader)`` for ``data`` (a ``DataConfig``), normalising with the
+    model's ``mean``/``std``.
 
     ``sources`` overrides reading ``data.train`` (a list as :class:`TrainDataset` takes).
     Relative ``ann_file``/``images_root`` are taken relative to ``data.root``.
@@ -330,7 +334,7 @@ def build_train_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0,
             images_root = root / src.images_root if src.images_root else None
             coco = load_cocovid(root / src.ann_file, images_root=images_root)
             sources.append((coco, src.load_as_video, src.key_frames_only))
-    dataset = TrainDataset(sources, data)
+    dataset = TrainDataset(sources, data, mean=mean, std=std)
     sampler = ResumableSampler(len(dataset), data.imgs_per_gpu, seed=seed, rank=rank,
                                world_size=world_size)
     loader = torch.utils.data.DataLoader(

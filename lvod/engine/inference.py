@@ -14,7 +14,7 @@ Per frame the detector yields ``{"boxes" (K, 4) x1y1x2y2 original pixels, "score
 the results columns: category ids ``ds.cat_ids[label - 1]`` and boxes ``[x, y, w, h]``.
 
 Also here: ``load_model(cfg, checkpoint)`` (lvod and mmtracking checkpoints, strict),
-``build_test_transform(DataConfig)`` (the training pipeline's resize,
+``build_test_transform(DataConfig, mean, std)`` (the training pipeline's resize,
 normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
 ``resolve_device("auto" | "cpu" | "cuda[:i]")``.
 """
@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lvod.config import ModelConfig
 from lvod.errors import DataError
 from lvod.evaluation.results import Detections
 
@@ -56,7 +57,8 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 MM_CLS_KEY = "detector.roi_head.bbox_head.fc_cls.weight"  # only mmtracking checkpoints have it
 
 
-def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None):
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None,
+               groups=None):
     """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
 
     ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
@@ -66,18 +68,18 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
 
     Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
     checkpoint ``random_weights`` must be True (initialised with seed 0, so runs repeat).
-    The detector is built as training builds it (``lvod.engine.train.build_model``: a BAGS
-    head reads its group table from the config), checked against ``cat_ids`` when given.
+    The detector is built as training builds it (``lvod.models.build_model``), checked
+    against ``cat_ids`` when given; ``groups``: a group table the caller already read.
     """
     from lvod.engine.checkpointing import load_checkpoint, state_dict_of
-    from lvod.engine.train import build_model
+    from lvod.models import build_model
 
     if checkpoint is None and not random_weights:
         raise DataError("--checkpoint", "model weights", "no checkpoint given",
                         "pass --checkpoint CKPT (a .pth written by lvod train), or "
                         "--random-weights to smoke-test with an untrained detector")
     torch.manual_seed(0)
-    model = build_model(cfg, cat_ids)
+    model = build_model(cfg.model, cat_ids, groups=groups)
     ckpt: dict = {}
     if checkpoint is not None:
         ckpt = load_checkpoint(checkpoint)
@@ -154,18 +156,19 @@ def _numpy(x, dtype) -> np.ndarray:
     return np.asarray(x, dtype=dtype)
 
 
-def build_test_transform(data) -> Transform:
+def build_test_transform(data, mean=ModelConfig.image_mean, std=ModelConfig.image_std) -> Transform:
     """The test-time transform of a ``DataConfig`` (``lvod.config``), from the training
     pipeline's own pieces (``lvod.engine.data``), so train and test preprocess alike:
-    keep-ratio resize to ``data.img_scale`` (1000x600), ``data.mean``/``data.std``
-    normalisation, zero padding to a multiple of ``data.size_divisor``.
+    keep-ratio resize to ``data.img_scale`` (1000x600), normalisation by the model's
+    ``mean``/``std`` (``model.image_mean/image_std``), zero padding to a multiple of
+    ``data.size_divisor``.
 
     The transform takes a uint8 RGB frame, ``Tensor[3, H0, W0]`` or ``ndarray (H0, W0, 3)``,
     and returns ``(Tensor[3, Hp, Wp] float32, {"img_size": (h, w), "orig_size": (H0, W0)})``.
     """
     from lvod.engine.data import normalize, pad_batch, rescale_size, resize
 
-    scale, mean, std, divisor = tuple(data.img_scale), data.mean, data.std, data.size_divisor
+    scale, divisor = tuple(data.img_scale), data.size_divisor
 
     def transform(image) -> tuple[Tensor, dict]:
         if isinstance(image, np.ndarray):

@@ -205,8 +205,16 @@ def import_mmtracking(state_dict_or_path, model: nn.Module, *, kind: str) -> Imp
 
 
 def load_flownet_weights(motion: nn.Module, path) -> ImportReport:
-    """FlowNetSimple weights into ``model.motion``: keys with or without a ``motion.``
-    prefix (a whole FGFA checkpoint works too: only its ``motion.*`` keys are used)."""
+    """mmtracking's FlowNetSimple weights (Flying Chairs) into ``motion`` (FGFA's
+    ``model.motion``). Keys with or without a ``motion.`` prefix; a whole FGFA checkpoint
+    works too (only its ``motion.*`` keys are used). Every FlowNetSimple parameter must be
+    in the file with its shape (a half-loaded flow network is worse than an error), which
+    needs ``flownet_width = 1.0``."""
+    width = getattr(motion, "width", 1.0)
+    if width != 1.0:
+        raise DataError(path if isinstance(path, (str, Path)) else "<state dict>", "flownet_width",
+                        f"pretrained FlowNetSimple weights need width 1.0, got {width}",
+                        "set model.flownet_width = 1.0 or drop model.flownet_weights")
     state, source = read_state_dict(path)
     if any(k.startswith("motion.") for k in state):
         state = {k[len("motion."):]: v for k, v in state.items() if k.startswith("motion.")}
@@ -222,6 +230,10 @@ def load_flownet_weights(motion: nn.Module, path) -> ImportReport:
     if not mapped:
         raise DataError(source, "state_dict", "no key matches the FlowNetSimple module",
                         "pass mmtracking's flownet_simple weights or an FGFA checkpoint")
+    missing = [k for k in own if k not in mapped]
+    if missing:
+        raise DataError(source, missing[0], f"{len(missing)} FlowNetSimple parameters are not in "
+                        "the file", "pass mmtracking's flownet_simple.pth (Flying Chairs)")
     _load_checked(motion, mapped, report)
     return report
 

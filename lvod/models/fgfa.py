@@ -4,20 +4,20 @@
 ``aggregator`` (``EmbedAggregator``). Training (key + refs): every frame's features are
 computed in one batch, each ref is warped to the key by the flow of the (key, ref) image
 pair, and the warped refs (not the key) are aggregated into the key map, which feeds the
-RPN and the RoI head. Inference (``detect_video``): a window of ``fgfa_window`` frames
+RPN and the RoI head. Inference (``detect_video``): a window of ``window`` frames
 centred on the key, edges padded by repeating the first/last frame; every frame's backbone
 features are computed once when the frame is read and kept while it is inside the window
-(memory: ``fgfa_window`` images + feature maps); the key's own features enter unwarped.
+(memory: ``window`` images + feature maps); the key's own features enter unwarped.
 Flow is computed once per distinct window frame, so the repeated edge frames share one
 flow, and each distinct frame is embedded once (``EmbedAggregator.aggregate_window``: a
 repeated frame's softmax weights are summed); each frame's FlowNet input half is prepared
 once and cached with its features. The copies of the key frame itself (window edges) also
 enter unwarped, where mmtracking warps them by the (near-zero) flow of the key onto itself.
-``model.flow_warp`` picks the sampling grid of the warp (``lvod.models.flownet``):
+``warp_grid`` (``model.flow_warp``) picks the sampling grid of the warp (``lvod.models.flownet``):
 ``"aligned"`` (zero flow = identity) or ``"mmtracking"`` (its zoo checkpoints' grid). Under
 the mmtracking grid, a warp by near-zero flow is no longer near the identity, so the key's
 edge copies are then warped by the flow of (key, key) exactly as mmtracking does (one more
-FlowNet pair, in the first and last ``fgfa_window // 2`` frames of a video only); the
+FlowNet pair, in the first and last ``window // 2`` frames of a video only); the
 centre slot keeps the unwarped key, as in mmtracking.
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from lvod.models.detector import FasterRCNN, ModelConfig, to_original
-from lvod.models.flownet import FlowNetSimple, load_flownet_weights, warp
+from lvod.models.detector import FasterRCNN, to_original
+from lvod.models.flownet import FlowNetSimple, warp
 
 
 class EmbedAggregator(nn.Module):
@@ -89,23 +89,29 @@ def window_indices(t: int, num_frames: int, window: int) -> list[int]:
 
 
 class FGFA(nn.Module):
-    """Flow-guided feature aggregation detector (see the module docstring)."""
+    """Flow-guided feature aggregation detector (see the module docstring).
 
-    def __init__(self, cfg: ModelConfig):
+    Parts: ``detector`` (``FasterRCNN``), ``motion`` (``FlowNetSimple``), ``aggregator``
+    (``EmbedAggregator``). ``window``: test-time frames centred on the key (odd);
+    ``warp_grid``: ``"aligned"`` or ``"mmtracking"`` (``lvod.models.flownet.warp``).
+    """
+
+    def __init__(self, detector: FasterRCNN, motion: FlowNetSimple, aggregator: EmbedAggregator, *,
+                 window: int = 31, warp_grid: str = "aligned"):
         super().__init__()
-        self.cfg = cfg
-        self.detector = FasterRCNN(cfg)
-        self.motion = FlowNetSimple(cfg.flow_img_scale, cfg.flow_scale_factor, cfg.image_mean,
-                                    cfg.image_std, cfg.flownet_width)
-        if cfg.flownet_weights:
-            load_flownet_weights(self.motion, cfg.flownet_weights)
-        self.aggregator = EmbedAggregator(cfg.neck_channels)
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"window must be odd and >= 1, got {window}")
+        self.detector = detector
+        self.motion = motion
+        self.aggregator = aggregator
+        self.window = int(window)
+        self.warp_grid = warp_grid
 
     def aggregate(self, key_img: Tensor, ref_imgs: Tensor, key_feat: Tensor, ref_feats: Tensor,
                   img_size: tuple[int, int]) -> Tensor:
         """Warp ``ref_feats (T, C, h, w)`` to the key and aggregate them: ``(1, C, h, w)``."""
         flows = self.motion(key_img[None], ref_imgs, img_size)
-        return self.aggregator(key_feat[None], warp(ref_feats, flows, self.cfg.flow_warp))
+        return self.aggregator(key_feat[None], warp(ref_feats, flows, self.warp_grid))
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
                 targets: list[dict]) -> dict[str, Tensor]:
@@ -121,13 +127,13 @@ class FGFA(nn.Module):
     @torch.no_grad()
     def detect_video(self, frames: Iterable[tuple[Tensor, dict]], num_frames: int) -> Iterator[dict]:
         """Per frame ``{"boxes" (K,4) original pixels, "scores" (K,), "labels" (K,) 1..C}``,
-        in frame order. Frames are read ``fgfa_window // 2`` ahead of the one detected."""
+        in frame order. Frames are read ``window // 2`` ahead of the one detected."""
         it = iter(frames)
         # idx -> [image, meta, features, (FlowNet half of the image, the img_size it used)]
         cache: OrderedDict[int, list] = OrderedDict()
         read = 0
         for t in range(num_frames):
-            idx = window_indices(t, num_frames, self.cfg.fgfa_window)
+            idx = window_indices(t, num_frames, self.window)
             while read <= idx[-1]:
                 item = next(it, None)
                 if item is None:
@@ -144,7 +150,7 @@ class FGFA(nn.Module):
             centre = len(idx) // 2
             # mmtracking keeps only the centre slot unwarped; its grid makes the key's edge
             # copies, warped by the flow of (key, key), differ from the key: one more unit
-            warped_key = self.cfg.flow_warp == "mmtracking" and idx.count(t) > 1
+            warped_key = self.warp_grid == "mmtracking" and idx.count(t) > 1
             warped = units[1:] + ([t] if warped_key else [])
             feats = key_feat[None]
             if warped:
@@ -152,7 +158,7 @@ class FGFA(nn.Module):
                 key_half = flow_in[0].expand(len(warped), -1, -1, -1)
                 flows = self.motion.predict(torch.cat([key_half, torch.stack(flow_in[1:])], dim=1))
                 ref_feats = torch.stack([cache[i][2] for i in warped])
-                feats = torch.cat([feats, warp(ref_feats, flows, self.cfg.flow_warp)])
+                feats = torch.cat([feats, warp(ref_feats, flows, self.warp_grid)])
             pos = {f: j for j, f in enumerate(units)}
             slots = [pos[i] for i in idx]
             if warped_key:  # the key's edge copies read the warped key, the last unit

@@ -26,13 +26,12 @@ reproduce their numbers (``model.flow_warp = "mmtracking"``).
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lvod.errors import DataError
+from lvod.config import WARP_GRIDS
 
 _CONV_CH = (64, 128, 256, 512, 512, 1024)
 _CONV_K = (7, 5, 5, 3, 3, 3)
@@ -141,24 +140,6 @@ def _crop_like(x: Tensor, target: Tensor) -> Tensor:
     return x[:, :, :target.shape[2], :target.shape[3]]
 
 
-def load_flownet_weights(net: FlowNetSimple, path: str | Path) -> None:
-    """Load mmtracking's FlowNetSimple state dict (keys with or without ``motion.``)."""
-    if net.width != 1.0:
-        raise DataError(path, "flownet_width", f"pretrained FlowNetSimple weights need width 1.0, "
-                        f"got {net.width}", "set flownet_width: 1.0 or drop flownet_weights")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("motion."): v for k, v in state.items()
-             if not k.startswith(("detector.", "aggregator."))}
-    own = net.state_dict()
-    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
-    if bad:
-        raise DataError(path, bad[0], f"{len(bad)} FlowNetSimple parameters missing or of another shape",
-                        "pass mmtracking's flownet_simple.pth (Flying Chairs)")
-    net.load_state_dict({k: state[k] for k in own})
-
-
 def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of ``flow (N, 2, H, W)`` to ``size``; values scaled per axis."""
     h, w = flow.shape[-2:]
@@ -169,7 +150,6 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return out * scale
 
 
-WARP_GRIDS = ("aligned", "mmtracking")
 
 
 def warp(feats: Tensor, flow: Tensor, grid: str = "aligned") -> Tensor:

@@ -18,6 +18,15 @@ Conventions shared with the RoI head (lvod/models/roi_head.py):
   the batch (``max(R, 1)``).
 - Layer names ``fc_cls`` / ``fc_reg`` mirror mmdet's ``ConvFCBBoxHead`` so the mmtracking
   checkpoint mapping is one-to-one; ``freeze_all_but_classifier`` keeps ``fc_cls``.
+- ``losses`` returns the optimised terms under ``loss_*`` names and a head's diagnostics
+  (per-group BAGS losses, kept RoIs, Seesaw's two parts) as detached scalars under other
+  names; the training loop optimises only ``loss_*`` and logs the rest.
+- A head's settings and their defaults are its typed config section (``lvod.config``:
+  ``BagsConfig``, ``SeesawConfig``); a head that needs the frequency-group table says so
+  with ``uses_groups = True`` and gets it as ``groups=`` from ``build_head``.
+
+Adding a head = one ``BoxPredictor`` subclass + one entry in ``HEADS`` (+ its settings
+section in ``lvod.config.HEAD_SETTINGS``).
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from lvod.config import BagsConfig, SeesawConfig
 from lvod.errors import DataError
 from lvod.models import losses as L
 
@@ -39,6 +49,8 @@ class BoxPredictor(nn.Module):
     Subclasses define ``num_logits`` through the constructor and implement
     ``cls_loss(cls_logits, labels) -> dict`` and ``scores(cls_logits) -> (R, C+1)``.
     """
+
+    uses_groups = False  # True: build_head passes the frequency-group table as groups=
 
     def __init__(self, in_channels: int, num_classes: int, num_logits: int):
         super().__init__()
@@ -72,8 +84,8 @@ class BoxPredictor(nn.Module):
             box_weights: ``(R,)`` box-loss weight per RoI (0 for background).
 
         Returns:
-            dict: ``loss_cls`` scalar, ``loss_bbox`` scalar, plus head-specific extras
-            (see the subclass).
+            dict: ``loss_cls`` scalar, ``loss_bbox`` scalar, plus the head's detached
+            diagnostics under names that do not start with ``loss_`` (see the subclass).
         """
         labels = labels.long()
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
@@ -107,28 +119,31 @@ class SoftmaxHead(BoxPredictor):
 
 class BagsHead(BoxPredictor):
     """Balanced Group Softmax (Li et al., CVPR 2020): ``(C+1) + (G+1)`` logits (G object
-    groups) in the group slice layout of ``pred_slice``; loss = sum of per-group cross-entropies; scores =
-    in-group probability x P(object) (``lvod.models.losses.bags_merge_scores``).
+    groups) in the group slice layout of ``pred_slice``; loss = sum of per-group
+    cross-entropies; scores = in-group probability x P(object)
+    (``lvod.models.losses.bags_merge_scores``).
 
     Build it from a ``lvod.groups.GroupTable`` (``groups=``) or from the two tensors
-    directly (``label2binlabel=``, ``pred_slice=``). ``cat_ids`` (the dataset's sorted
-    category ids), when given, must equal the table's. ``seed`` makes the "others"
-    sampling reproducible with a private generator; ``None`` uses torch's global one.
+    directly (``label2binlabel=``, ``pred_slice=``); whether the table fits the dataset is
+    the builder's check (``lvod.models.build.check_group_table``). ``seed`` makes the
+    "others" sampling reproducible with a private generator; ``None`` uses torch's global
+    one.
 
-    ``losses`` returns ``loss_cls`` (all groups summed) and ``loss_bbox``; the detached
-    per-group values of the last call are in ``last_stats`` (``loss_cls_group{k}``,
-    ``kept_group{k}``) for logging.
+    ``losses`` returns ``loss_cls`` (all groups summed), ``loss_bbox`` and, detached,
+    ``bags_group{k}_loss`` and ``bags_group{k}_kept`` for k = 0..G (group 0: bg/object).
     """
+
+    uses_groups = True
 
     def __init__(self, in_channels: int, num_classes: int, *, groups=None,
                  label2binlabel: Tensor | None = None, pred_slice: Tensor | None = None,
-                 others_sample_ratio: float = 8.0, seed: int | None = None, cat_ids=None):
+                 others_sample_ratio: float = BagsConfig.others_sample_ratio,
+                 seed: int | None = BagsConfig.seed):
         source = "group tensors"
         if groups is not None:
             if label2binlabel is not None or pred_slice is not None:
                 raise ValueError("pass either groups= or label2binlabel=/pred_slice=, not both")
             source = str(getattr(groups, "dataset", None) or "group table")
-            _check_table_against_data(groups, num_classes, cat_ids, source)
             label2binlabel, pred_slice = groups.label2binlabel, groups.pred_slice
         if label2binlabel is None or pred_slice is None:
             raise ValueError("the bags head needs groups= (a GroupTable) or both "
@@ -149,61 +164,27 @@ class BagsHead(BoxPredictor):
         self.num_groups = pred_slice.shape[0] - 1
         self.others_sample_ratio = float(others_sample_ratio)
         self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
-        self.last_stats: dict[str, float] = {}
         if self.num_groups == 1:
             warnings.warn("BAGS with a single object group: only the bg/object split differs "
                           "from a softmax head; check that the group edges fit this dataset",
                           stacklevel=2)
 
     def cls_loss(self, cls_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """``{"loss_cls": scalar}``: sum over groups of each group's mean CE over its kept RoIs."""
-        total, per_group = L.bags_loss(cls_logits, labels, self.label2binlabel, self.pred_slice,
-                                       others_sample_ratio=self.others_sample_ratio,
-                                       generator=self._generator)
-        self.last_stats = {f"loss_cls_group{k}": v
-                           for k, v in enumerate(per_group.detach().tolist())}
-        return {"loss_cls": total}
+        """``loss_cls``: sum over groups of each group's mean CE over its kept RoIs; plus
+        ``bags_group{k}_loss`` / ``bags_group{k}_kept`` (detached)."""
+        total, per_group, kept = L.bags_loss(cls_logits, labels, self.label2binlabel, self.pred_slice,
+                                             others_sample_ratio=self.others_sample_ratio,
+                                             generator=self._generator)
+        out = {"loss_cls": total}
+        per_group = per_group.detach()
+        for k in range(per_group.shape[0]):
+            out[f"bags_group{k}_loss"] = per_group[k]
+            out[f"bags_group{k}_kept"] = kept[k].to(per_group)
+        return out
 
     def scores(self, cls_logits: Tensor) -> Tensor:
         """``(R, C+1)`` merged group scores, column 0 = background (the inference path)."""
         return L.bags_merge_scores(cls_logits, self.pred_slice, self.label2binlabel)
-
-
-def _check_table_against_data(groups, num_classes: int, cat_ids, source: str) -> None:
-    """Refuse a group table that cannot belong to this detector / dataset.
-
-    - its class list must have ``num_classes`` entries and equal ``cat_ids`` when given;
-    - when it carries ``counts`` and ``edges``, binning the counts by the edges must give
-      exactly its groups (a table claiming LVIS's 10/100/1000 edges for classes that all
-      have >20k boxes fails here: the edges put every class in one bin).
-    """
-    table_ids = [int(c) for c in getattr(groups, "cat_ids", [])]
-    fix = "rebuild the table for this dataset with lvod.groups.build_groups(dataset counts)"
-    if len(table_ids) != num_classes:
-        raise DataError(source, "cat_ids", f"group table has {len(table_ids)} classes, the "
-                        f"detector {num_classes}", fix)
-    if cat_ids is not None and [int(c) for c in cat_ids] != table_ids:
-        diff = sorted(set(map(int, cat_ids)) ^ set(table_ids))[:5]
-        raise DataError(source, "cat_ids", "group table's category ids differ from the "
-                        f"dataset's (first differences {diff} or a different order)", fix)
-    counts, edges = getattr(groups, "counts", None), getattr(groups, "edges", None)
-    if counts is None or edges is None or len(edges) == 0:
-        return
-    counts = np.asarray(counts, dtype=np.float64)
-    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), counts, side="right")
-    by_id = dict(zip(table_ids, bins))
-    claimed = [sorted(int(c) for c in g) for g in groups.groups]
-    from_edges = {}
-    for cid, b in by_id.items():
-        from_edges.setdefault(int(b), []).append(cid)
-    derived = [sorted(v) for _, v in sorted(from_edges.items())]
-    if derived != claimed:
-        raise DataError(source, "edges", f"the table's edges {list(edges)} put this dataset's "
-                        f"classes into {len(derived)} group(s) of sizes "
-                        f"{[len(g) for g in derived]}, but it claims {len(claimed)} group(s) of "
-                        f"sizes {[len(g) for g in claimed]}: its groups cannot come from these "
-                        "counts", "derive the edges from the data (method='quantiles' or "
-                        "'log') and rebuild the table")
 
 
 class SeesawHead(BoxPredictor):
@@ -214,23 +195,24 @@ class SeesawHead(BoxPredictor):
     seesaw cross-entropy on positive RoIs only (mitigation exponent ``p``, compensation
     exponent ``q``); the 2-way objectness branch gets plain CE on every RoI; both are summed
     over RoIs and divided by the number of sampled RoIs, then added into ``loss_cls``
-    (``last_stats`` keeps ``loss_cls_classes`` / ``loss_cls_objectness``).
+    (the two parts also come back detached as ``seesaw_classes_loss`` /
+    ``seesaw_objectness_loss``).
 
     ``cum_samples (C+1,)`` (index = label, 0 = background) accumulates the labels seen in
     training mode; it is a persistent buffer, so a resumed run keeps its counts.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, p: float = 0.8, q: float = 2.0,
-                 eps: float = 1e-2):
+    def __init__(self, in_channels: int, num_classes: int, *, p: float = SeesawConfig.p,
+                 q: float = SeesawConfig.q, eps: float = SeesawConfig.eps):
         super().__init__(in_channels, num_classes, num_classes + 2)
         if p < 0 or q < 0:
             raise ValueError(f"seesaw p and q must be >= 0, got p={p}, q={q}")
         self.p, self.q, self.eps = float(p), float(q), float(eps)
         self.register_buffer("cum_samples", torch.zeros(num_classes + 1, dtype=torch.long))
-        self.last_stats: dict[str, float] = {}
 
     def cls_loss(self, cls_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
-        """``{"loss_cls": scalar}`` = seesaw class term + objectness term."""
+        """``loss_cls`` = seesaw class term + objectness term; the two parts detached as
+        ``seesaw_classes_loss`` / ``seesaw_objectness_loss``."""
         C, R = self.num_classes, labels.numel()
         if self.training:
             self.cum_samples += torch.bincount(labels, minlength=C + 1).to(self.cum_samples)
@@ -246,9 +228,8 @@ class SeesawHead(BoxPredictor):
         loss_obj = (L.mean_over_rois(F.cross_entropy(cls_logits[:, C:], obj_target,
                                                      reduction="none"), R)
                     if R else cls_logits.sum() * 0.0)
-        parts = torch.stack([loss_classes, loss_obj]).detach().tolist()
-        self.last_stats = {"loss_cls_classes": parts[0], "loss_cls_objectness": parts[1]}
-        return {"loss_cls": loss_classes + loss_obj}
+        return {"loss_cls": loss_classes + loss_obj, "seesaw_classes_loss": loss_classes.detach(),
+                "seesaw_objectness_loss": loss_obj.detach()}
 
     def scores(self, cls_logits: Tensor) -> Tensor:
         """``(R, C+1)``: ``[P(bg), softmax(classes) * P(object)]``."""
@@ -262,16 +243,19 @@ HEADS: dict[str, type[BoxPredictor]] = {
 }
 
 
-def build_head(name: str, in_channels: int, num_classes: int, **kw) -> BoxPredictor:
-    """Build the head called ``name`` (one of ``HEADS``) with its keyword arguments.
+def build_head(name: str, in_channels: int, num_classes: int, *, groups=None,
+               **settings) -> BoxPredictor:
+    """Build the head called ``name`` (one of ``HEADS``) with its settings.
 
-    ``softmax`` takes none; ``bags`` takes ``groups`` (a ``GroupTable``) or
-    ``label2binlabel``/``pred_slice``, plus ``others_sample_ratio=8``, ``seed``, ``cat_ids``;
-    ``seesaw`` takes ``p=0.8``, ``q=2.0``, ``eps=0.01``. Unknown names raise ``ValueError``
-    listing the valid ones.
+    ``settings`` are the head's keyword arguments (``ModelConfig.head_settings()``: bags
+    ``others_sample_ratio``, ``seed``; seesaw ``p``, ``q``, ``eps``). ``groups`` (a
+    ``GroupTable``) goes to the heads with ``uses_groups``; the others do not use it.
+    Unknown names raise ``ValueError`` listing the valid ones.
     """
     try:
         cls = HEADS[name]
     except KeyError:
         raise ValueError(f"unknown head {name!r}; valid heads: {', '.join(sorted(HEADS))}") from None
-    return cls(in_channels, num_classes, **kw)
+    if cls.uses_groups and groups is not None:
+        settings["groups"] = groups
+    return cls(in_channels, num_classes, **settings)

@@ -165,7 +165,7 @@ def sample_others(group_labels: Tensor, ratio: float, generator: torch.Generator
 
 def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_slice: Tensor,
               *, others_sample_ratio: float = 8.0, generator: torch.Generator | None = None
-              ) -> tuple[Tensor, Tensor]:
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """Balanced group softmax loss.
 
     Args:
@@ -173,14 +173,15 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
         label2binlabel, pred_slice: the group tables (see ``validate_bags_tables``).
 
     Returns:
-        ``(total, per_group)``: ``per_group (G+1,)`` holds each group's cross-entropy,
+        ``(total, per_group, kept)``: ``per_group (G+1,)`` holds each group's cross-entropy,
         summed over the RoIs the group keeps and divided by ``max(kept, 1)`` (the reference
         implementation's ``avg_factor``); group 0 keeps every RoI, object groups use
         ``sample_others``, and a group with no member RoI contributes exactly 0.
         ``total = per_group.sum()`` (groups are not averaged, as in the reference).
+        ``kept (G+1,)`` int64: the RoIs each group kept (its positives + sampled others).
     """
     group_labels = remap_labels(labels, label2binlabel)  # (G+1, R)
-    per_group = []
+    per_group, kept = [], []
     for k in range(group_labels.shape[0]):
         start, length = int(pred_slice[k, 0]), int(pred_slice[k, 1])
         logits_k = cls_logits[:, start:start + length]  # (R, n_k+1)
@@ -190,8 +191,9 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
             keep = sample_others(group_labels[k], others_sample_ratio, generator)
         ce = F.cross_entropy(logits_k[keep], group_labels[k][keep], reduction="sum")
         per_group.append(ce / max(int(keep.sum()), 1) if keep.any() else logits_k.sum() * 0.0)
+        kept.append(int(keep.sum()))
     per_group = torch.stack(per_group)
-    return per_group.sum(), per_group
+    return per_group.sum(), per_group, torch.tensor(kept, dtype=torch.int64)
 
 
 def bags_group_probs(cls_logits: Tensor, pred_slice: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ features attend to the RoI features of reference frames (multi-head scaled dot-p
 
 Training (key + refs, usually 2): one backbone batch; RPN losses and sampled RoIs on the
 key; reference proposals are the RPN's test-time proposals (``rpn_test_post_nms`` per ref).
-Inference: ``selsa_test_refs`` (14) references spread uniformly over the whole video
+Inference: ``test_refs`` (``model.selsa_test_refs``, 14) references spread uniformly over the whole video
 (mmtracking's "adaptive stride": frame ``round(i * (N-1) / (K-1))``, ``i = 0..K-1``), plus
 the key frame's own RoIs, which mmtracking's test path appends to the references. Each
 reference's RoI embeddings are computed once per video and every frame's backbone runs once
@@ -21,7 +21,7 @@ from typing import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from lvod.models.detector import FasterRCNN, ModelConfig, to_original
+from lvod.models.detector import FasterRCNN, to_original
 
 
 class SelsaAggregator(nn.Module):
@@ -70,13 +70,19 @@ def ref_indices(num_frames: int, num_refs: int) -> list[int]:
 
 
 class SELSA(nn.Module):
-    """SELSA detector (see the module docstring)."""
+    """SELSA detector (see the module docstring).
 
-    def __init__(self, cfg: ModelConfig):
+    ``detector``: a ``FasterRCNN`` whose ``roi_head.bbox_head`` carries the two
+    ``SelsaAggregator`` s; ``test_refs``: reference frames per video at test time.
+    """
+
+    def __init__(self, detector: FasterRCNN, *, test_refs: int = 14):
         super().__init__()
-        self.cfg = cfg
-        aggs = [SelsaAggregator(cfg.fc_channels, cfg.selsa_attention_blocks) for _ in range(2)]
-        self.detector = FasterRCNN(cfg, aggregators=aggs)
+        aggregators = detector.roi_head.bbox_head.aggregator
+        if aggregators is None or len(aggregators) != 2:
+            raise ValueError("SELSA needs a bbox head with one aggregator per shared FC (2)")
+        self.detector = detector
+        self.test_refs = int(test_refs)
 
     def _ref_embeddings(self, feats: Tensor, image_sizes) -> list[Tensor]:
         """RoI embeddings (per shared FC, ``(M, D)``) of the test proposals of ``feats (T,C,h,w)``."""
@@ -123,7 +129,7 @@ class SELSA(nn.Module):
         (``rpn_test_post_nms x fc_channels`` floats) wait until the last reference (the last
         frame) has been read, so memory grows with the video length.
         """
-        ids = ref_indices(num_frames, self.cfg.selsa_test_refs)
+        ids = ref_indices(num_frames, self.test_refs)
         wanted = set(ids)
         ref_emb: dict[int, list[Tensor]] = {}
 
