@@ -13,45 +13,10 @@ from lvod.engine.data import (ResumableSampler, TrainDataset, collate, flip_boxe
                               pad_batch, rescale_size, resize, sample_refs)
 
 
-def write_tiny_vid(root, num_videos=2, num_frames=12, size=(48, 36), det_images=2):
-    """A CocoVID train file (+ a plain-COCO DET file) with solid-colour frames.
-
-    Frame f of video v is filled with value 10 * v + f (so a frame is recognisable from
-    its pixels); every 3rd frame is a key frame; frame 5 of each video has only a crowd box.
-    """
-    w, h = size
-    images, anns = [], []
-    (root / "vid").mkdir(parents=True, exist_ok=True)
-    for v in range(num_videos):
-        for f in range(num_frames):
-            iid = 100 * (v + 1) + f
-            name = f"vid/v{v}_{f:03d}.png"
-            Image.new("RGB", (w, h), (10 * v + f,) * 3).save(root / name)
-            images.append({"id": iid, "file_name": name, "width": w, "height": h,
-                           "video_id": v + 1, "frame_id": f, "is_vid_train_frame": f % 3 == 0})
-            anns.append({"id": len(anns) + 1, "image_id": iid, "video_id": v + 1,
-                         "category_id": 1 + (v % 2), "instance_id": v, "bbox": [4, 6, 10, 8],
-                         "area": 80, "iscrowd": int(f == 5 or f == 6)})
-    cats = [{"id": 1, "name": "cat_a"}, {"id": 2, "name": "cat_b"}]
-    vid = {"categories": cats, "videos": [{"id": v + 1, "name": f"v{v}"} for v in range(num_videos)],
-           "images": images, "annotations": anns}
-    (root / "vid.json").write_text(json.dumps(vid))
-    det_imgs, det_anns = [], []
-    for i in range(det_images):
-        name = f"vid/det_{i}.png"
-        Image.new("RGB", (w, h), (200 + i,) * 3).save(root / name)
-        det_imgs.append({"id": 9000 + i, "file_name": name, "width": w, "height": h})
-        det_anns.append({"id": i + 1, "image_id": 9000 + i, "category_id": 2,
-                         "bbox": [1, 2, 20, 10], "area": 200, "iscrowd": 0})
-    (root / "det.json").write_text(json.dumps({"categories": cats, "images": det_imgs,
-                                               "annotations": det_anns}))
-    return root / "vid.json", root / "det.json"
-
-
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_vid):
     root = tmp_path_factory.mktemp("tinyvid")
-    vid, det = write_tiny_vid(root)
+    vid, det = tiny_vid(root)
     return load_cocovid(vid, images_root=root), load_cocovid(det, images_root=root)
 
 

@@ -1,4 +1,5 @@
-"""Training checkpoints: RNG capture/restore, atomic save, ``latest.pth``, safe loading.
+"""Training checkpoints: RNG capture/restore, atomic save, ``latest.pth``, safe loading,
+and which config changes a resume may make (:func:`config_differences`).
 
 A checkpoint is a dict of tensors and plain Python values only, so that
 ``torch.load(weights_only=True)`` reads it:
@@ -10,9 +11,14 @@ A checkpoint is a dict of tensors and plain Python values only, so that
   batches already consumed in ``epoch``);
 - ``epoch`` (finished epochs), ``iter`` (global iterations done), ``config`` (resolved,
   as a plain dict), ``format`` = ``"lvod-train-checkpoint"``.
+
+:class:`CheckpointWriter` writes ``iter_N.pth`` / ``epoch_N.pth``, points ``latest.pth``
+at the newest and prunes old ``iter_N.pth``.
 """
+
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -26,6 +32,8 @@ from lvod.io import atomic_write, torch_save_atomic
 
 FORMAT = "lvod-train-checkpoint"
 
+logger = logging.getLogger(__name__)
+
 
 def rng_state() -> dict:
     """Every RNG this process draws from, as tensors and plain Python values."""
@@ -33,8 +41,13 @@ def rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": [version, list(internal), gauss],
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -46,8 +59,9 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
-                         n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -88,9 +102,12 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt/unsafe files
-        raise DataError(path, "checkpoint", f"cannot be loaded safely ({exc})",
-                        "use a checkpoint written by lvod, or convert it to a plain state "
-                        "dict of tensors") from exc
+        raise DataError(
+            path,
+            "checkpoint",
+            f"cannot be loaded safely ({exc})",
+            "use a checkpoint written by lvod, or convert it to a plain state dict of tensors",
+        ) from exc
 
 
 def state_dict_of(ckpt: dict) -> dict:
@@ -119,9 +136,12 @@ def load_matching_weights(model: torch.nn.Module, weights: dict) -> dict:
         elif name in own:
             mismatch.append(name)
     model.load_state_dict(to_load, strict=False)
-    return {"loaded": loaded, "shape_mismatch": mismatch,
-            "missing": [k for k in own if k not in weights],
-            "unexpected": [k for k in weights if k not in own]}
+    return {
+        "loaded": loaded,
+        "shape_mismatch": mismatch,
+        "missing": [k for k in own if k not in weights],
+        "unexpected": [k for k in weights if k not in own],
+    }
 
 
 def prune_iter_checkpoints(run_dir, keep: int) -> list[Path]:
@@ -136,3 +156,123 @@ def prune_iter_checkpoints(run_dir, keep: int) -> list[Path]:
     for p in old:
         p.unlink(missing_ok=True)
     return old
+
+
+class CheckpointWriter:
+    """Writes a run's checkpoints: ``<run>/<name>``, then ``latest.pth`` and pruning.
+
+    Every rank calls :meth:`save` (the RNG states of all ranks are gathered into the
+    checkpoint); rank 0 writes. After an ``iter_*.pth`` only the newest
+    ``max_keep_iter`` of them are kept (``epoch_*.pth`` are never pruned).
+    """
+
+    def __init__(self, run_dir, *, rank: int, world: int, max_keep_iter: int):
+        self.run_dir, self.rank, self.world, self.max_keep_iter = Path(run_dir), rank, world, max_keep_iter
+
+    def save(self, name: str, state: dict) -> Path | None:
+        """Write ``state`` plus ``rng`` (one :func:`rng_state` per rank) as ``name``;
+        returns its path on rank 0, None elsewhere."""
+        rngs = [rng_state()]
+        if self.world > 1:
+            import torch.distributed as dist
+
+            rngs = [None] * self.world
+            dist.all_gather_object(rngs, rng_state())
+        if self.rank != 0:
+            return None
+        path = save_checkpoint({**state, "rng": rngs}, self.run_dir / name)
+        update_latest(path, self.run_dir / "latest.pth")
+        if name.startswith("iter_"):
+            prune_iter_checkpoints(self.run_dir, self.max_keep_iter)
+        return path
+
+
+# ----------------------------------------------------------------------------- resume config
+
+# Keys a resume may change: they do not change the trajectory of the run up to its old end.
+# ``train.epochs``: the lr steps are by epoch, so the path up to the old end is the same;
+# ``data.imgs_per_gpu``: the sampler check of the resume handles it (epoch boundaries only);
+# ``train.init_from``: skipped on resume; the weights files: replaced by the checkpoint's.
+RESUME_HARMLESS_KEYS = frozenset(
+    {
+        "name",
+        "train.stop_after_iters",
+        "train.epochs",
+        "train.progress_bar",
+        "train.tensorboard",
+        "train.log_interval",
+        "train.checkpoint_interval",
+        "train.max_keep_iter_ckpts",
+        "train.init_from",
+        "train.find_unused_parameters",
+        "data.root",
+        "data.workers_per_gpu",
+        "data.imgs_per_gpu",
+        "model.backbone_weights",
+        "model.flownet_weights",
+    }
+)
+RESUME_HARMLESS_SECTIONS = ("test.",)
+_ABSENT = "<absent>"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_differences(old: dict, new: dict) -> tuple[dict, dict]:
+    """Compare two configs as plain dicts (``lvod.config.config_to_dict``) key by key.
+
+    Returns ``(harmless, refused)``, each ``{dotted key: (old value, new value)}`` sorted
+    by key (``"<absent>"`` where a side lacks the key). ``harmless``: keys in
+    :data:`RESUME_HARMLESS_KEYS` or under :data:`RESUME_HARMLESS_SECTIONS`; ``refused``:
+    every other difference (it would change the run a resume continues).
+    """
+    a, b = _flatten(old), _flatten(new)
+    harmless, refused = {}, {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va == vb:
+            continue
+        allowed = key in RESUME_HARMLESS_KEYS or key.startswith(RESUME_HARMLESS_SECTIONS)
+        (harmless if allowed else refused)[key] = (va, vb)
+    return harmless, refused
+
+
+def format_differences(diffs: dict) -> str:
+    """``"train.lr: 0.01 -> 0.02; ..."`` for messages."""
+    return "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in diffs.items())
+
+
+def check_resume_config(ckpt: dict, cfg, path) -> dict:
+    """Compare the config stored in checkpoint ``ckpt`` (read from ``path``) with ``cfg``.
+
+    Old checkpoints' configs are migrated first (``lvod.config.config_from_dict``); a
+    checkpoint without a config is accepted with a warning. Returns the harmless
+    differences ``{key: (old, new)}`` (logged with ``logger.warning``); raises
+    ``DataError`` naming every refused key, as ``key: old -> new``.
+    """
+    from lvod.config import config_from_dict, config_to_dict
+
+    if not isinstance(ckpt.get("config"), dict):
+        logger.warning("%s stores no config: cannot check that this resume continues the same run", path)
+        return {}
+    old = config_to_dict(config_from_dict(ckpt["config"], source=str(path)))
+    harmless, refused = config_differences(old, config_to_dict(cfg))
+    if refused:
+        raise DataError(
+            path,
+            "config",
+            "the resumed run's config differs where it changes the run: " + format_differences(refused),
+            "resume with the run's own config (<run>/config.resolved.json) or train into a new --work-dir",
+        )
+    if harmless:
+        logger.warning("resuming from %s with a changed config: %s", path, format_differences(harmless))
+    return harmless
