@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lvod.errors import DataError
+from lvod.evaluation.boxes import pairwise_iou_xywh
 
 
 def load_metrics(path) -> dict:
@@ -36,11 +37,14 @@ class Run:
 def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str = "results.npz") -> Run:
     """Read ``metrics.json``, ``results.npz`` and the checkpoint's classifier of a run folder.
 
-    The head name comes from the resolved config stored in the checkpoint
-    (``config.model.head``); the checkpoint is read with ``weights_only=True``.
+    The head comes from the resolved config stored in the checkpoint, read (and migrated
+    when old) by :func:`lvod.config.config_from_dict`; the checkpoint is read with
+    ``weights_only=True``. A BAGS head's weight layout needs the group table: ``table``,
+    else the checkpoint config's ``model.groups_file`` (:func:`lvod.models.read_group_table`).
     """
     import torch
 
+    from lvod.config import config_from_dict
     from lvod.evaluation.results import load_results
 
     path = Path(path)
@@ -50,20 +54,22 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     if not isinstance(model, dict):
         raise DataError(file, "model", "the checkpoint has no 'model' state dict",
                         "pass a checkpoint written by lvod train (latest.pth or epoch_N.pth)")
-    head = _head_name(ckpt.get("config", {}))
+    cfg = config_from_dict(ckpt.get("config") or {}, source=str(file))
+    head = cfg.model.head
     weight = next((v for k, v in model.items() if k.endswith("fc_cls.weight")), None)
     if weight is None:
         raise DataError(file, "model", "no '*fc_cls.weight' in the model state dict (the detector has no "
                         "classification head lvod knows)", "pass the checkpoint of a detector lvod trained "
                         "with a softmax, seesaw or bags head")
+    if table is None and head == "bags":
+        from lvod.models import read_group_table
+
+        classes = ckpt.get("classes")
+        cat_ids = classes.get("cat_ids") if isinstance(classes, dict) else None
+        table = read_group_table(cfg.model, cat_ids)
     return Run(name=path.name, metrics=load_metrics(path / "metrics.json"),
                dets=load_results(path / results), head=head,
                weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table))
-
-
-def _head_name(config: dict) -> str:
-    head = config.get("model", {}).get("head", "softmax")
-    return head.get("name", "softmax") if isinstance(head, dict) else str(head)
 
 
 def frame_detections(dets, image_id: int, cat_ids):
@@ -133,19 +139,6 @@ def group_frame(metrics: dict):
     return pd.DataFrame(data)
 
 
-def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix (len(a), len(b)) of ``[x, y, w, h]`` boxes (continuous coordinates, as COCO)."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    ax2, ay2 = a[:, 0] + a[:, 2], a[:, 1] + a[:, 3]
-    bx2, by2 = b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]
-    iw = np.clip(np.minimum(ax2[:, None], bx2[None]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(ay2[:, None], by2[None]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def confusions(gt, dets: dict, *, iou_thr: float = 0.5, score_thr: float = 0.3):
     """Count, per ground-truth class, what the best overlapping detection called it.
 
@@ -173,7 +166,7 @@ def confusions(gt, dets: dict, *, iou_thr: float = 0.5, score_thr: float = 0.3):
         if hi == lo:
             pairs.extend((int(g_cat[i]), -1) for i in gi)
             continue
-        iou = box_iou_xywh(g_box[gi], d_box[lo:hi])
+        iou = pairwise_iou_xywh(g_box[gi], d_box[lo:hi])
         cand = np.where(iou >= iou_thr, d_score[lo:hi][None], -np.inf)
         best = cand.argmax(axis=1)
         for row, i in enumerate(gi):

@@ -1,9 +1,14 @@
-"""Group table files: lvod's ``groups.json`` and the reference BAGS formats.
+"""Group table files: lvod's ``groups.json``, the reference BAGS formats, and the
+``lvod groups`` job that writes them. The table maths is :mod:`lvod.groups` (imported
+here; it imports nothing from this module).
 
-``groups.json`` (:func:`save_groups_json` / :func:`load_groups_json`, re-exported as
-``lvod.groups.save_groups`` / ``load_groups``): format ``lvod-groups`` version 1, one line
-per class and per group, with the label convention spelled out in the file; loading
-checks every invariant of the table and raises DataError naming the record.
+``groups.json`` (:func:`save_groups` / :func:`load_groups`): format ``lvod-groups``
+version 1, one line per class and per group, with the label convention spelled out in the
+file; loading checks every invariant of the table and raises DataError naming the record.
+
+:func:`make_groups` is the ``lvod groups`` job: per-class counts from an annotation file
+or a stats CSV (:func:`counts_from_source`), a table built from them (or imported from
+BAGS files and checked against them), written as ``groups.json`` (+ the BAGS files).
 
 The BAGS code (Li et al. 2020) keeps a group table in three files:
 
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 
 from lvod.errors import DataError
-from lvod.groups import LABEL_CONVENTION, GroupTable, _num
+from lvod.groups import LABEL_CONVENTION, GroupTable, build_groups, plain_number
 from lvod.io import atomic_write
 
 FORMAT = "lvod-groups"
@@ -67,7 +72,7 @@ def _dumps(o, indent: int = 0) -> str:
 
 
 def groups_to_dict(t: GroupTable) -> dict:
-    """The JSON structure :func:`save_groups_json` writes (see ``LABEL_CONVENTION``)."""
+    """The JSON structure :func:`save_groups` writes (see ``LABEL_CONVENTION``)."""
     table, sl = t.label2binlabel.tolist(), t.pred_slice.tolist()
     classes = [{"label": i + 1, "category_id": c, "name": n,
                 "count": None if t.counts is None else t.counts[i],
@@ -86,7 +91,7 @@ def groups_to_dict(t: GroupTable) -> dict:
             "notes": list(t.notes), "classes": classes, "groups": groups}
 
 
-def save_groups_json(table: GroupTable, path) -> Path:
+def save_groups(table: GroupTable, path) -> Path:
     """Write ``table`` as readable JSON (atomically); return the path."""
     with atomic_write(path, "w", encoding="utf-8") as fh:
         fh.write(_dumps(groups_to_dict(table)) + "\n")
@@ -176,8 +181,8 @@ def groups_from_dict(d: dict, file="<dict>") -> GroupTable:
     return t
 
 
-def load_groups_json(path) -> GroupTable:
-    """Read a groups JSON written by :func:`save_groups_json`; raise DataError on any broken invariant."""
+def load_groups(path) -> GroupTable:
+    """Read a groups JSON written by :func:`save_groups`; raise DataError on any broken invariant."""
     path = Path(path)
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
@@ -257,8 +262,8 @@ class _LegacyNumpyPickler(pickle._Pickler):
 
 def bags_bin_name(lo, hi) -> str:
     """Bin key as the reference spells it: ``'(0, 10)'``, ``'[10, 100)'``, ``'[1000, ~)'``."""
-    close = "~" if math.isinf(hi) else str(_num(hi))
-    return f"{'(' if lo == 0 else '['}{_num(lo)}, {close})"
+    close = "~" if math.isinf(hi) else str(plain_number(hi))
+    return f"{'(' if lo == 0 else '['}{plain_number(lo)}, {close})"
 
 
 def valsplit_dict(table: GroupTable) -> dict[str, np.ndarray]:
@@ -313,7 +318,7 @@ def import_bags(bags_dir, cat_ids=None, names=None, *, counts=None, dataset="") 
     """
     d = Path(bags_dir)
     paths = {n: d / n for n in FILES}
-    for n, p in paths.items():
+    for p in paths.values():
         if not p.is_file():
             raise DataError(p, "file", "is missing", f"put {', '.join(FILES)} in {d}")
     split = read_valsplit(paths["valsplit.pkl"])
@@ -410,3 +415,76 @@ def read_bags_counts(path) -> tuple[np.ndarray, np.ndarray]:
                         "pass BAGS' class_to_imageid_and_inscount.pt") from None
     arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
+
+
+# ----------------------------------------------------------------------------- the lvod groups job
+
+def counts_description(source) -> str:
+    """What :func:`counts_from_source` counts in ``source`` (for the command's summary)."""
+    if Path(source).suffix.lower() == ".csv":
+        return "boxes column of the stats CSV"
+    return "non-crowd boxes per class"
+
+
+def counts_from_source(source) -> tuple[np.ndarray, list, np.ndarray, str]:
+    """``(cat_ids, names, counts, what)`` from an annotation JSON or a stats CSV.
+
+    JSON: counts = non-crowd boxes per class of the annotation file (read with
+    :func:`lvod.data.cocovid.load_cocovid`). CSV: columns ``category_id, name, boxes``
+    (as ``lvod stats`` writes ``class_stats.csv``). ``what``: :func:`counts_description`.
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".csv":
+        import pandas as pd
+
+        df = pd.read_csv(source)
+        missing = {"category_id", "name", "boxes"} - set(df.columns)
+        if missing:
+            raise DataError(source, "header", f"missing columns {sorted(missing)}",
+                            "pass class_stats.csv from lvod stats (category_id,name,boxes,...)")
+        return (df["category_id"].to_numpy(np.int64), df["name"].astype(str).tolist(),
+                df["boxes"].to_numpy(np.int64), counts_description(source))
+    from lvod.data.cocovid import load_cocovid
+
+    ds = load_cocovid(source)
+    keep = ~np.asarray(ds.ann_iscrowd, dtype=bool)
+    counts = np.bincount(np.asarray(ds.ann_labels)[keep], minlength=ds.num_classes + 1)[1:]
+    return np.asarray(ds.cat_ids, dtype=np.int64), list(ds.cat_names), counts, counts_description(source)
+
+
+def make_groups(source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None,
+                from_bags=None) -> tuple[GroupTable, dict[str, Path]]:
+    """``lvod groups``: build (or import) a group table and write ``groups.json``.
+
+    ``source``: annotation JSON or stats CSV (see :func:`counts_from_source`); ``edges``:
+    count edges (method "edges"); ``k``: groups for "quantiles"/"log". ``out`` defaults to
+    ``intermediate_files/<dataset>/groups.json`` (``dataset`` defaults to the source's file
+    stem, or the folder name of ``from_bags``). ``bags_dir``: also write the three
+    reference BAGS files there. ``from_bags``: read the table from the reference BAGS
+    files in that folder (:func:`import_bags`) instead of building it; ``method``/``edges``/
+    ``k`` are then unused, and ``source`` (optional) gives the category ids, names and
+    counts, so the imported bins are checked against the dataset (every count must fall
+    in its group's bin). Without ``source`` the labels 1..C are taken as the category ids
+    (as in LVIS).
+
+    Returns ``(table, paths)`` with ``paths = {"groups": groups.json, **{BAGS file name:
+    path}}`` (the BAGS entries only with ``bags_dir``). Nothing is written when the table
+    cannot be made. Raises DataError for a bad file, ValueError for bad ``method``/
+    ``edges``/``k`` or when neither ``source`` nor ``from_bags`` is given.
+    """
+    if source is None and from_bags is None:
+        raise ValueError("give an annotation json or stats CSV, or --from-bags DIR")
+    ids = names = counts = None
+    if source is not None:
+        ids, names, counts, _ = counts_from_source(source)
+    dataset = dataset or (Path(source).stem if source is not None else Path(from_bags).name)
+    if from_bags is not None:
+        table = import_bags(from_bags, ids, names, counts=counts, dataset=dataset)
+    else:
+        table = build_groups(ids, counts, method=method, edges=edges if method == "edges" else None,
+                             k=None if method == "edges" else k, names=names, dataset=dataset)
+    out = Path(out) if out else Path("intermediate_files") / dataset / "groups.json"
+    paths = {"groups": save_groups(table, out)}
+    if bags_dir:
+        paths.update(export_bags(table, bags_dir))
+    return table, paths

@@ -1,13 +1,51 @@
 """The ``lvod`` command line: one subcommand per job, each with ``--help``.
 
-Every subcommand imports its implementation lazily, so ``lvod --help`` is instant and a
-problem in one part never hides the others. The functions called here return an exit
-code; this module only parses arguments.
+This module only parses arguments, calls the library function of the subcommand (imported
+plainly below, so a reader can follow every command to its code), prints what it returned
+and turns errors into exit codes, the same for every command:
+
+- 0: success;
+- 1: bad input (``lvod.errors.DataError``, naming file, record and fix), a missing file,
+  a failing notebook cell, or ``lvod data check`` finding the file unusable;
+- 2: a usage error (argparse's, or a bad combination of arguments);
+- 3: training stopped on a NaN/inf loss (``lvod.engine.train.NonFiniteLossError``);
+- 130: interrupted.
+
+The library logs its progress through ``logging``; :func:`main` shows those lines on the
+console.
 """
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import subprocess
 import sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+from lvod import __version__
+from lvod.bags_io import counts_description, make_groups
+from lvod.config import load_config
+from lvod.data.cocovid import check_file
+from lvod.data.demo import format_summary as format_demo_summary
+from lvod.data.demo import make_demo
+from lvod.data.imagenet_vid import LIST_FILES, convert_imagenet_vid, format_counts
+from lvod.engine.infer import infer_video
+from lvod.engine.test import test_model
+from lvod.engine.train import NonFiniteLossError, default_run_dir, find_resume_checkpoint, torchrun_command, train
+from lvod.errors import DataError
+from lvod.evaluation import evaluate_files, format_tables, write_metrics
+from lvod.evaluation.engine import check_backend
+from lvod.groups import format_groups
+from lvod.jobs import run_demo_job
+from lvod.notebooks import NotebookFailed, list_notebooks, run_notebooks
+from lvod.stats import format_stats, write_stats
+
+
+class UsageError(Exception):
+    """Arguments that parse but do not go together: exit code 2, as argparse's errors."""
 
 
 def _add_data(sub):
@@ -17,7 +55,7 @@ def _add_data(sub):
     d = dsub.add_parser("demo", help="write the built-in synthetic long-tailed video dataset")
     d.add_argument("--out", required=True, help="output folder (frames + annotations/)")
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
-    d.set_defaults(func=lambda a: _call("lvod.data.demo", "demo_main", a.out, a.seed))
+    d.set_defaults(func=_data_demo)
 
     c = dsub.add_parser("convert-imagenet-vid",
                         help="convert the ILSVRC2015 XML tree + FGFA frame lists to CocoVID json")
@@ -27,20 +65,19 @@ def _add_data(sub):
                    help="folder with VID_train_15frames.txt, VID_val_videos.txt, DET_train_30classes.txt "
                         "(default: ROOT/ImageSets)")
     c.add_argument("--splits", default="train,val,det", help="comma-separated subset of train,val,det")
-    c.set_defaults(func=lambda a: _call("lvod.data.imagenet_vid", "convert_main", a.root, a.out,
-                                        lists=a.lists, splits=a.splits))
+    c.set_defaults(func=_data_convert)
 
     k = dsub.add_parser("check", help="validate an annotation file and print what was repaired or is fatal")
     k.add_argument("ann", help="CocoVID / COCO / TAO json")
     k.add_argument("--images", default=None, help="images root: also check that every frame file exists")
-    k.set_defaults(func=lambda a: _call("lvod.data.cocovid", "check_main", a.ann, images_root=a.images))
+    k.set_defaults(func=_data_check)
 
 
 def _add_stats_groups(sub):
     s = sub.add_parser("stats", help="per-class dataset statistics (boxes, tracks, videos, frames, sizes)")
     s.add_argument("ann", help="annotation json")
     s.add_argument("--out", required=True, help="folder for class_stats.csv/.json and summary.json")
-    s.set_defaults(func=lambda a: _call("lvod.stats", "stats_main", a.ann, a.out))
+    s.set_defaults(func=_stats)
 
     g = sub.add_parser("groups", help="build BAGS frequency-group tables from an annotation file or stats CSV, "
                                       "or import the reference BAGS files")
@@ -60,10 +97,7 @@ def _add_stats_groups(sub):
                    help="import the table from BAGS reference files in DIR (label2binlabel.pt, "
                         "pred_slice_with0.pt, valsplit.pkl) instead of building it; --method/--edges/-k unused")
     g.add_argument("--out", default=None, help="output json (default intermediate_files/<dataset>/groups.json)")
-    g.set_defaults(func=lambda a: _call(
-        "lvod.groups", "groups_main", a.source, a.out, method=a.method,
-        edges=[float(e) for e in a.edges.split(",")] if a.edges else None, k=a.k, dataset=a.dataset,
-        bags_dir=a.bags_dir, from_bags=a.from_bags))
+    g.set_defaults(func=_groups)
 
 
 def _add_engine(sub):
@@ -71,10 +105,11 @@ def _add_engine(sub):
     t.add_argument("config", help="config file under configs/")
     t.add_argument("--work-dir", default=None, help="run folder (default work_dirs/<config name>)")
     t.add_argument("--gpus", type=int, default=1, help="GPUs on this node; > 1 launches torchrun")
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's latest.pth")
+    how = t.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue from the run folder's latest.pth")
+    how.add_argument("--resume-from", default=None, metavar="CKPT", help="continue from this checkpoint")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    t.set_defaults(func=lambda a: _call("lvod.engine.train", "train_main", a.config, work_dir=a.work_dir,
-                                        gpus=a.gpus, resume=a.resume, overrides=a.overrides))
+    t.set_defaults(func=_train)
 
     e = sub.add_parser("test", help="run video inference on the config's test split and evaluate")
     e.add_argument("config")
@@ -86,9 +121,7 @@ def _add_engine(sub):
     e.add_argument("--groups", default=None, help="groups.json for per-group AP (default: the config's)")
     e.add_argument("--device", default="auto")
     e.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    e.set_defaults(func=lambda a: _call("lvod.engine.test", "test_main", a.config, a.checkpoint,
-                                        eval=() if a.no_eval else tuple(a.eval), out=a.out, groups=a.groups, device=a.device,
-                                        overrides=a.overrides))
+    e.set_defaults(func=_test)
 
     i = sub.add_parser("infer", help="detect objects in your own video file or folder of frames")
     i.add_argument("config")
@@ -102,10 +135,7 @@ def _add_engine(sub):
     i.add_argument("--max-frames", type=int, default=None)
     i.add_argument("--device", default="auto")
     i.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
-    i.set_defaults(func=lambda a: _call("lvod.engine.infer", "infer_main", a.config, a.checkpoint, a.input,
-                                        a.out, draw=a.draw, video=a.video, score_thr=a.score_thr,
-                                        device=a.device, random_weights=a.random_weights,
-                                        max_frames=a.max_frames, overrides=a.overrides))
+    i.set_defaults(func=_infer)
 
     v = sub.add_parser("eval", help="evaluate detections (COCO AP@50 per class, group and motion speed)")
     v.add_argument("--ann", required=True, help="ground-truth annotation json")
@@ -119,9 +149,7 @@ def _add_engine(sub):
     v.add_argument("--backend", choices=("lvod", "pycocotools"), default="lvod",
                    help="lvod: its own exact matcher (fast, scales to ImageNet VID val; default); "
                         "pycocotools: COCOeval per chunk of images (about 25x slower, coco protocol)")
-    v.set_defaults(func=lambda a: _call("lvod.evaluation", "eval_main", a.ann, a.results, groups=a.groups,
-                                        out=a.out, protocol=a.protocol, motion_iou=a.motion_iou,
-                                        backend=a.backend))
+    v.set_defaults(func=_eval)
 
 
 def _add_notebooks_and_jobs(sub):
@@ -132,21 +160,21 @@ def _add_notebooks_and_jobs(sub):
     r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                    help="papermill parameter (VALUE is parsed as JSON when it can be, else kept as text)")
     r.add_argument("--run-dir", default=None, help="run folder (default runs/notebooks-<timestamp>)")
-    r.set_defaults(func=lambda a: _call("lvod.notebooks", "run_main", a.name, a.parameter, a.run_dir))
+    r.set_defaults(func=_notebooks_run)
     ls = nsub.add_parser("list", help="list the notebooks")
-    ls.set_defaults(func=lambda a: _call("lvod.notebooks", "list_main"))
+    ls.set_defaults(func=_notebooks_list)
 
     j = sub.add_parser("demo-job", help="the main job on the built-in demo data (README command 1)")
     j.add_argument("--out", default="runs/demo", help="run folder")
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
-    j.set_defaults(func=lambda a: _call("lvod.jobs", "demo_job_main", a.out, seed=a.seed, quick=a.quick))
+    j.set_defaults(func=_demo_job)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lvod", description="Long-tail video object detection workbench (run 'lvod CMD --help').")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=f"lvod {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="CMD")
     _add_data(sub)
     _add_stats_groups(sub)
@@ -155,18 +183,164 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    from lvod import __version__
+# ----------------------------------------------------------------------------- data
 
-    return f"lvod {__version__}"
+def _data_demo(a) -> int:
+    print(format_demo_summary(make_demo(a.out, seed=a.seed)))
+    return 0
 
 
-def _call(module: str, func: str, *args, **kwargs) -> int:
-    import importlib
+def _data_convert(a) -> int:
+    wanted = tuple(s.strip() for s in a.splits.split(",") if s.strip())
+    if not wanted or any(s not in LIST_FILES for s in wanted):
+        raise UsageError(f"--splits {a.splits!r}: choose a comma-separated subset of {','.join(LIST_FILES)}")
+    r = convert_imagenet_vid(a.root, a.out, lists_dir=a.lists, splits=wanted)
+    for split in wanted:
+        print(format_counts(split, r[split]))
+        print(f"  written: {r['paths'][split]}")
+    return 0
 
-    fn = getattr(importlib.import_module(module), func)
-    return int(fn(*args, **kwargs) or 0)
 
+def _data_check(a) -> int:
+    report = check_file(a.ann, images_root=a.images)
+    print(report.format())
+    return 0 if report.usable else 1
+
+
+# ----------------------------------------------------------------------------- statistics, groups
+
+def _stats(a) -> int:
+    r = write_stats(a.ann, a.out)
+    print(format_stats(r["stats"], r["summary"]))
+    print("wrote " + ", ".join(str(p) for p in r["paths"].values()))
+    return 0
+
+
+def _groups(a) -> int:
+    if a.source is None and a.from_bags is None:
+        raise UsageError("give an annotation json or stats CSV, or --from-bags DIR")
+    try:
+        edges = [float(e) for e in a.edges.replace(" ", "").split(",") if e] if a.edges else None
+        table, paths = make_groups(a.source, a.out, method=a.method, edges=edges, k=a.k, dataset=a.dataset,
+                                   bags_dir=a.bags_dir, from_bags=a.from_bags)
+    except DataError:
+        raise
+    except ValueError as exc:  # bad --edges / -k for the method
+        raise UsageError(str(exc)) from None
+    print(format_groups(table))
+    if a.from_bags is not None:
+        print(f"groups: BAGS files in {a.from_bags}")
+    print(f"counts: {counts_description(a.source)} of {a.source}" if a.source is not None else
+          "counts: none (no source given; labels 1..C are the category ids)")
+    print(f"wrote {paths['groups']}" + (f" and BAGS files in {a.bags_dir}" if a.bags_dir else ""))
+    return 0
+
+
+# ----------------------------------------------------------------------------- train, test, infer, eval
+
+def _train(a) -> int:
+    cfg = load_config(a.config, a.overrides)
+    run_dir = Path(a.work_dir) if a.work_dir else default_run_dir(cfg)
+    resume = a.resume_from or a.resume
+    if a.gpus > 1 and "LOCAL_RANK" not in os.environ:
+        cmd = torchrun_command(a.config, run_dir, a.gpus, resume, a.overrides)
+        print(f"run folder: {run_dir}\nlaunching: {' '.join(cmd)}", flush=True)
+        return subprocess.call(cmd)
+    checkpoint = find_resume_checkpoint(run_dir, resume)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        print(f"run folder: {run_dir}" + (f" (resuming from {checkpoint})" if checkpoint else ""), flush=True)
+    try:
+        result = train(cfg, run_dir, resume=checkpoint)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if rank == 0:
+        print(f"done: {result['iter']} iterations; run folder: {run_dir}", flush=True)
+    return 0
+
+
+def _test(a) -> int:
+    r = test_model(a.config, a.checkpoint, eval=() if a.no_eval else tuple(a.eval), out=a.out, groups=a.groups,
+                   device=a.device, overrides=a.overrides)
+    inf, files = r["inference"], r["files"]
+    print(f"inference: {inf['frames']} frames in {inf['videos']} videos, {inf['detections']} detections, "
+          f"{inf['frames_per_second']:.2f} frames/s on {inf['device']}")
+    print(f"wrote {files['results']}")
+    if r["note"]:
+        print(r["note"])
+    if files["coco_json"] is not None:
+        print(f"wrote {files['coco_json']}")
+    if "classwise" in r:
+        print(format_tables(r), end="")
+        if r["dropped_unknown_category"]:
+            print(f"note: {r['dropped_unknown_category']} detections had a category_id not in the test split; "
+                  "not scored")
+        print("wrote " + ", ".join(str(files[k]) for k in ("metrics", "classwise", "groups")))
+    return 0
+
+
+def _infer(a) -> int:
+    r = infer_video(a.config, a.checkpoint, a.input, a.out, draw=a.draw, video=a.video, score_thr=a.score_thr,
+                    device=a.device, random_weights=a.random_weights, max_frames=a.max_frames,
+                    overrides=a.overrides)
+    count, total = r["frames"], r["total_frames"]
+    print(f"{r['kind']} {r['input']}: {count} frames" + (f" (first {count} of {total})" if count < total else "")
+          + f", {r['detections']} detections with score >= {r['score_thr']}; "
+          f"class names from {r['class_names_from']}")
+    print(f"wrote {r['files']['detections']}")
+    if r["files"]["frames"] is not None:
+        print(f"wrote {count} drawn frames to {r['files']['frames']}")
+    if r["files"]["video"] is not None:
+        print(f"wrote {r['files']['video']}")
+    return 0
+
+
+def _eval(a) -> int:
+    try:
+        check_backend(a.backend, a.protocol)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    m = evaluate_files(a.ann, a.results, groups=a.groups, protocol=a.protocol, motion_iou=a.motion_iou,
+                       backend=a.backend)
+    print(format_tables(m), end="")
+    if m["dropped_unknown_category"]:
+        print(f"note: {m['dropped_unknown_category']} detections have a category_id not in {a.ann}; not scored")
+    if a.out is not None:
+        paths = write_metrics(m, a.out)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# ----------------------------------------------------------------------------- notebooks, main job
+
+def _notebooks_run(a) -> int:
+    try:
+        run_notebooks(a.name, a.parameter, a.run_dir)
+    except NotebookFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except DataError:
+        raise
+    except ValueError as exc:  # a parameter the notebook does not declare
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _notebooks_list(a) -> int:
+    for nb in list_notebooks():
+        print(nb.stem)
+    return 0
+
+
+def _demo_job(a) -> int:
+    r = run_demo_job(a.out, seed=a.seed, quick=a.quick)
+    print(f"\n{r['summary']}\n\nmain job finished in {r['seconds']:.0f} s")
+    print(f"report: {Path(r['report']).resolve()}\nrun folder: {Path(r['run_dir']).resolve()}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- entry point
 
 def main(argv=None) -> int:
     parser = build_parser()
@@ -177,22 +351,18 @@ def main(argv=None) -> int:
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from lvod.errors import DataError
-
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except RuntimeError as exc:
-        # the training loop's NaN/inf guard says which loss at which iteration
-        if type(exc).__name__ != "NonFiniteLossError":
-            raise
-        print(f"error: {exc}", file=sys.stderr)
+    except UsageError as exc:
+        print(f"lvod {args.cmd}: error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (DataError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except NonFiniteLossError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

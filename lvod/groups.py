@@ -16,17 +16,19 @@ tables a group-softmax head needs:
 Builders (:func:`build_groups`): explicit edges (BAGS: 10, 100, 1000 give the bins
 [0, 10), [10, 100), [100, 1000), [1000, inf)), count quantiles, or log-spaced edges. Every
 method ends in integer-or-real edges and half-open bins ``[lo, hi)``; empty bins are
-dropped. :func:`save_groups` / :func:`load_groups` keep a table as human-readable JSON
-(checking every invariant on load); :func:`import_bags` / :func:`export_bags` read and
-write the reference BAGS files (``label2binlabel.pt``, ``pred_slice_with0.pt``,
-``valsplit.pkl``); both formats are implemented in :mod:`lvod.bags_io`.
-:func:`groups_main` is the ``lvod groups`` command.
+dropped. :func:`format_groups` is the table as text.
+
+This module is the maths only (no files). The files live in :mod:`lvod.bags_io`, which
+imports this module (never the other way): ``save_groups`` / ``load_groups`` (the
+readable ``groups.json``, every invariant checked on load), ``import_bags`` /
+``export_bags`` (the reference BAGS files ``label2binlabel.pt``, ``pred_slice_with0.pt``,
+``valsplit.pkl``) and ``make_groups`` (the ``lvod groups`` job: counts from a file, table,
+files).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +47,7 @@ LABEL_CONVENTION = (
 )
 
 
-def _num(x):
+def plain_number(x):
     """A count edge as int when integral, else float (keeps the JSON readable)."""
     x = float(x)
     return int(x) if x.is_integer() else x
@@ -60,7 +62,7 @@ def bin_bounds(edges, b: int) -> tuple[float, float]:
 
 def bin_name(lo, hi) -> str:
     """Readable bin name, e.g. ``'[10, 100)'`` or ``'[1000, inf)'``."""
-    return f"[{_num(lo)}, {'inf' if math.isinf(hi) else _num(hi)})"
+    return f"[{plain_number(lo)}, {'inf' if math.isinf(hi) else plain_number(hi)})"
 
 
 def assign_bins(counts, edges) -> np.ndarray:
@@ -163,9 +165,9 @@ class GroupTable:
         put(self, "cat_names", tuple(str(n) for n in self.cat_names))
         if self.counts is not None:
             put(self, "counts", tuple(int(c) for c in self.counts))
-        put(self, "edges", tuple(_num(e) for e in self.edges))
+        put(self, "edges", tuple(plain_number(e) for e in self.edges))
         put(self, "groups", tuple(tuple(int(c) for c in g) for g in self.groups))
-        put(self, "bounds", tuple((_num(lo), math.inf if hi is None or math.isinf(hi) else _num(hi))
+        put(self, "bounds", tuple((plain_number(lo), math.inf if hi is None or math.isinf(hi) else plain_number(hi))
                                   for lo, hi in self.bounds))
         put(self, "notes", tuple(self.notes))
         gol = _check_table(self, f"<GroupTable {self.dataset or 'unnamed'}>")
@@ -304,64 +306,7 @@ def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=N
                       bounds=[bin_bounds(tuple(edges), int(i)) for i in kept])
 
 
-# ----------------------------------------------------------------------------- files
-# The formats live in lvod.bags_io (imported lazily: it imports this module).
-
-def save_groups(table: GroupTable, path) -> Path:
-    """Write ``table`` as readable JSON (see :func:`lvod.bags_io.save_groups_json`)."""
-    from lvod.bags_io import save_groups_json
-
-    return save_groups_json(table, path)
-
-
-def load_groups(path) -> GroupTable:
-    """Read a groups JSON, checking every invariant (see :func:`lvod.bags_io.load_groups_json`)."""
-    from lvod.bags_io import load_groups_json
-
-    return load_groups_json(path)
-
-
-def import_bags(bags_dir, cat_ids=None, names=None, *, counts=None, dataset="") -> GroupTable:
-    """Read the reference BAGS files (see :func:`lvod.bags_io.import_bags`)."""
-    from lvod import bags_io
-
-    return bags_io.import_bags(bags_dir, cat_ids, names, counts=counts, dataset=dataset)
-
-
-def export_bags(table: GroupTable, out_dir) -> dict:
-    """Write the reference BAGS files (see :func:`lvod.bags_io.export_bags`)."""
-    from lvod import bags_io
-
-    return bags_io.export_bags(table, out_dir)
-
-
-# ----------------------------------------------------------------------------- command line
-
-def counts_from_source(source) -> tuple[np.ndarray, list, np.ndarray, str]:
-    """``(cat_ids, names, counts, what)`` from an annotation JSON or a stats CSV.
-
-    JSON: counts = non-crowd boxes per class of the annotation file (read with
-    :func:`lvod.data.cocovid.load_cocovid`). CSV: columns ``category_id, name, boxes``
-    (as ``lvod stats`` writes ``class_stats.csv``).
-    """
-    source = Path(source)
-    if source.suffix.lower() == ".csv":
-        import pandas as pd
-
-        df = pd.read_csv(source)
-        missing = {"category_id", "name", "boxes"} - set(df.columns)
-        if missing:
-            raise DataError(source, "header", f"missing columns {sorted(missing)}",
-                            "pass class_stats.csv from lvod stats (category_id,name,boxes,...)")
-        return (df["category_id"].to_numpy(np.int64), df["name"].astype(str).tolist(),
-                df["boxes"].to_numpy(np.int64), "boxes column of the stats CSV")
-    from lvod.data.cocovid import load_cocovid
-
-    ds = load_cocovid(source)
-    keep = ~np.asarray(ds.ann_iscrowd, dtype=bool)
-    counts = np.bincount(np.asarray(ds.ann_labels)[keep], minlength=ds.num_classes + 1)[1:]
-    return np.asarray(ds.cat_ids, dtype=np.int64), list(ds.cat_names), counts, "non-crowd boxes per class"
-
+# ----------------------------------------------------------------------------- text
 
 def format_groups(t: GroupTable, max_names: int = 8) -> str:
     """A plain-text table: group, bin, #classes, min/max count, class names."""
@@ -378,51 +323,3 @@ def format_groups(t: GroupTable, max_names: int = 8) -> str:
                      f"{max(c) if c else '-':>9}  {shown}")
     lines += [f"note: {n}" for n in t.notes]
     return "\n".join(lines)
-
-
-def groups_main(source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None,
-                from_bags=None) -> int:
-    """``lvod groups``: build (or import) a group table and write ``groups.json``.
-
-    ``source``: annotation JSON or stats CSV (see :func:`counts_from_source`); ``edges``:
-    a sequence or a comma string ``"10,100,1000"`` (method "edges"); ``k``: groups for
-    "quantiles"/"log". ``out`` defaults to ``intermediate_files/<dataset>/groups.json``
-    (``dataset`` defaults to the source's file stem, or the folder name of ``from_bags``).
-    ``bags_dir``: also write the three reference BAGS files there. ``from_bags``: read the
-    table from the reference BAGS files in that folder (:func:`import_bags`) instead of
-    building it; ``method``/``edges``/``k`` are then unused, and ``source`` (optional)
-    gives the category ids, names and counts, so the imported bins are checked against the
-    dataset (every count must fall in its group's bin). Without ``source`` the labels
-    1..C are taken as the category ids (as in LVIS). Prints the table; returns 0, or 2
-    after printing the error (a DataError names file, record and fix) to stderr.
-    """
-    import sys
-
-    try:
-        if source is None and from_bags is None:
-            raise ValueError("give an annotation json or stats CSV, or --from-bags DIR")
-        ids = names = counts = None
-        if source is not None:
-            ids, names, counts, what = counts_from_source(source)
-        dataset = dataset or (Path(source).stem if source is not None else Path(from_bags).name)
-        if from_bags is not None:
-            table = import_bags(from_bags, ids, names, counts=counts, dataset=dataset)
-        else:
-            if isinstance(edges, str):
-                edges = [float(e) for e in edges.replace(" ", "").split(",") if e]
-            table = build_groups(ids, counts, method=method, edges=edges if method == "edges" else None,
-                                 k=None if method == "edges" else k, names=names, dataset=dataset)
-        out = Path(out) if out else Path("intermediate_files") / dataset / "groups.json"
-        save_groups(table, out)
-        if bags_dir:
-            export_bags(table, bags_dir)
-    except ValueError as e:  # DataError is a ValueError; so are bad edges / k
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_groups(table))
-    if from_bags is not None:
-        print(f"groups: BAGS files in {from_bags}")
-    print(f"counts: {what} of {source}" if source is not None else
-          "counts: none (no source given; labels 1..C are the category ids)")
-    print(f"wrote {out}" + (f" and BAGS files in {bags_dir}" if bags_dir else ""))
-    return 0

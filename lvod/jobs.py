@@ -1,13 +1,14 @@
-"""The main job (README command 1) on the built-in demo data.
+"""The main job (README command 1) on the built-in demo data: :func:`run_demo_job`.
 
-Steps, each printing where its output went:
+Steps, each logged (``logging``, shown by the CLI) with where its output went:
 1. build the demo dataset (``data/demo``, a data cache reused when already there);
 2. per-class statistics and the frequency groups;
 3. notebook 01 (statistics and grouping), executed headless into the run folder;
 4. train the small FGFA with the softmax head and the same detector with BAGS — the two
-   runs go side by side, one CPU thread each (on 2 cores that is the fastest split);
-5. evaluate both on the demo val split (``lvod test``);
-6. notebook 04 comparing them, and a summary table; print where the report is.
+   runs go side by side, one CPU thread each (on 2 cores that is the fastest split),
+   launched and followed through :mod:`lvod.monitor`;
+5. evaluate both on the demo val split (:func:`lvod.engine.test.test_model`);
+6. notebook 04 comparing them, and a summary table.
 
 ``quick=True`` runs the same steps on a tiny dataset for a few iterations: a smoke test of
 the whole chain, not a result.
@@ -15,77 +16,69 @@ the whole chain, not a result.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import logging
 import time
 from pathlib import Path
+
+from lvod import monitor
+
+logger = logging.getLogger(__name__)
 
 DEMO_DATA = Path("data/demo")
 HEADS = {"softmax": "configs/demo/fgfa_r18_demo_softmax.toml",
          "bags": "configs/demo/fgfa_r18_demo_bags.toml"}
 QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "frames_per_video": 12}
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _step(title: str) -> None:
-    print(f"\n== {title}", flush=True)
+    logger.info("\n== %s", title)
 
 
 def build_demo_data(data_dir: Path, seed: int, sizes: dict | None = None) -> dict:
-    """Write the demo dataset unless the same seed and sizes are already in ``data_dir``."""
+    """Write the demo dataset unless the same seed and sizes are already in ``data_dir``.
+
+    Returns at least ``{"train_json", "val_json"}`` (all of :func:`make_demo`'s summary
+    when the data was written).
+    """
     from lvod.data.demo import make_demo
     from lvod.io import save_json
 
     stamp = data_dir / "demo_stamp.json"
     want = {"seed": seed, **(sizes or {})}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
-        print(f"reusing {data_dir} (seed {seed})")
+        logger.info("reusing %s (seed %d)", data_dir, seed)
         return {"train_json": data_dir / "annotations" / "train.json",
                 "val_json": data_dir / "annotations" / "val.json"}
     info = make_demo(data_dir, seed=seed, **(sizes or {}))
     save_json(want, stamp)
-    print(f"wrote {data_dir}: {info['train']['boxes']} train boxes, {info['val']['boxes']} val boxes, "
-          f"head/tail ratio {info['head_tail_ratio']:.0f}")
+    logger.info("wrote %s: %d train boxes, %d val boxes, head/tail ratio %.0f", data_dir, info["train"]["boxes"],
+                info["val"]["boxes"], info["head_tail_ratio"])
     return info
 
 
 def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> None:
-    """Train each ``{name: (config, work_dir)}`` in its own process with one thread each."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    """Train each ``{name: (config, work_dir)}`` in its own process with one thread each.
+
+    Raises RuntimeError (with the tail of its ``train.out``) when a run fails.
+    """
+    overrides = [*overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
     procs = {}
     for name, (config, work_dir) in runs.items():
-        Path(work_dir).mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "lvod.cli", "train", config, "--work-dir", str(work_dir),
-               *overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
-        out = open(Path(work_dir) / "train.out", "wb")  # noqa: SIM115 - closed below
-        procs[name] = (subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env), out)
-        print(f"training {name}: {' '.join(cmd[2:])}\n  log: {work_dir}/train.out")
+        procs[name] = monitor.start_training(config, work_dir, overrides=overrides, env=ONE_THREAD, append=False)
+        logger.info("training %s: %s\n  log: %s/train.out", name, " ".join(procs[name].args[2:]), work_dir)
     t0 = time.perf_counter()
-    while any(p.poll() is None for p, _ in procs.values()):
+    while any(p.poll() is None for p in procs.values()):
         time.sleep(poll)
         status = []
-        for name, (config, work_dir) in runs.items():
-            last = _last_train_line(Path(work_dir) / "log.jsonl")
+        for name, (_, work_dir) in runs.items():
+            last = monitor.last_record(Path(work_dir) / "log.jsonl", "train")
             status.append(f"{name} iter {last.get('iter', 0)} loss {last.get('loss', float('nan')):.3f}")
-        print(f"  [{time.perf_counter() - t0:5.0f} s] " + " | ".join(status), flush=True)
-    for name, (proc, out) in procs.items():
-        out.close()
+        logger.info("  [%5.0f s] %s", time.perf_counter() - t0, " | ".join(status))
+    for name, proc in procs.items():
         if proc.returncode != 0:
             tail = (Path(runs[name][1]) / "train.out").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
-
-
-def _last_train_line(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    for line in reversed(path.read_text().splitlines()):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if rec.get("event") == "train":
-            return rec
-    return {}
 
 
 def summary_table(metrics: dict) -> str:
@@ -100,13 +93,19 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def demo_job_main(out="runs/demo", *, seed: int = 0, quick: bool = False) -> int:
-    """Run the main job; returns 0 when every step succeeded."""
-    from lvod.engine.test import test_main
-    from lvod.groups import groups_main
+def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
+    """Run the main job into the run folder ``out``.
+
+    Returns ``{"run_dir": Path, "metrics": {head: metrics dict of test_model}, "summary":
+    markdown table (also in report/summary.md), "report": the notebook 04 HTML,
+    "seconds": wall time}``. A failing step raises (DataError, RuntimeError for a failed
+    training run, papermill's error for a failing notebook cell).
+    """
+    from lvod.bags_io import make_groups
+    from lvod.engine.test import test_model
     from lvod.io import atomic_write
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
-    from lvod.stats import stats_main
+    from lvod.stats import write_stats
 
     t0 = time.perf_counter()
     run = Path(out)
@@ -118,33 +117,29 @@ def demo_job_main(out="runs/demo", *, seed: int = 0, quick: bool = False) -> int
     train_json, val_json = data_dir / "annotations" / "train.json", data_dir / "annotations" / "val.json"
 
     _step("2. statistics and frequency groups")
-    for code in (stats_main(str(train_json), str(run / "stats")),
-                 groups_main(str(train_json), str(run / "groups.json"), method="quantiles", k=3,
-                             dataset="demo")):
-        if code:
-            return code
+    written = write_stats(train_json, run / "stats")["paths"]
+    _, groups = make_groups(train_json, run / "groups.json", method="quantiles", k=3, dataset="demo")
+    logger.info("wrote %s", ", ".join(str(p) for p in [*written.values(), *groups.values()]))
 
     _step("3. notebook 01: statistics and grouping")
     nb = run_notebook(NOTEBOOK_DIR / "01_dataset_statistics_and_grouping.ipynb", run / "notebooks",
                       {"ann_file": str(train_json), "run_dir": str(run / "notebooks"),
                        "groups_out": str(run / "notebooks" / "groups.json")})
-    print(f"wrote {nb['ipynb']} and {nb['html']}")
+    logger.info("wrote %s and %s", nb["ipynb"], nb["html"])
 
     _step("4. train FGFA with the softmax head and with the BAGS head")
-    overrides = [f"data.root={data_dir}", f"data.groups_file={run / 'groups.json'}"]
+    overrides = [f"data.root={data_dir}", f"model.groups_file={run / 'groups.json'}"]
     if quick:
         overrides += ["train.epochs=1", "train.warmup_iters=5", "train.log_interval=5"]
     runs = {name: (cfg, run / name) for name, cfg in HEADS.items()}
     train_side_by_side(runs, overrides, poll=5.0 if quick else 30.0)
 
     _step("5. evaluate both on the demo val split")
-    metrics = {}
-    for name, (cfg, work_dir) in runs.items():
-        code = test_main(cfg, str(work_dir / "latest.pth"), out=str(work_dir / "results.json"),
-                         overrides=overrides, progress=False)
-        if code:
-            return code
-        metrics[name] = json.loads((work_dir / "metrics.json").read_text())
+    metrics = {name: test_model(cfg, str(work_dir / "latest.pth"), out=str(work_dir / "results.json"),
+                                overrides=overrides, progress=False)
+               for name, (cfg, work_dir) in runs.items()}
+    for name, m in metrics.items():
+        logger.info("%s: bbox_mAP_50 %.3f; wrote %s", name, m["bbox_mAP_50"] or 0.0, m["files"]["metrics"])
 
     _step("6. notebook 04: per-group comparison")
     report = run / "report"
@@ -156,6 +151,5 @@ def demo_job_main(out="runs/demo", *, seed: int = 0, quick: bool = False) -> int
     table = summary_table(metrics)
     with atomic_write(report / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(f"# lvod main job: FGFA softmax vs BAGS on the demo val split\n\n{table}\n")
-    print(f"\n{table}\n\nmain job finished in {time.perf_counter() - t0:.0f} s")
-    print(f"report: {nb['html'].resolve()}\nrun folder: {run.resolve()}")
-    return 0
+    return {"run_dir": run, "metrics": metrics, "summary": table, "report": nb["html"],
+            "seconds": time.perf_counter() - t0}

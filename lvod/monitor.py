@@ -1,43 +1,71 @@
-"""Follow a training run from a notebook: launch ``lvod train`` as a child process and redraw
-its loss curve from the run's ``log.jsonl`` until it ends.
+"""Launch ``lvod train`` as a child process and read its run log: the one home of both,
+used by notebook 02 (live loss curve) and the main job (:mod:`lvod.jobs`, two runs side by
+side).
+
+- :func:`train_command` / :func:`start_training`: the ``lvod train`` command line and the
+  child process (its console output goes to ``<work_dir>/train.out``);
+- :func:`read_records` / :func:`read_log` / :func:`last_record`: the JSON-lines
+  ``log.jsonl`` a run writes (a torn last line of a live log is skipped);
+- :func:`plot_losses` / :func:`follow`: redraw the loss curve in a notebook until the run ends.
 
 The training itself stays in ``lvod.engine.train``; this module only launches and reads.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 
-def start_training(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=()) -> subprocess.Popen:
-    """Start ``lvod train`` in a child process (``--gpus N > 1`` makes it launch torchrun).
+def train_command(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=()) -> list[str]:
+    """``python -m lvod.cli train CONFIG --work-dir DIR --gpus N [--resume] overrides``."""
+    return [sys.executable, "-m", "lvod.cli", "train", str(config), "--work-dir", str(work_dir),
+            "--gpus", str(gpus), *(["--resume"] if resume else []), *map(str, overrides)]
 
-    Its output goes to ``<work_dir>/train.out``.
+
+def start_training(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=(), env=None,
+                   append: bool = True) -> subprocess.Popen:
+    """Start ``lvod train`` in a child process (``gpus > 1`` makes it launch torchrun).
+
+    Its output goes to ``<work_dir>/train.out`` (appended to, or replaced when
+    ``append=False``). ``env``: variables added to this process's environment for the
+    child (e.g. ``{"OMP_NUM_THREADS": "1"}``).
     """
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "lvod.cli", "train", str(config), "--work-dir", str(work_dir),
-           "--gpus", str(gpus), *(["--resume"] if resume else []), *map(str, overrides)]
-    out = open(work_dir / "train.out", "ab")  # noqa: SIM115 - owned by the child process
-    return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    cmd = train_command(config, work_dir, gpus=gpus, resume=resume, overrides=overrides)
+    with open(work_dir / "train.out", "ab" if append else "wb") as out:  # the child keeps its own handle
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=None if env is None else {**os.environ, **env})
+
+
+def read_records(path) -> list[dict]:
+    """The records of a JSON-lines log, in order; [] when the file does not exist yet."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def read_log(path):
-    """The JSON-lines training log as a DataFrame (a torn last line of a live log is skipped)."""
+    """The JSON-lines training log as a DataFrame (one row per record)."""
     import pandas as pd
 
-    rows = []
-    path = Path(path)
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return pd.DataFrame(rows)
+    return pd.DataFrame(read_records(path))
+
+
+def last_record(path, event: str = "train") -> dict:
+    """The last record of ``event`` (``"train"``: the interval losses) in a log, or {}."""
+    return next((r for r in reversed(read_records(path)) if r.get("event") == event), {})
 
 
 def plot_losses(log, ax=None):
@@ -58,7 +86,8 @@ def plot_losses(log, ax=None):
 
 
 def follow(proc: subprocess.Popen, log_path, *, every: float = 10.0) -> int:
-    """Redraw the loss curve every ``every`` seconds until ``proc`` ends; return its exit code."""
+    """Redraw the loss curve (and the last log record) every ``every`` seconds until
+    ``proc`` ends; return its exit code."""
     import matplotlib.pyplot as plt
     from IPython.display import clear_output, display
 
@@ -70,7 +99,7 @@ def follow(proc: subprocess.Popen, log_path, *, every: float = 10.0) -> int:
         display(fig)
         plt.close(fig)
         if len(log):
-            print(log.iloc[-1].to_dict())
+            display(log.iloc[-1].to_dict())
         if code is not None:
             return code
         time.sleep(every)

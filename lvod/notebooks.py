@@ -3,12 +3,18 @@
 The committed notebooks under ``notebooks/`` carry no outputs; the executed copy written
 here is the record of a run. A failing cell fails the run, and the executed notebook
 (with the error in it) is still written so it can be read.
+
+:func:`run_notebook` executes one notebook; :func:`run_notebooks` is ``lvod notebooks
+run`` (names, parameters, a run folder); :func:`list_notebooks` is ``lvod notebooks list``.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -76,11 +82,24 @@ def _export_html(ipynb: Path) -> Path:
     return html
 
 
-def run_main(name: str, params, run_dir=None) -> int:
-    """``lvod notebooks run``: execute one or all notebooks; exit 1 on the first failing cell.
+class NotebookFailed(RuntimeError):
+    """A cell of a notebook failed; the message names the notebook, the cell and the
+    executed copy kept for reading (``.ipynb`` attribute)."""
 
-    With one notebook, a parameter its ``parameters`` cell does not declare is an error;
-    with ``all``, each notebook receives the parameters it declares.
+    def __init__(self, message: str, ipynb: Path):
+        super().__init__(message)
+        self.ipynb = ipynb
+
+
+def run_notebooks(name: str, params=(), run_dir=None) -> list[dict]:
+    """``lvod notebooks run``: execute one notebook (or ``all``) into ``run_dir``.
+
+    ``params``: ``[(key, text value)]`` (values parsed by :func:`parse_value`). With one
+    notebook, a parameter its ``parameters`` cell does not declare is a ``ValueError``;
+    with ``all``, each notebook receives the parameters it declares. ``run_dir`` defaults
+    to ``runs/notebooks-<timestamp>``. Returns one :func:`run_notebook` result per notebook,
+    ``{"ipynb": Path, "html": Path | None}``; the first failing cell raises
+    :class:`NotebookFailed`. An unknown notebook name raises ``FileNotFoundError``.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -89,27 +108,22 @@ def run_main(name: str, params, run_dir=None) -> int:
     if run_dir is None:
         run_dir = Path("runs") / f"notebooks-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     notebooks = resolve(name)
+    done = []
     for nb in notebooks:
         declared = set(pm.inspect_notebook(str(nb)))
         unknown = sorted(set(user) - declared)
         if unknown and len(notebooks) == 1:
-            print(f"error: {nb.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
-            return 2
+            raise ValueError(f"{nb.name} has no parameter(s) {unknown}; it declares {sorted(declared)}")
         parameters = {k: v for k, v in user.items() if k in declared}
         if "run_dir" in declared:
             parameters.setdefault("run_dir", str(run_dir))
-        print(f"running {nb.name} -> {run_dir}")
+        logger.info("running %s -> %s", nb.name, run_dir)
         try:
             paths = run_notebook(nb, run_dir, parameters)
         except PapermillExecutionError as exc:
-            print(f"error: {nb.name} failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}\n"
-                  f"the executed notebook is kept for reading: {Path(run_dir) / nb.name}")
-            return 1
-        print(f"  wrote {paths['ipynb']}" + (f" and {paths['html']}" if paths["html"] else ""))
-    return 0
-
-
-def list_main() -> int:
-    for nb in list_notebooks():
-        print(nb.stem)
-    return 0
+            kept = Path(run_dir) / nb.name
+            raise NotebookFailed(f"{nb.name} failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}\n"
+                                 f"the executed notebook is kept for reading: {kept}", kept) from None
+        logger.info("  wrote %s", paths["ipynb"] if not paths["html"] else f"{paths['ipynb']} and {paths['html']}")
+        done.append(paths)
+    return done

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from lvod.errors import DataError
 
 SMALL, MEDIUM = 32.0 ** 2, 96.0 ** 2
 CLASS_COLUMNS = ("category_id", "name", "boxes", "boxes_manual", "boxes_generated", "crowd", "tracks",
@@ -195,24 +192,25 @@ def format_stats(stats: pd.DataFrame, summary: dict, max_rows: int = 40) -> str:
     return "\n".join(lines + [text])
 
 
-def stats_main(ann, out) -> int:
-    """``lvod stats``: write ``class_stats.csv``, ``class_stats.json`` and ``summary.json``
-    into ``out`` and print a short table. Returns 0, or 2 after printing a DataError."""
+def write_stats(ann, out) -> dict:
+    """``lvod stats``: read ``ann``, write ``class_stats.csv``, ``class_stats.json`` and
+    ``summary.json`` into ``out`` (atomically).
+
+    Returns ``{"stats": class_stats DataFrame, "summary": dataset_summary dict,
+    "paths": {"class_stats_csv", "class_stats_json", "summary_json": Path}}``. A bad
+    annotation file raises DataError.
+    """
     from lvod.data.cocovid import load_cocovid
     from lvod.io import atomic_write, save_json
 
-    try:
-        ds = load_cocovid(ann)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ds = load_cocovid(ann)
     stats = class_stats(ds)
     summary = dataset_summary(ds, stats)
     out = Path(out)
-    with atomic_write(out / "class_stats.csv", "w", encoding="utf-8", newline="") as fh:
+    paths = {"class_stats_csv": out / "class_stats.csv", "class_stats_json": out / "class_stats.json",
+             "summary_json": out / "summary.json"}
+    with atomic_write(paths["class_stats_csv"], "w", encoding="utf-8", newline="") as fh:
         stats.to_csv(fh, index=False)
-    save_json(json.loads(stats.to_json(orient="records")), out / "class_stats.json")  # NaN -> null
-    save_json(summary, out / "summary.json")
-    print(format_stats(stats, summary))
-    print(f"wrote {out / 'class_stats.csv'}, class_stats.json and summary.json")
-    return 0
+    save_json(json.loads(stats.to_json(orient="records")), paths["class_stats_json"])  # NaN -> null
+    save_json(summary, paths["summary_json"])
+    return {"stats": stats, "summary": summary, "paths": paths}

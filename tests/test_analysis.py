@@ -29,11 +29,6 @@ def _gt(tmp_path):
     return load_cocovid(path)
 
 
-def test_box_iou_xywh_by_hand():
-    iou = analysis.box_iou_xywh([[0, 0, 10, 10]], [[5, 0, 10, 10], [20, 20, 5, 5], [0, 0, 10, 10]])
-    np.testing.assert_allclose(iou, [[50 / 150, 0.0, 1.0]])
-
-
 def test_confusions_counts_right_wrong_and_missed(tmp_path):
     gt = _gt(tmp_path)
     dets = Detections(image_id=[1, 1, 1], category_id=[1, 1, 2],
@@ -81,7 +76,7 @@ def test_pick_frames_prefers_rare_classes(tmp_path):
     assert labels.tolist() == [2]
 
 
-def _run_folder(tmp_path, model: dict, head="softmax"):
+def _run_folder(tmp_path, model: dict, head="softmax", config=None):
     import torch
 
     from lvod.evaluation.results import save_results_npz
@@ -89,7 +84,7 @@ def _run_folder(tmp_path, model: dict, head="softmax"):
     (tmp_path / "metrics.json").write_text(json.dumps({"bbox_mAP_50": 0.5, "classwise": []}))
     save_results_npz(Detections(image_id=[1], category_id=[2], bbox=[[0, 0, 10, 10]], score=[0.9]),
                      tmp_path / "results.npz")
-    torch.save({"model": model, "config": {"model": {"head": head}}}, tmp_path / "latest.pth")
+    torch.save({"model": model, "config": config or {"model": {"head": head}}}, tmp_path / "latest.pth")
     return tmp_path
 
 
@@ -114,3 +109,26 @@ def test_load_run_without_classifier_raises_data_error(tmp_path):
     torch.save({"iter": 3}, tmp_path / "latest.pth")                # not a training checkpoint
     with pytest.raises(DataError, match="no 'model' state dict"):
         analysis.load_run(tmp_path)
+
+
+@pytest.mark.parametrize("old_layout", [False, True], ids=["current", "old checkpoint config"])
+def test_load_run_of_a_bags_head_reads_the_group_table_its_config_names(tmp_path, old_layout):
+    """The checkpoint's config is read as lvod.config reads it (old checkpoints migrated):
+    a BAGS run finds its group table through model.groups_file (data.groups_file before)."""
+    import torch
+
+    from lvod.bags_io import save_groups
+    from lvod.groups import build_groups
+
+    table = build_groups([1, 2, 3], [500, 50, 5], method="edges", edges=[10, 100])
+    groups = save_groups(table, tmp_path / "groups.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    model = {"model": {"head": "bags", "num_classes": 3, "groups_file": str(groups)}}
+    if old_layout:
+        model = {"model": {"head": "bags", "num_classes": 3}, "data": {"groups_file": str(groups)}}
+    w = torch.zeros(table.num_logits, 2)
+    w[7, 0], w[5, 0], w[3, 0] = 1.0, 2.0, 3.0  # class 1, 2, 3 in their groups' slices
+    loaded = analysis.load_run(_run_folder(run, {"roi_head.predictor.fc_cls.weight": w}, config=model))
+    assert loaded.head == "bags"
+    np.testing.assert_allclose(loaded.weight_norms, [1, 2, 3])

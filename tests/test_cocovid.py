@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from lvod.data.cocovid import check_main, load_cocovid
+from lvod.data.cocovid import check_file, load_cocovid
 from lvod.data.validate import clip_boxes
 from lvod.errors import DataError
 
@@ -120,8 +120,8 @@ def test_tao_category_only_file(external_data, capsys):
     assert cv.num_classes == 369 and cv.num_images == 0 and cv.num_anns == 0
     assert cv.cat_ids[0] == 17 and cv.cat_ids[-1] == 1229
     assert "category_only" in cv.report.notes and not cv.report.usable
-    assert check_main(external_data / TAO_CATS) == 1
-    assert "usable: NO" in capsys.readouterr().out
+    report = check_file(external_data / TAO_CATS)
+    assert not report.usable and "usable: NO" in report.format()
 
 
 def test_lvis_without_iscrowd(external_data):
@@ -376,7 +376,9 @@ def test_images_without_annotations_key(tmp_path):
     assert "no_annotations" in cv.report.notes and cv.report.usable
 
 
-def test_missing_image_files_and_check_main(tmp_path, capsys):
+def test_missing_image_files_and_lvod_data_check(tmp_path, capsys):
+    from lvod.cli import main
+
     path = write(tmp_path, base())
     (tmp_path / "img" / "v").mkdir(parents=True)
     for f in (0, 2):
@@ -384,22 +386,31 @@ def test_missing_image_files_and_check_main(tmp_path, capsys):
     cv = load_cocovid(path, images_root=tmp_path / "img")
     assert cv.report.missing_files.count == 1 and not cv.report.usable
     assert cv.image_path(0) == tmp_path / "img" / "v" / "000000.JPEG"
-    assert check_main(path, images_root=tmp_path / "img") == 1
+    report = check_file(path, images_root=tmp_path / "img")
+    assert not report.usable and report.missing_files.count == 1
+    assert main(["data", "check", str(path), "--images", str(tmp_path / "img")]) == 1
     out = capsys.readouterr().out
     assert "image 11 (v/000001.JPEG)" in out and "usable: NO" in out
     (tmp_path / "img" / "v" / "000001.JPEG").write_bytes(b"x")
-    assert check_main(path, images_root=tmp_path / "img") == 0
+    assert check_file(path, images_root=tmp_path / "img").usable
+    assert main(["data", "check", str(path), "--images", str(tmp_path / "img")]) == 0
     out = capsys.readouterr().out
     assert "videos 1, images 3, key_frames 1, empty_frames 1, annotations 3" in out
-    assert check_main(tmp_path / "missing.json") == 1
-    assert "does not exist" in capsys.readouterr().out
+    with pytest.raises(DataError, match="does not exist"):
+        check_file(tmp_path / "missing.json")
+    assert main(["data", "check", str(tmp_path / "missing.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err
 
 
-def test_check_main_prints_every_fatal_problem(tmp_path, capsys):
+def test_check_reports_every_fatal_problem(tmp_path, capsys):
+    from lvod.cli import main
+
     data = base()
     for a in data["annotations"][:2]:
         del a["bbox"]
-    assert check_main(write(tmp_path, data)) == 1
+    report = check_file(write(tmp_path, data))
+    assert len(report.fatal) == 2 and not report.usable
+    assert main(["data", "check", str(tmp_path / "ann.json")]) == 1
     out = capsys.readouterr().out
     assert "fatal (2)" in out and "annotation 1: has no 'bbox'" in out
     assert "annotation 2: has no 'bbox'" in out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lvod.data.cocovid import load_cocovid
-from lvod.evaluation import Detections, engine, eval_main, evaluate, library, write_coco_json
+from lvod.evaluation import Detections, engine, evaluate, evaluate_files, library, write_coco_json
 from lvod.evaluation.coco import ChunkDets, ChunkGT, match_chunk
 from lvod.evaluation.results import read_coco_json
 from lvod.evaluation.synth import synthetic_cocovid, synthetic_detections
@@ -123,16 +123,24 @@ def test_unsupported_combinations_raise(video, tmp_path, capsys):
         evaluate(gt, dets, protocol="ilsvrc", backend="pycocotools")
     with pytest.raises(ValueError, match="backend 'faster'"):
         evaluate(gt, dets, backend="faster")
-    # lvod eval: exit status 2 and a message, before loading anything (the results path does not exist)
-    assert eval_main(d / "gt.json", tmp_path / "missing.json", protocol="ilsvrc", backend="pycocotools") == 2
+    # lvod eval: refused before anything is loaded (the results path does not exist); a usage error, 2
+    with pytest.raises(ValueError, match="backend 'pycocotools'"):
+        evaluate_files(d / "gt.json", tmp_path / "missing.json", protocol="ilsvrc", backend="pycocotools")
+    from lvod.cli import main
+
+    assert main(["eval", "--ann", str(d / "gt.json"), "--results", str(tmp_path / "missing.json"),
+                 "--protocol", "ilsvrc", "--backend", "pycocotools"]) == 2
     assert "backend 'pycocotools'" in capsys.readouterr().err
 
 
-def test_eval_main_backend(video, tmp_path, capsys):
+def test_lvod_eval_backend(video, tmp_path, capsys):
+    from lvod.cli import main
+
     gt, dets, d = video
     small = dets.subset(np.isin(dets.image_id, gt.img_ids[:40]))
     write_coco_json(small, tmp_path / "dt.json")
-    assert eval_main(d / "gt.json", tmp_path / "dt.json", out=tmp_path / "m.json", backend="pycocotools") == 0
+    assert main(["eval", "--ann", str(d / "gt.json"), "--results", str(tmp_path / "dt.json"),
+                 "--out", str(tmp_path / "m.json"), "--backend", "pycocotools"]) == 0
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["backend"] == "pycocotools"
     _assert_same(evaluate(gt, small), m)

@@ -1,4 +1,4 @@
-"""Group means, motion buckets, ILSVRC rules, the official motion file, ``eval_main`` files.
+"""Group means, motion buckets, ILSVRC rules, the official motion file, ``lvod eval`` files.
 
 Hand-checkable cases. Budget ~5 s (one read of the devkit cache).
 """
@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
+from lvod.bags_io import save_groups
 from lvod.data.cocovid import load_cocovid
 from lvod.errors import DataError
-from lvod.evaluation import Detections, eval_main, evaluate, save_results_npz
+from lvod.evaluation import Detections, evaluate, evaluate_files, save_results_npz
 from lvod.evaluation.ilsvrc import small_object_thr, voc_ap
 from lvod.evaluation.motion import load_official_motion_iou, motion_iou_from_tracks
 from lvod.evaluation.report import group_means
+from lvod.groups import build_groups
 
 
 def _gt_file(tmp_path, anns, n_img=1, cats=(1, 2), videos=False):
@@ -94,23 +96,31 @@ def test_official_motion_file_is_matched_by_frame_and_object_order(tmp_path):
         load_official_motion_iou(tmp_path / "bad.mat", gt)
 
 
-def test_eval_main_prints_tables_and_writes_json_and_csv(tmp_path, capsys):
+def test_lvod_eval_prints_tables_and_writes_json_and_csv(tmp_path, capsys):
+    from lvod.cli import main
+
     anns = [_ann(1, 1, 1, [10, 10, 40, 40], instance_id=1), _ann(2, 2, 1, [12, 10, 40, 40], instance_id=1),
             _ann(3, 2, 2, [100, 100, 30, 30], instance_id=2)]
     gt, gt_path = _gt_file(tmp_path, anns, n_img=2, cats=(1, 2, 3), videos=True)
     save_results_npz(_dets([(1, 1, [10, 10, 40, 40], 0.9), (2, 2, [100, 100, 30, 30], 0.8)]),
                      tmp_path / "r.npz")
-    assert eval_main(gt_path, tmp_path / "r.npz", groups={"a": [1, 3], "b": [2]}, out=tmp_path / "m.json") == 0
+    groups = tmp_path / "groups.json"
+    save_groups(build_groups([1, 2, 3], [5, 50, 6], method="edges", edges=[10], names=["c1", "c2", "c3"]), groups)
+    returned = evaluate_files(gt_path, tmp_path / "r.npz", groups={"a": [1, 3], "b": [2]})
+    assert main(["eval", "--ann", str(gt_path), "--results", str(tmp_path / "r.npz"), "--groups", str(groups),
+                 "--out", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     # class 1: one of two objects found -> precision 1 up to recall 0.5: 51 of 101 recall points
-    assert "| bbox_mAP_50 | 75.2 |" in out and "| a | 1/2 | 50.5 | 50.5 |" in out
+    assert "| bbox_mAP_50 | 75.2 |" in out and "| [0, 10) | 1/2 | 50.5 | 50.5 |" in out
     m = json.loads((tmp_path / "m.json").read_text())
+    assert [g["group"] for g in m["groups"]] == ["[0, 10)", "[10, inf)"]
+    assert m["groups"][0]["ap50"] == returned["groups"][0]["ap50"] and m["classwise"] == returned["classwise"]
     assert m["bbox_mAP_50"] == pytest.approx((51 / 101 + 1) / 2) and m["groups"][1]["ap50"] == pytest.approx(1.0)
     assert [c["num_gt"] for c in m["classwise"]] == [2, 1, 0]
     assert m["motion_source"] == "instance tracks"
     rows = (tmp_path / "m_classwise.csv").read_text().splitlines()
     assert rows[0] == "category_id,name,num_gt,ap50,ap" and rows[3] == "3,c3,0,,"
-    assert (tmp_path / "m_groups.csv").read_text().splitlines()[1].startswith("a,1 3,1,0.50495")
+    assert (tmp_path / "m_groups.csv").read_text().splitlines()[1].startswith("\"[0, 10)\",1 3,1,0.50495")
 
 
 def test_vid_val_builder_reproduces_the_devkit_thresholds(external_data):

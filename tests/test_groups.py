@@ -13,10 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from lvod.bags_io import SafeUnpickler, read_bags_counts, read_valsplit, safe_unpickle
+from lvod.bags_io import (
+    SafeUnpickler,
+    export_bags,
+    import_bags,
+    load_groups,
+    make_groups,
+    read_bags_counts,
+    read_valsplit,
+    safe_unpickle,
+    save_groups,
+)
 from lvod.errors import DataError
-from lvod.groups import (build_groups, export_bags, groups_main, import_bags, load_groups, log_edges,
-                         quantile_edges, save_groups)
+from lvod.groups import build_groups, log_edges, quantile_edges
 
 LVIS = "bags/BUPT-PRIV_BalancedGroupSoftmax@lvis/data/lvis"
 
@@ -263,26 +272,50 @@ def test_quantile_edges_must_match_counts(tmp_path):
 
 # ----------------------------------------------------------------------------- command line
 
-def test_groups_main_from_stats_csv(tmp_path, capsys):
+def test_make_groups_from_stats_csv(tmp_path, capsys):
+    from lvod.cli import main
+
     csv = tmp_path / "class_stats.csv"
     csv.write_text("category_id,name,boxes,tracks\n1,airplane,50,3\n2,bear,5,1\n3,car,500,9\n4,dog,7,2\n")
     out = tmp_path / "out" / "groups.json"
-    assert groups_main(csv, out, method="edges", edges="10,100", dataset="toy") == 0
-    t = load_groups(out)
-    assert t.groups == ((2, 4), (1,), (3,)) and t.cat_names == ("airplane", "bear", "car", "dog")
+    table, paths = make_groups(csv, out, method="edges", edges=[10, 100], dataset="toy")
+    assert paths == {"groups": out} and load_groups(out) == table
+    assert table.groups == ((2, 4), (1,), (3,)) and table.cat_names == ("airplane", "bear", "car", "dog")
+    assert main(["groups", str(csv), "--dataset", "toy", "--method", "edges", "--edges", "10,100",
+                 "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "[0, 10)" in text and "bear, dog" in text and str(out) in text
-    assert groups_main(csv, out, method="quantiles", k=2, bags_dir=tmp_path / "bags") == 0
-    assert load_groups(out).groups == ((2, 4), (1, 3)) and (tmp_path / "bags" / "valsplit.pkl").is_file()
+    assert "counts: boxes column of the stats CSV of" in text
+    table, paths = make_groups(csv, out, method="quantiles", k=2, bags_dir=tmp_path / "bags")
+    assert load_groups(out).groups == ((2, 4), (1, 3)) == table.groups
+    assert paths["valsplit.pkl"] == tmp_path / "bags" / "valsplit.pkl" and paths["valsplit.pkl"].is_file()
     csv.write_text("category_id,boxes\n1,5\n")
-    assert groups_main(csv, out, method="edges", edges="10") == 2
+    with pytest.raises(DataError, match=r"missing columns \['name'\]"):
+        make_groups(csv, out, method="edges", edges=[10])
+    assert main(["groups", str(csv), "--dataset", "toy", "--edges", "10", "--method", "edges"]) == 1
     assert "missing columns ['name']" in capsys.readouterr().err
 
 
-def test_groups_main_from_annotations(external_data, tmp_path, capsys):
+def test_groups_command_exit_codes_for_bad_edges_and_k(tmp_path, capsys, monkeypatch):
+    from lvod.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "class_stats.csv"
+    csv.write_text("category_id,name,boxes\n1,a,50\n2,b,5\n")
+    # arguments that cannot mean anything: usage errors (2)
+    assert main(["groups", str(csv), "--dataset", "toy", "--method", "edges", "--edges", "ten"]) == 2
+    assert main(["groups", str(csv), "--dataset", "toy", "--method", "quantiles", "-k", "0"]) == 2
+    assert "integer k >= 1" in capsys.readouterr().err
+    # a table that breaks an invariant: a DataError naming the record (1)
+    assert main(["groups", str(csv), "--dataset", "toy", "--method", "edges", "--edges", "100,10"]) == 1
+    assert "edges [100, 10] are not positive and strictly ascending" in capsys.readouterr().err
+    assert not (tmp_path / "intermediate_files").exists()
+
+
+def test_make_groups_from_annotations(external_data, tmp_path):
     ann = external_data / "mmtracking/master/tests/data/demo_cocovid_data/ann.json"
-    assert groups_main(ann, tmp_path / "g.json", method="edges", edges=[5]) == 0
-    t = load_groups(tmp_path / "g.json")
+    t, _ = make_groups(ann, tmp_path / "g.json", method="edges", edges=[5])
+    assert load_groups(tmp_path / "g.json") == t
     # non-crowd boxes: car 4 (instance 1; the 3 crowd boxes do not count), person 3
     assert t.counts == (4, 3) and t.groups == ((1, 2),) and t.dataset == "ann"
     assert math.isclose(t.bounds[0][1], 5)
@@ -331,7 +364,7 @@ def test_cli_from_bags_without_source_and_against_a_wrong_dataset(tmp_path, caps
     text = csv.read_text().replace("blue_square,384", "blue_square,5")
     csv.write_text(text)
     assert main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo",
-                 "--out", str(tmp_path / "bad.json")]) == 2
+                 "--out", str(tmp_path / "bad.json")]) == 1
     err = capsys.readouterr().err
     assert "valsplit.pkl" in err and "category_id 2" in err and "outside its group's bin" in err
     assert not (tmp_path / "bad.json").exists()

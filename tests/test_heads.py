@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from lvod.config import HEAD_SETTINGS, ModelConfig
 from lvod.errors import DataError
-from lvod.groups import build_groups, import_bags
+from lvod.bags_io import import_bags
+from lvod.groups import build_groups
 from lvod.models import build_model, check_group_table
 from lvod.models import losses as L
 from lvod.models.heads import HEADS, SoftmaxHead, build_head

@@ -9,8 +9,13 @@ from pathlib import Path
 import pytest
 
 from lvod.data.cocovid import load_cocovid
-from lvod.data.imagenet_vid import (VID_CLASSES, convert_imagenet_vid, convert_main,
-                                    parse_det_list, parse_vid_train_list, parse_vid_val_list)
+from lvod.data.imagenet_vid import (
+    VID_CLASSES,
+    convert_imagenet_vid,
+    parse_det_list,
+    parse_vid_train_list,
+    parse_vid_val_list,
+)
 from lvod.errors import DataError
 
 V1 = "train/ILSVRC2015_VID_train_0000/ILSVRC2015_train_00000000"
@@ -141,13 +146,17 @@ def test_list_errors(tmp_path):
         parse_vid_val_list(p)
 
 
-def test_convert_main_prints_counts(tree, tmp_path, capsys):
-    assert convert_main(tree, tmp_path / "o", splits="train,det") == 0
+def test_lvod_data_convert_prints_counts(tree, tmp_path, capsys):
+    from lvod.cli import main
+
+    assert main(["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"),
+                 "--splits", "train,det"]) == 0
     out = capsys.readouterr().out
     assert "train: 2 videos, 8 images (3 key frames, 1 without objects), 9 boxes" in out
     assert "2 objects of other classes skipped" in out
-    assert convert_main(tree, tmp_path / "o", splits="test") == 2
-    assert convert_main(tmp_path / "nowhere", tmp_path / "o") == 1
+    assert main(["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"),
+                 "--splits", "test"]) == 2
+    assert main(["data", "convert-imagenet-vid", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
     assert "pass --lists" in capsys.readouterr().err
 
 

@@ -123,7 +123,8 @@ def test_mp4_writer_leaves_nothing_on_error(tmp_path):
 SMALL = ("data.img_scale=[256, 144]",)
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:--random-weights:UserWarning")]
 
 
 @pytest.fixture
@@ -158,41 +159,43 @@ def _check_detections(doc, num_frames, width, height, names=("car", "person")):
     return total
 
 
-def test_infer_demo_mp4_writes_json_frames_and_video(external_data, tiny_config, tmp_path, capsys):
-    from lvod.engine.infer import infer_main
+def test_infer_demo_mp4_writes_json_frames_and_video(external_data, tiny_config, tmp_path):
+    from lvod.engine.infer import infer_video
 
     out = tmp_path / "out"
-    rc = infer_main(tiny_config(), None, external_data / DEMO_MP4, out, draw=True, video=True,
-                    score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL,
-                    progress=False)
-    assert rc == 0
+    with pytest.warns(UserWarning, match="untrained"):
+        r = infer_video(tiny_config(), None, external_data / DEMO_MP4, out, draw=True, video=True,
+                        score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL,
+                        progress=False)
+    assert r["files"] == {"detections": out / "detections.json", "frames": out / "frames",
+                          "video": out / "video.mp4"}
     doc = json.loads((out / "detections.json").read_text())
     assert doc["kind"] == "video" and doc["total_frames"] == 8 and doc["random_weights"]
     total = _check_detections(doc, 8, 1920, 1080)
     assert total > 0, "score_thr 0 keeps the detector's raw output, which is never empty here"
+    assert (r["kind"], r["frames"], r["total_frames"], r["detections"]) == ("video", 8, 8, total)
     assert doc["frames"][3]["file"] == "demo.mp4#000003"
     assert sorted(p.name for p in (out / "frames").iterdir()) == [f"{i:06d}.jpg" for i in range(8)]
     assert video_io.read_image(out / "frames" / "000000.jpg").shape == (1080, 1920, 3)
     written = video_io.open_source(out / "video.mp4")
     assert (written.num_frames, written.fps) == (8, pytest.approx(3.0))
-    assert "8 frames" in capsys.readouterr().out
 
 
 def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_path):
-    from lvod.engine.infer import infer_main
+    from lvod.engine.infer import infer_video
 
     # FGFA with a 3-frame window: results lag the input, frames are prefetched on 2 threads
-    rc = infer_main(tiny_config("fgfa", workers=2), None, external_data / BIKES_MP4,
+    r = infer_video(tiny_config("fgfa", workers=2), None, external_data / BIKES_MP4,
                     tmp_path / "bikes", score_thr=0.0, device="cpu", random_weights=True,
                     max_frames=5, overrides=SMALL, progress=False)
-    assert rc == 0
+    assert (r["frames"], r["total_frames"], r["files"]["frames"], r["files"]["video"]) == (5, 250, None, None)
     doc = json.loads((tmp_path / "bikes" / "detections.json").read_text())
     assert doc["total_frames"] == 250 and doc["fps"] == pytest.approx(25.0)
     _check_detections(doc, 5, 640, 272)
     assert not (tmp_path / "bikes" / "frames").exists() and not (tmp_path / "bikes" / "video.mp4").exists()
 
     # drawn frame k is input frame k (no box passes a threshold above 1, so only JPEG noise)
-    infer_main(tiny_config("fgfa"), None, external_data / BIKES_MP4, tmp_path / "drawn",
+    infer_video(tiny_config("fgfa"), None, external_data / BIKES_MP4, tmp_path / "drawn",
                draw=True, score_thr=1.1, device="cpu", random_weights=True, max_frames=5,
                overrides=SMALL, progress=False)
     inputs = [f.image.astype(np.int16) for f in video_io.open_source(
@@ -202,14 +205,14 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
         diffs = [np.abs(drawn - im).mean() for im in inputs]
         assert int(np.argmin(diffs)) == k and diffs[k] < 3
 
-    infer_main(tiny_config(), None, external_data / VID_FOLDER, tmp_path / "vid", score_thr=0.0,
+    infer_video(tiny_config(), None, external_data / VID_FOLDER, tmp_path / "vid", score_thr=0.0,
                device="cpu", random_weights=True, max_frames=3, overrides=SMALL, progress=False)
     doc = json.loads((tmp_path / "vid" / "detections.json").read_text())
     assert doc["kind"] == "frames" and doc["total_frames"] == 144
     _check_detections(doc, 3, 1280, 720)
     assert [f["file"] for f in doc["frames"]] == ["000000.JPEG", "000001.JPEG", "000002.JPEG"]
 
-    infer_main(tiny_config(), None, external_data / VID_FOLDER / "000100.JPEG", tmp_path / "one",
+    infer_video(tiny_config(), None, external_data / VID_FOLDER / "000100.JPEG", tmp_path / "one",
                score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL, progress=False)
     doc = json.loads((tmp_path / "one" / "detections.json").read_text())
     assert (doc["kind"], doc["total_frames"]) == ("image", 1)
@@ -218,11 +221,11 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
 
 
 def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):
-    from lvod.engine.infer import infer_main
+    from lvod.engine.infer import infer_video
 
     kw = dict(device="cpu", random_weights=True, max_frames=2, overrides=SMALL, progress=False)
-    infer_main(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "a", score_thr=0.0, **kw)
-    infer_main(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "b", score_thr=0.45, **kw)
+    infer_video(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "a", score_thr=0.0, **kw)
+    infer_video(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "b", score_thr=0.45, **kw)
     a = json.loads((tmp_path / "a" / "detections.json").read_text())
     b = json.loads((tmp_path / "b" / "detections.json").read_text())
     for fa, fb in zip(a["frames"], b["frames"]):
@@ -233,9 +236,20 @@ def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):
 
 
 def test_infer_needs_checkpoint_or_random_weights(external_data, tiny_config, tmp_path):
-    from lvod.engine.infer import infer_main
+    from lvod.engine.infer import infer_video
 
     with pytest.raises(DataError, match="--random-weights"):
-        infer_main(tiny_config(), None, external_data / DEMO_MP4, tmp_path / "o", device="cpu",
+        infer_video(tiny_config(), None, external_data / DEMO_MP4, tmp_path / "o", device="cpu",
                    overrides=SMALL, progress=False)
     assert not (tmp_path / "o" / "detections.json").exists()
+
+
+def test_lvod_infer_prints_what_it_wrote(external_data, tiny_config, tmp_path, capsys):
+    from lvod.cli import main
+
+    out = tmp_path / "o"
+    assert main(["infer", str(tiny_config()), str(external_data / BIKES_MP4), "--out", str(out),
+                 "--random-weights", "--max-frames", "2", "--device", "cpu", *SMALL]) == 0
+    text = capsys.readouterr().out
+    assert f"video {external_data / BIKES_MP4}: 2 frames (first 2 of 250)" in text
+    assert f"wrote {out / 'detections.json'}" in text and "drawn frames" not in text

@@ -289,13 +289,13 @@ def test_results_paths_never_write_a_pickle(tmp_path):
 
 def test_lvod_test_fgfa_end_to_end(tiny_config, tmp_path, capsys):
     """Tiny FGFA (window 3) over the 8 grey frames: npz + COCO json + metrics + table."""
-    from lvod.engine.test import test_main
+    from lvod.engine.test import test_model
     from lvod.evaluation import read_coco_json
 
     out = tmp_path / "res" / "results.json"
-    rc = test_main(tiny_config("fgfa"), None, eval=("bbox",), out=out, device="cpu",
+    m = test_model(tiny_config("fgfa"), None, eval=("bbox",), out=out, device="cpu",
                    random_weights=True, progress=False)
-    assert rc == 0
+    assert m["inference"]["frames"] == 8 and m["files"]["metrics"] == tmp_path / "res" / "metrics.json"
     dets = load_results(out.with_suffix(".npz"))
     assert set(dets.image_id.tolist()) <= set(range(1, 9)) and len(dets) > 0
     assert np.bincount(dets.image_id, minlength=9)[1:].max() <= 20, "test_max_dets per frame"
@@ -308,15 +308,16 @@ def test_lvod_test_fgfa_end_to_end(tiny_config, tmp_path, capsys):
     metrics = json.loads((tmp_path / "res" / "metrics.json").read_text())
     assert metrics["num_detections"] == len(dets) and metrics["inference"]["frames"] == 8
     assert [c["num_gt"] for c in metrics["classwise"]] == [3, 4]
-    printed = capsys.readouterr().out
-    assert "| bbox_mAP_50 |" in printed and "inference: 8 frames in 1 videos" in printed
+    from lvod.evaluation import format_tables
+
+    assert "| bbox_mAP_50 |" in format_tables(m) and m["inference"]["videos"] == 1
 
 
 def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
     from lvod.config import load_config
     from lvod.engine.checkpointing import save_checkpoint
     from lvod.engine.inference import load_model
-    from lvod.engine.test import test_main
+    from lvod.engine.test import test_model
 
     cfg_path = tiny_config()
     model, _ = load_model(load_config(cfg_path), None, random_weights=True)
@@ -324,11 +325,11 @@ def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     ckpt = save_checkpoint({"model": model.state_dict()}, tmp_path / "run" / "epoch_1.pth")
-    assert test_main(cfg_path, ckpt, eval=(), device="cpu", progress=False) == 0
+    test_model(cfg_path, ckpt, eval=(), device="cpu", progress=False)
     from_ckpt = load_results(tmp_path / "run" / "test" / "results.npz")
-    test_main(cfg_path, None, eval=[], out=tmp_path / "rand.pkl", device="cpu",
-              random_weights=True, progress=False)
-    assert "does not write pickles" in capsys.readouterr().out
+    r = test_model(cfg_path, None, eval=[], out=tmp_path / "rand.pkl", device="cpu",
+                   random_weights=True, progress=False)
+    assert "does not write pickles" in r["note"]
     assert not (tmp_path / "rand.pkl").exists()
     rand = load_results(tmp_path / "rand.npz")
     assert len(from_ckpt) and not (len(from_ckpt) == len(rand)
@@ -336,17 +337,17 @@ def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
         "the checkpoint's weights were used, not the random initialisation"
 
     with pytest.raises(DataError, match=r"another shape.*shared_fcs"):
-        test_main(tiny_config(extra="roi_size = 5"), ckpt, out=tmp_path / "x.npz",
+        test_model(tiny_config(extra="roi_size = 5"), ckpt, out=tmp_path / "x.npz",
                   device="cpu", progress=False)
     with pytest.raises(DataError, match="do not fit.*unexpected"):
-        test_main(tiny_config(kind="selsa", extra="selsa_attention_blocks = 4"), ckpt,
+        test_model(tiny_config(kind="selsa", extra="selsa_attention_blocks = 4"), ckpt,
                   out=tmp_path / "x.npz", device="cpu", progress=False)
     with pytest.raises(DataError, match="model.num_classes = 3"):
-        test_main(tiny_config(num_classes=3), ckpt, out=tmp_path / "x.npz", device="cpu",
+        test_model(tiny_config(num_classes=3), ckpt, out=tmp_path / "x.npz", device="cpu",
                   progress=False)
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(DataError, match="unknown metric"):
-        test_main(cfg_path, ckpt, eval=("segm",), device="cpu", progress=False)
+        test_model(cfg_path, ckpt, eval=("segm",), device="cpu", progress=False)
 
 
 def test_mmtracking_fgfa_checkpoint_loads_and_asks_for_its_warp_grid(tiny_config, tmp_path):

@@ -5,8 +5,8 @@ import json
 import nbformat
 import pytest
 
-from lvod.groups import load_groups
-from lvod.jobs import demo_job_main, summary_table
+from lvod.bags_io import load_groups
+from lvod.jobs import run_demo_job, summary_table
 
 
 def test_summary_table_lists_both_heads_and_every_group():
@@ -24,15 +24,20 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
 
     repo_configs = {k: str(jobs.Path(__file__).resolve().parents[1] / v) for k, v in jobs.HEADS.items()}
     monkeypatch.setattr(jobs, "HEADS", repo_configs)
-    assert demo_job_main("run", quick=True) == 0
+    r = run_demo_job("run", quick=True)
     run = tmp_path / "run"
+    assert r["run_dir"] == jobs.Path("run") and r["report"] == jobs.Path("run/report/04_per_group_ap_analysis.html")
     assert load_groups(run / "groups.json").num_groups >= 1
     assert (run / "notebooks" / "01_dataset_statistics_and_grouping.html").exists()
     for head in ("softmax", "bags"):
         metrics = json.loads((run / head / "metrics.json").read_text())
+        returned = r["metrics"][head]
+        assert metrics == {k: v for k, v in returned.items() if k not in ("files", "note")}
+        assert returned["files"]["results"] == jobs.Path(f"run/{head}/results.npz")
         assert 0.0 <= metrics["bbox_mAP_50"] <= 1.0
         assert len(metrics["classwise"]) == 12 and metrics["groups"]
         assert (run / head / "results.npz").exists() and (run / head / "latest.pth").exists()
+    assert r["summary"] == summary_table(r["metrics"])
     report = nbformat.read(str(run / "report" / "04_per_group_ap_analysis.ipynb"), as_version=4)
     assert not any(o.get("output_type") == "error" for c in report.cells for o in c.get("outputs", []))
     for png in ("ap_vs_frequency", "groups", "gain_bags", "weight_norms", "frames"):
@@ -42,7 +47,7 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
     # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
 
-    data = ["data.root=run/data-quick", "data.groups_file=run/groups.json"]
+    data = ["data.root=run/data-quick", "model.groups_file=run/groups.json"]
     run_notebook(NOTEBOOK_DIR / "02_train.ipynb", run / "nb", {
         "config": repo_configs["softmax"], "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
         "work_dir": "run/nb-train", "refresh_seconds": 1})

@@ -1,14 +1,13 @@
 """Notebooks: committed clean, tagged parameters cell, and notebook 01 runs headless on demo data."""
 import ast
 import json
-from pathlib import Path
 
 import nbformat
 import pandas as pd
 import pytest
 
-from lvod.groups import load_groups
-from lvod.notebooks import list_notebooks, run_main
+from lvod.bags_io import load_groups
+from lvod.notebooks import NotebookFailed, list_notebooks, run_notebooks
 
 NOTEBOOKS = list_notebooks()
 
@@ -39,9 +38,10 @@ def test_committed_without_outputs_and_with_a_parameters_cell(path):
 
 def test_notebook_01_runs_headless_on_demo_data(demo_data, tmp_path):
     run = tmp_path / "run"
-    code = run_main("01", [("ann_file", str(demo_data["train_json"])), ("method", "quantiles"), ("k", "3")],
-                    run_dir=str(run))
-    assert code == 0
+    done = run_notebooks("01", [("ann_file", str(demo_data["train_json"])), ("method", "quantiles"), ("k", "3")],
+                         run_dir=str(run))
+    assert done == [{"ipynb": run / "01_dataset_statistics_and_grouping.ipynb",
+                     "html": run / "01_dataset_statistics_and_grouping.html"}]
     assert (run / "01_dataset_statistics_and_grouping.ipynb").exists()
     assert (run / "01_dataset_statistics_and_grouping.html").stat().st_size > 10_000
     stats = pd.read_csv(run / "class_stats.csv")
@@ -56,12 +56,31 @@ def test_notebook_01_runs_headless_on_demo_data(demo_data, tmp_path):
     assert json.loads((run / "summary.json").read_text())
 
 
-def test_a_failing_cell_fails_the_command_and_keeps_the_notebook(tmp_path):
+def test_a_failing_cell_fails_the_command_and_keeps_the_notebook(tmp_path, capsys):
+    from lvod.cli import main
+
     run = tmp_path / "run"
-    code = run_main("01", [("ann_file", str(tmp_path / "missing.json"))], run_dir=str(run))
-    assert code == 1
-    assert (run / "01_dataset_statistics_and_grouping.ipynb").exists()
+    with pytest.raises(NotebookFailed, match="failed in cell") as exc:
+        run_notebooks("01", [("ann_file", str(tmp_path / "missing.json"))], run_dir=str(run))
+    assert exc.value.ipynb == run / "01_dataset_statistics_and_grouping.ipynb" and exc.value.ipynb.exists()
+    assert main(["notebooks", "run", "01", "-p", "ann_file", str(tmp_path / "missing.json"),
+                 "--run-dir", str(tmp_path / "run2")]) == 1
+    err = capsys.readouterr().err
+    assert "DataError" in err and "the executed notebook is kept for reading" in err
 
 
-def test_unknown_parameter_is_refused(tmp_path):
-    assert run_main("01", [("no_such_param", "1")], run_dir=str(tmp_path)) == 2
+def test_unknown_parameter_is_refused(tmp_path, capsys):
+    from lvod.cli import main
+
+    with pytest.raises(ValueError, match=r"no parameter\(s\) \['no_such_param'\]"):
+        run_notebooks("01", [("no_such_param", "1")], run_dir=str(tmp_path))
+    assert main(["notebooks", "run", "01", "-p", "no_such_param", "1", "--run-dir", str(tmp_path)]) == 2
+    assert "no_such_param" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_lvod_notebooks_list(capsys):
+    from lvod.cli import main
+
+    assert main(["notebooks", "list"]) == 0
+    assert capsys.readouterr().out.split() == [p.stem for p in NOTEBOOKS]

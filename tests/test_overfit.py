@@ -21,7 +21,7 @@ from lvod.engine.data import TrainDataset, collate
 from lvod.engine.inference import build_test_transform, run_inference
 from lvod.evaluation.report import evaluate
 from lvod.evaluation.results import ResultsWriter, load_npz
-from lvod.groups import load_groups
+from lvod.bags_io import load_groups
 from lvod.config import ModelConfig
 from lvod.models import build_model
 

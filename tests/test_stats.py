@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from lvod.data.cocovid import load_cocovid
-from lvod.stats import CLASS_COLUMNS, box_sizes, class_stats, dataset_summary, stats_main, track_lengths
+from lvod.errors import DataError
+from lvod.stats import CLASS_COLUMNS, box_sizes, class_stats, dataset_summary, track_lengths, write_stats
 
 
 def _ann(i, img, cat, box, inst=None, **flags):
@@ -118,10 +119,16 @@ def test_real_mmtracking_cocovid(external_data):
     assert (summary["boxes"], summary["crowd"], summary["tracks"]) == (7, 3, 2)
 
 
-def test_stats_main_writes_files(tmp_path, capsys):
+def test_write_stats_writes_files_and_the_command_prints_them(tmp_path, capsys):
+    from lvod.cli import main
+
     ann = tmp_path / "hand.json"
     ann.write_text(json.dumps(HAND))
-    assert stats_main(ann, tmp_path / "out") == 0
+    r = write_stats(ann, tmp_path / "out")
+    assert r["paths"] == {"class_stats_csv": tmp_path / "out" / "class_stats.csv",
+                          "class_stats_json": tmp_path / "out" / "class_stats.json",
+                          "summary_json": tmp_path / "out" / "summary.json"}
+    assert r["summary"]["tracks"] == 3 and r["stats"]["boxes"].tolist() == [5, 3, 0]
     csv = pd.read_csv(tmp_path / "out" / "class_stats.csv")
     assert csv.columns[:6].tolist() == ["category_id", "name", "boxes", "boxes_manual", "boxes_generated", "crowd"]
     assert csv[["category_id", "boxes", "tracks", "videos", "frames"]].values.tolist() == [
@@ -129,8 +136,11 @@ def test_stats_main_writes_files(tmp_path, capsys):
     records = json.loads((tmp_path / "out" / "class_stats.json").read_text())
     assert records[2]["name"] == "zebra" and records[2]["mean_track_length"] is None
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["tracks"] == 3
+    assert main(["stats", str(ann), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "2 videos, 6 frames" in out and "zebra" in out
+    assert "2 videos, 6 frames" in out and "zebra" in out and "class_stats.csv" in out
     (tmp_path / "bad.json").write_text("[1, 2]")
-    assert stats_main(tmp_path / "bad.json", tmp_path / "out2") == 2
+    with pytest.raises(DataError, match="JSON array, not an object"):
+        write_stats(tmp_path / "bad.json", tmp_path / "out2")
+    assert main(["stats", str(tmp_path / "bad.json"), "--out", str(tmp_path / "out2")]) == 1
     assert "bad.json" in capsys.readouterr().err and not (tmp_path / "out2").exists()

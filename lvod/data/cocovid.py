@@ -297,17 +297,19 @@ def load_cocovid(path, *, images_root=None, check_images=False, strict=False) ->
         report=report)
 
 
-def check_main(ann_path, images_root=None) -> int:
-    """``lvod data check``: print the load report; 0 when the file is usable, else 1.
+def check_file(ann_path, images_root=None) -> LoadReport:
+    """``lvod data check``: load ``ann_path`` and return its :class:`LoadReport`.
 
-    Image files are checked when ``images_root`` is given. A fatal ``DataError`` is printed
-    (with the partial report) and gives 1.
+    Image files are checked when ``images_root`` is given. A fatal defect found while the
+    file is being read gives the partial report (``report.fatal`` holds the DataError,
+    ``report.usable`` is False); a file that cannot be read at all (missing, not JSON)
+    raises the DataError.
     """
     try:
         cv = load_cocovid(ann_path, images_root=images_root, check_images=images_root is not None)
     except DataError as e:
         report = getattr(e, "report", None)
-        print(report.format() if report is not None else f"error: {e}")
-        return 1
-    print(cv.report.format())
-    return 0 if cv.report.usable else 1
+        if report is None:
+            raise
+        return report
+    return cv.report

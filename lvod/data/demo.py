@@ -421,20 +421,17 @@ def _readme_text(r: dict, seed: int, W: int, H: int, n: int) -> str:
     return "\n".join(lines)
 
 
-def demo_main(out, seed: int = 0, **sizes) -> int:
-    """CLI entry (``lvod data demo --out DIR [--seed N]``): write the set, print a summary,
-    return the exit status 0. ``sizes`` are passed to ``make_demo`` (``num_train_videos``,
-    ``num_val_videos``, ``frames_per_video``, ``image_size``)."""
-    r = make_demo(out, seed=seed, **sizes)
-    print(f"demo dataset written to {r['out_dir']}")
-    print(f"  images root: {r['images_root']}")
-    print(f"  annotations: {r['train_json']}, {r['val_json']}")
+def format_summary(r: dict) -> str:
+    """The console summary of :func:`make_demo`'s result ``r`` (``lvod data demo``):
+    where the files are, per split counts, the per-class box table and the head/tail ratio."""
+    lines = [f"demo dataset written to {r['out_dir']}", f"  images root: {r['images_root']}",
+             f"  annotations: {r['train_json']}, {r['val_json']}"]
     for split in ("train", "val"):
         s = r[split]
-        print(f"  {split}: {s['videos']} videos, {s['images']} frames ({s['key_frames']} key), "
-              f"{s['boxes']} boxes, {s['degraded_frames']} degraded frames")
-    print(f"  {'class':<16} {'train':>6} {'val':>6}")
+        lines.append(f"  {split}: {s['videos']} videos, {s['images']} frames ({s['key_frames']} key), "
+                     f"{s['boxes']} boxes, {s['degraded_frames']} degraded frames")
+    lines.append(f"  {'class':<16} {'train':>6} {'val':>6}")
     for i, name in enumerate(r["classes"]):
-        print(f"  {name:<16} {r['train']['per_class'][i]:>6} {r['val']['per_class'][i]:>6}")
-    print(f"  head/tail ratio (train boxes): {r['head_tail_ratio']:.1f}")
-    return 0
+        lines.append(f"  {name:<16} {r['train']['per_class'][i]:>6} {r['val']['per_class'][i]:>6}")
+    lines.append(f"  head/tail ratio (train boxes): {r['head_tail_ratio']:.1f}")
+    return "\n".join(lines)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -354,25 +353,3 @@ def format_counts(split: str, c: dict) -> str:
         head += f", {c['skipped_objects']} objects of other classes skipped"
     per = ", ".join(f"{n} {k}" for n, k in c["boxes_per_class"].items())
     return f"{head}\n  boxes per class: {per}"
-
-
-def convert_main(root, out, lists=None, splits: str = "train,val,det") -> int:
-    """CLI entry (``lvod data convert-imagenet-vid``): convert, print the counts per split.
-
-    Returns 0 on success, 1 (message on stderr) when an input file cannot be used, 2 on
-    an unknown split name.
-    """
-    wanted = tuple(s.strip() for s in splits.split(",") if s.strip())
-    if not wanted or any(s not in LIST_FILES for s in wanted):
-        print(f"error: --splits {splits!r}: choose a comma-separated subset of "
-              f"{','.join(LIST_FILES)}", file=sys.stderr)
-        return 2
-    try:
-        r = convert_imagenet_vid(root, out, lists_dir=lists, splits=wanted)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for split in wanted:
-        print(format_counts(split, r[split]))
-        print(f"  written: {r['paths'][split]}")
-    return 0

@@ -1,6 +1,6 @@
 """``lvod infer``: run a trained detector on your own video file, frame folder or image.
 
-``infer_main(config, checkpoint, input, out_dir, ...)`` streams the input through the
+``infer_video(config, checkpoint, input, out_dir, ...) -> dict`` streams the input through the
 detector's ``detect_video`` (with its test-time window and feature cache) and writes into
 ``out_dir``:
 
@@ -31,6 +31,8 @@ sense for smoke tests; it therefore needs an explicit ``random_weights=True``
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections import deque
 from pathlib import Path
 
@@ -39,8 +41,9 @@ import torch
 
 from lvod.engine import video_io
 from lvod.engine.inference import build_test_transform, load_model, prefetch, resolve_device
-from lvod.errors import DataError
 from lvod.io import atomic_write
+
+logger = logging.getLogger(__name__)
 
 
 def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
@@ -77,12 +80,17 @@ def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str],
             "names": [names[int(lb) - 1] for lb in labels]}
 
 
-def infer_main(config, checkpoint, input, out_dir, *, draw: bool = False, video: bool = False,
-               score_thr: float = 0.3, device: str = "auto", random_weights: bool = False,
-               max_frames: int | None = None, overrides=(), progress: bool = True) -> int:
+def infer_video(config, checkpoint, input, out_dir, *, draw: bool = False, video: bool = False,
+                score_thr: float = 0.3, device: str = "auto", random_weights: bool = False,
+                max_frames: int | None = None, overrides=(), progress: bool = True) -> dict:
     """Detect objects in ``input`` and write ``out_dir/detections.json`` (+ drawings).
 
-    Returns 0; bad inputs raise ``DataError`` (the CLI prints it and exits 1).
+    Returns a summary: ``{"input": str, "kind": "video" | "frames" | "image",
+    "frames": frames processed, "total_frames": frames in the input, "detections":
+    detections listed (score >= score_thr), "score_thr", "class_names_from": where the
+    class names came from, "files": {"detections": Path, "frames": Path or None,
+    "video": Path or None}}``. Bad inputs raise ``DataError``; running without a
+    checkpoint warns (``UserWarning``) that the boxes mean nothing.
     """
     from tqdm import tqdm
 
@@ -94,10 +102,10 @@ def infer_main(config, checkpoint, input, out_dir, *, draw: bool = False, video:
     model, ckpt = load_model(cfg, checkpoint, random_weights=random_weights, device=dev)
     cat_ids, names, names_from = class_table(cfg, ckpt)
     if random_weights and checkpoint is None:
-        print("warning: --random-weights: the detector is untrained, its boxes mean nothing")
+        warnings.warn("--random-weights: the detector is untrained, its boxes mean nothing", stacklevel=2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    transform = build_test_transform(cfg.data)
+    transform = build_test_transform(cfg.data, cfg.model.image_mean, cfg.model.image_std)
     fed: deque = deque()  # (index, name, (H0, W0)) of frames given to the detector
 
     def prepare(frame):
@@ -157,12 +165,9 @@ def infer_main(config, checkpoint, input, out_dir, *, draw: bool = False, video:
             mp4.abort()
         if drawn is not None:
             drawn.close()
-    print(f"{source.kind} {source.path}: {count} frames"
-          + (f" (first {count} of {source.total_frames})" if count < source.total_frames else "")
-          + f", {kept} detections with score >= {score_thr}; class names from {names_from}")
-    print(f"wrote {out / 'detections.json'}")
-    if draw:
-        print(f"wrote {count} drawn frames to {out / 'frames'}")
-    if video:
-        print(f"wrote {out / 'video.mp4'}")
-    return 0
+    logger.info("%s %s: %d frames, %d detections with score >= %s", source.kind, source.path, count, kept,
+                score_thr)
+    return {"input": str(source.path), "kind": source.kind, "frames": count, "total_frames": source.total_frames,
+            "detections": kept, "score_thr": score_thr, "class_names_from": names_from,
+            "files": {"detections": out / "detections.json", "frames": out / "frames" if draw else None,
+                      "video": out / "video.mp4" if video else None}}

@@ -1,6 +1,6 @@
 """``lvod test``: video inference over the config's test split, then the evaluation table.
 
-``test_main(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
+``test_model(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
 overrides=())`` keeps the original's command line (``test.py <config> --checkpoint ...
 --eval bbox --out results.pkl``) and does, in order:
 
@@ -11,10 +11,10 @@ overrides=())`` keeps the original's command line (``test.py <config> --checkpoi
    (``lvod.evaluation.results.ResultsWriter``: columns on disk, assembled atomically), so
    ImageNet VID val (176k frames x 100 detections) never exists as Python dicts;
 3. with ``--eval bbox``: evaluate (``lvod.evaluation.evaluate``: AP@50 as mmtracking
-   reports it, per class, per frequency group, per motion speed), print the markdown
-   tables and write ``metrics.json`` (+ ``metrics_classwise.csv``, ``metrics_groups.csv``)
-   beside the results. ``metrics.json`` also gets an ``inference`` entry (frames, frames
-   per second, device, checkpoint, config).
+   reports it, per class, per frequency group, per motion speed) and write ``metrics.json``
+   (+ ``metrics_classwise.csv``, ``metrics_groups.csv``) beside the results.
+   ``metrics.json`` also gets an ``inference`` entry (frames, frames per second, device,
+   checkpoint, config).
 
 Results files (``--out``):
 
@@ -25,18 +25,21 @@ Results files (``--out``):
 - ``X.pkl`` -> accepted for the original's flag, but lvod writes **no pickle**: a pickle
   runs code when it is read, so results that travel between people and machines must not
   be one. lvod writes ``X.npz`` (same data as the original's per-class arrays, loadable
-  without unpickling) and says so on the console.
+  without unpickling) and says so (the returned ``"note"``, which the CLI prints).
 - no ``--out`` -> ``<checkpoint folder>/test/results.npz``.
 
 Per-group AP uses ``groups`` (a ``groups.json`` from ``lvod groups``), else the config's
-``data.groups_file`` when set.
+``model.groups_file`` when set. The function returns the metrics; ``lvod/cli.py`` prints them.
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 from lvod.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 EVAL_METRICS = ("bbox",)
 
@@ -90,54 +93,65 @@ def load_split(cfg):
     return ds, images_root
 
 
-def test_main(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
-              overrides=(), *, random_weights: bool = False, progress: bool = True) -> int:
-    """Run inference on ``config``'s test split, write the results, evaluate, print.
+def test_model(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
+               overrides=(), *, random_weights: bool = False, progress: bool = True) -> dict:
+    """``lvod test``: run inference on ``config``'s test split, write the results, evaluate.
 
-    Returns 0. Bad inputs raise ``DataError`` (the CLI prints it and exits 1).
+    ``config``: a config file (plus ``overrides``) or a loaded ``Config``. ``groups``: a
+    groups.json for per-group AP, else the config's ``model.groups_file`` (each file is
+    read once: the model is built with the config's table, the evaluation uses ``groups``
+    when given, else the same table).
+
+    Returns the metrics dict that ``metrics.json`` holds (:func:`lvod.evaluation.evaluate`:
+    ``bbox_mAP_50``, ``classwise``, ``groups``, ``motion``, ...; only with ``"bbox"`` in
+    ``eval``) plus, always:
+
+    - ``"inference"``: ``frames``, ``videos``, ``detections``, ``frames_per_second``
+      (from :func:`run_inference`), ``device``, ``config``, ``checkpoint``, ``results``
+      (the .npz), ``wall_seconds``; also written into ``metrics.json``;
+    - ``"files"``: ``{"results": .npz, "coco_json": .json or None, "metrics",
+      "classwise", "groups": the metrics files or absent}`` (Paths; not in metrics.json);
+    - ``"note"``: a sentence for the user (``--out X.pkl`` is written as ``X.npz``) or None.
+
+    Bad inputs raise ``DataError``; nothing is written before the inputs are checked.
     """
-    from lvod.config import load_config
+    from lvod.bags_io import load_groups
+    from lvod.config import Config, load_config
     from lvod.engine.inference import build_test_transform, load_model, resolve_device, run_inference
-    from lvod.evaluation import ResultsWriter, evaluate, format_tables, load_results, write_coco_json
-    from lvod.evaluation import write_metrics
+    from lvod.evaluation import ResultsWriter, evaluate, load_results, write_coco_json, write_metrics
+    from lvod.models import read_group_table
 
     metrics = _check_eval(eval)
     npz, coco_json, note = results_paths(out, checkpoint)
-    cfg = load_config(config, overrides)
-    if groups is None and cfg.data.groups_file:
-        groups = cfg.data.groups_file
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
     if groups is not None and not Path(groups).is_file():
         raise DataError(groups, "groups file", "does not exist",
                         "write it with `lvod groups` or leave --groups out")
     ds, images_root = load_split(cfg)
+    model_table = read_group_table(cfg.model, ds.cat_ids)
+    eval_table = load_groups(groups) if groups is not None else model_table
     dev = resolve_device(device)
-    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids)
-    transform = build_test_transform(cfg.data)
+    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids,
+                          groups=model_table)
+    transform = build_test_transform(cfg.data, cfg.model.image_mean, cfg.model.image_std)
     t0 = time.perf_counter()
     with ResultsWriter(npz) as writer:
         stats = run_inference(model, ds, images_root, transform, writer=writer, device=dev,
                               progress=progress, workers=cfg.test.workers,
                               as_video=cfg.data.val.load_as_video)
-    print(f"inference: {stats['frames']} frames in {stats['videos']} videos, "
-          f"{stats['detections']} detections, {stats['frames_per_second']:.2f} frames/s on {dev}")
-    print(f"wrote {npz}")
-    if note:
-        print(note)
+    logger.info("inference: %d frames in %d videos, %d detections, %.2f frames/s on %s", stats["frames"],
+                stats["videos"], stats["detections"], stats["frames_per_second"], dev)
+    files: dict = {"results": npz, "coco_json": None}
     dets = None
     if coco_json is not None:
         dets = load_results(npz)
-        write_coco_json(dets, coco_json)
-        print(f"wrote {coco_json}")
+        files["coco_json"] = write_coco_json(dets, coco_json)
+    inference = {**stats, "device": str(dev), "config": cfg.name if isinstance(config, Config) else str(config),
+                 "checkpoint": None if checkpoint is None else str(checkpoint),
+                 "results": str(npz), "wall_seconds": time.perf_counter() - t0}
+    result: dict = {"inference": inference}
     if "bbox" in metrics:
         dets = dets if dets is not None else load_results(npz)
-        m = evaluate(ds, dets, groups=groups, results_file=str(npz))
-        m["inference"] = {**stats, "device": str(dev), "config": str(config),
-                          "checkpoint": None if checkpoint is None else str(checkpoint),
-                          "results": str(npz), "wall_seconds": time.perf_counter() - t0}
-        print(format_tables(m), end="")
-        if m["dropped_unknown_category"]:
-            print(f"note: {m['dropped_unknown_category']} detections had a category_id "
-                  f"not in {ds.path}; not scored")
-        paths = write_metrics(m, npz.with_name("metrics.json"))
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+        result = {**evaluate(ds, dets, groups=eval_table, results_file=str(npz)), "inference": inference}
+        files.update(write_metrics(result, npz.with_name("metrics.json")))
+    return {**result, "files": files, "note": note}

@@ -24,8 +24,12 @@ import numpy as np
 from lvod.errors import DataError
 from lvod.evaluation import coco, ilsvrc, library
 
-CHUNK_DETS = 2_000_000
 BACKENDS = ("lvod", "pycocotools")
+# Detections per chunk of images, the default of each backend: one knob (the memory a
+# chunk may take) with one value per backend, because their memory per detection differs:
+# lvod's matcher keeps a few numpy columns per detection, pycocotools a dict per detection
+# (~3 GB per million; 250 k keeps a chunk well under 1 GB, see lvod.evaluation.library).
+CHUNK_DETS = {"lvod": 2_000_000, "pycocotools": 250_000}
 
 
 @dataclass
@@ -115,7 +119,7 @@ def _chunks(det_ptr: np.ndarray, chunk_dets: int):
 
 
 def run_protocol(p: Prepared, dets, *, protocol="coco", gt_ignore=None, iou_thrs=None, max_dets=100,
-                 chunk_dets=CHUNK_DETS, backend="lvod") -> dict:
+                 chunk_dets: int | None = None, backend="lvod") -> dict:
     """One pass of :func:`run_passes`."""
     return run_passes(p, dets, [(gt_ignore, iou_thrs)], protocol=protocol, max_dets=max_dets,
                       chunk_dets=chunk_dets, backend=backend)[0]
@@ -130,7 +134,7 @@ def check_backend(backend: str, protocol: str) -> None:
                          "matching and +1-pixel IoU); use backend='lvod' for it")
 
 
-def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets=CHUNK_DETS,
+def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets: int | None = None,
                backend="lvod") -> list:
     """Match and accumulate several passes that differ only in GT ignore flags / thresholds.
 
@@ -138,12 +142,15 @@ def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chun
     marks extra ignore regions (motion buckets). Detection ranking, pairs and IoU are
     computed once per chunk and shared. ``backend``: who matches within a chunk (module
     docstring); ``"pycocotools"`` shares the chunk's ``COCO`` objects between passes instead.
+    ``chunk_dets``: detections per chunk (None: the backend's :data:`CHUNK_DETS`).
     Returns per pass ``{"precision": (T, R, K)`` (coco) or ``"ap_voc": (K,)`` (ilsvrc),
     ``"npig": (K,), "iou_thrs": (T,)}``.
     """
     if protocol not in ("coco", "ilsvrc"):
         raise ValueError(f"protocol {protocol!r}: use 'coco' or 'ilsvrc'")
     check_backend(backend, protocol)
+    if chunk_dets is None:
+        chunk_dets = CHUNK_DETS[backend]
     il = protocol == "ilsvrc"
     default = [0.5] if il else coco.IOU_THRS
     thrs = [np.asarray(t if t is not None else default, np.float64) for _, t in passes]

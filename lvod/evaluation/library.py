@@ -18,7 +18,8 @@ of one chunk of consecutive images; lvod only carries the result across chunks:
 Why it is not the default, and why lvod has its own matcher: the library cannot be given
 the whole ImageNet VID val set (17.6 M detections) at once - ``loadRes`` and ``evaluate``
 keep a dict per detection and per (image, category), ~3 GB per million detections - and
-chunking (250 k detections a chunk, 0.5-0.7 GB peak RSS) fixes the memory but not the time:
+chunking (250 k detections a chunk, ``engine.CHUNK_DETS["pycocotools"]``; 0.5-0.7 GB peak
+RSS) fixes the memory but not the time:
 ``COCOeval.evaluate`` loops in Python over every (image, category, detection, GT) and
 ``loadRes`` builds a dict per detection. Measured (whole :func:`~lvod.evaluation.evaluate`, motion buckets off) on the 2-core
 development machine (shared, load 3-6; benchmarks/README.md, "Evaluation"), real VID val
@@ -43,8 +44,6 @@ import contextlib
 import io
 
 import numpy as np
-
-CHUNK_DETS = 250_000  # detections per chunk: well under 1 GB of library dicts
 
 
 def _coco_objects(gt, dets, img_ids, cat_ids, chunk_ids):

@@ -16,19 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from lvod.errors import DataError
+from lvod.evaluation.boxes import paired_iou_xywh
 
 BUCKETS = {"slow": (0.9, 1.0), "medium": (0.7, 0.9), "fast": (0.0, 0.7)}
 OFFSET = 10
-
-
-def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of row-paired boxes (P, 4) ``[x, y, w, h]`` (P,)."""
-    w = np.minimum(a[:, 0] + a[:, 2], b[:, 0] + b[:, 2]) - np.maximum(a[:, 0], b[:, 0])
-    h = np.minimum(a[:, 1] + a[:, 3], b[:, 1] + b[:, 3]) - np.maximum(a[:, 1], b[:, 1])
-    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def motion_iou_from_tracks(video_ids, instance_ids, frame_ids, boxes, *, offset: int = OFFSET) -> np.ndarray:
@@ -59,7 +50,7 @@ def motion_iou_from_tracks(video_ids, instance_ids, frame_ids, boxes, *, offset:
         found = (pos < len(skey)) & (skey[np.minimum(pos, len(skey) - 1)] == want)
         src = np.flatnonzero(found)
         other = has[order[pos[src]]]
-        total[src] += box_iou_xywh(boxes[has[src]], boxes[other])
+        total[src] += paired_iou_xywh(boxes[has[src]], boxes[other])
         count[src] += 1
     with np.errstate(invalid="ignore"):
         out[has] = np.where(count > 0, total / np.maximum(count, 1), np.nan)

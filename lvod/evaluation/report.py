@@ -18,27 +18,26 @@ from __future__ import annotations
 import csv
 import io
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from lvod.evaluation import coco, motion
-from lvod.evaluation.engine import CHUNK_DETS, check_backend, prepare, run_passes
-from lvod.evaluation.library import CHUNK_DETS as LIBRARY_CHUNK_DETS
+from lvod.evaluation.engine import check_backend, prepare, run_passes
 from lvod.io import atomic_write, save_json
 
 
 def resolve_groups(groups, cat_ids) -> list:
     """Normalise ``groups`` to ``[(name, [category ids])]``.
 
-    Accepts None, a ``lvod.groups.GroupTable``, a path to a groups JSON (``load_groups``), or
-    a mapping ``{name: [category ids]}``.
+    Accepts None, a ``lvod.groups.GroupTable``, a path to a groups JSON
+    (``lvod.bags_io.load_groups``), or a mapping ``{name: [category ids]}``.
     """
     if groups is None:
         return []
     if isinstance(groups, (str, Path)):
-        from lvod.groups import load_groups
+        from lvod.bags_io import load_groups
+
         groups = load_groups(groups)
     if hasattr(groups, "groups") and hasattr(groups, "group_names"):
         return [(str(n), [int(c) for c in g]) for n, g in zip(groups.group_names, groups.groups)]
@@ -54,7 +53,7 @@ def group_means(cat_ids, ap50, ap, groups) -> list:
     for name, members in groups:
         rows = [index[c] for c in members if c in index]
 
-        def mean(values):
+        def mean(values, rows=rows):
             vals = [values[i] for i in rows if values is not None and _defined(values[i])]
             return float(np.mean(vals)) if vals else None
 
@@ -87,12 +86,10 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
     ``groups``: GroupTable, groups JSON path or ``{name: [category ids]}``.
     ``backend``: ``"lvod"`` (own vectorised matcher, the full-scale default) or
     ``"pycocotools"`` (COCOeval per chunk of images; COCO protocol only, ~25x slower - see
-    :mod:`lvod.evaluation.library`). ``chunk_dets``: detections per chunk (None: 2 M for
-    lvod, 250 k for pycocotools, whose dicts take ~3 GB per million).
+    :mod:`lvod.evaluation.library`). ``chunk_dets``: detections per chunk (None: the
+    backend's ``lvod.evaluation.engine.CHUNK_DETS``, 2 M for lvod, 250 k for pycocotools).
     """
     check_backend(backend, protocol)
-    if chunk_dets is None:
-        chunk_dets = LIBRARY_CHUNK_DETS if backend == "pycocotools" else CHUNK_DETS
     p = prepare(gt, dets, results_file=results_file)
     masks, mot = _motion_masks(gt, p, motion_iou) if motion else ({}, {"motion": None, "motion_counts": None,
                                                                         "motion_source": "not requested"})
@@ -118,7 +115,7 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
     out.update(mot)
     if masks:
         out["motion"] = {}
-        for (name, inside), res in zip(masks.items(), results[1:]):
+        for name, res in zip(masks, results[1:]):
             a50, _, summ = _class_aps(res, protocol)
             if protocol == "coco":
                 out["motion"][name] = summ["ap50"] if summ["ap50"] > -1 else None
@@ -192,28 +189,18 @@ def write_metrics(m: dict, out) -> dict:
     return paths
 
 
-def eval_main(ann, results, groups=None, out=None, protocol="coco", motion_iou=None, backend="lvod") -> int:
-    """``lvod eval``: load GT and detections, evaluate, print the tables, write files.
+def evaluate_files(ann, results, *, groups=None, protocol="coco", motion_iou=None, backend="lvod") -> dict:
+    """``lvod eval``: read the ground truth ``ann`` and the detections ``results`` (COCO
+    results JSON or lvod ``.npz``) and return :func:`evaluate`'s metrics dict.
 
-    ``backend``: ``"lvod"`` or ``"pycocotools"`` (see :func:`evaluate`). Returns 0, or 2
-    (message on stderr, nothing loaded) for a backend that cannot run ``protocol``.
+    ``backend``/``protocol`` are checked before anything is read (``ValueError``); bad files
+    raise ``DataError``. Write the dict with :func:`write_metrics`.
     """
-    try:
-        check_backend(backend, protocol)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     from lvod.data.cocovid import load_cocovid
     from lvod.evaluation.results import load_results
 
+    check_backend(backend, protocol)
     gt = load_cocovid(ann)
     dets = load_results(results)
-    m = evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=results,
-                 backend=backend)
-    print(format_tables(m), end="")
-    if m["dropped_unknown_category"]:
-        print(f"note: {m['dropped_unknown_category']} detections have a category_id not in {ann}; not scored")
-    if out is not None:
-        paths = write_metrics(m, out)
-        print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+    return evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=str(results),
+                    backend=backend)

@@ -24,6 +24,7 @@ import numpy as np
 from torch import nn
 
 from lvod.config import DETECTOR_KINDS, ModelConfig
+from lvod import bags_io
 from lvod.errors import DataError
 from lvod.groups import GroupTable
 from lvod.models.backbone import ChannelMapperNeck, ResNetDC5
@@ -45,15 +46,13 @@ PredictorFactory = Callable[[], nn.Module]
 def read_group_table(cfg: ModelConfig, cat_ids: Sequence[int] | None = None) -> GroupTable | None:
     """The frequency-group table of ``cfg.groups_file`` (checked against ``cat_ids`` when
     given), or None when no file is set. A ``bags`` head without a file is a DataError."""
-    from lvod.groups import load_groups
-
     if not cfg.groups_file:
         if HEADS[cfg.head].uses_groups:
             raise DataError("<config>", "model.groups_file", f"is empty but model.head = {cfg.head!r} "
                             "needs the frequency-group table",
                             "run `lvod groups` and set model.groups_file to its groups.json")
         return None
-    table = load_groups(cfg.groups_file)
+    table = bags_io.load_groups(cfg.groups_file)
     check_group_table(table, cfg.num_classes, cat_ids, source=cfg.groups_file)
     return table
 
