@@ -18,6 +18,7 @@ of the steady-state frames) and fps, peak CUDA memory (GiB) on CUDA, and on Linu
 resident memory of each phase (``VmHWM``, reset through ``/proc/self/clear_refs`` before the
 phase; the model and the libraries are included).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,7 @@ def peak_rss_gib() -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 2 ** 20
+                return int(line.split()[1]) / 2**20
     except OSError:
         pass
     return None
@@ -82,8 +83,9 @@ def bench_train(model, cfg, args, device) -> dict:
         targets = [{k: v.to(device) for k, v in random_targets(4, h, w, cfg.num_classes, g).items()}]
         sync(device)
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                            enabled=args.amp):
+        with torch.autocast(
+            device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=args.amp
+        ):
             losses = model(images, [(h, w)], targets)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -96,12 +98,16 @@ def bench_train(model, cfg, args, device) -> dict:
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
         print(f"train step {step}: {time.perf_counter() - t0:.2f} s", flush=True)
-    out = {"train_step_s_mean": statistics.mean(times), "train_step_s_median": statistics.median(times),
-           "train_step_s_min": min(times), "train_frames_per_step": t}
+    out = {
+        "train_step_s_mean": statistics.mean(times),
+        "train_step_s_median": statistics.median(times),
+        "train_step_s_min": min(times),
+        "train_frames_per_step": t,
+    }
     if rss:
         out["train_peak_rss_gib"] = peak_rss_gib()
     if device.type == "cuda":
-        out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        out["train_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
@@ -121,8 +127,9 @@ def bench_infer(model, cfg, args, device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gaps = []
-    with torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16,
-                        enabled=args.amp):
+    with torch.autocast(
+        device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, enabled=args.amp
+    ):
         sync(device)
         t0 = time.perf_counter()
         for i, _ in enumerate(model.detect_video(frames(), n)):
@@ -143,14 +150,18 @@ def bench_infer(model, cfg, args, device) -> dict:
         if full:
             steady = full
         else:
-            print(f"warning: no frame has a full window; use --infer-frames >= {cfg.fgfa_window + 1}",
-                  flush=True)
-    out.update({"infer_s_per_frame": statistics.mean(steady), "infer_fps": 1.0 / statistics.mean(steady),
-                "infer_frames_timed": len(steady)})
+            print(f"warning: no frame has a full window; use --infer-frames >= {cfg.fgfa_window + 1}", flush=True)
+    out.update(
+        {
+            "infer_s_per_frame": statistics.mean(steady),
+            "infer_fps": 1.0 / statistics.mean(steady),
+            "infer_frames_timed": len(steady),
+        }
+    )
     if rss:
         out["infer_peak_rss_gib"] = peak_rss_gib()
     if device.type == "cuda":
-        out["infer_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+        out["infer_peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
 
 
@@ -163,9 +174,12 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=31, help="FGFA test window")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--train-steps", type=int, default=2)
-    ap.add_argument("--infer-frames", type=int, default=None,
-                    help="frames of the video (default: window + 2 for fgfa, giving 3 full-window "
-                         "frames; 4 otherwise)")
+    ap.add_argument(
+        "--infer-frames",
+        type=int,
+        default=None,
+        help="frames of the video (default: window + 2 for fgfa, giving 3 full-window frames; 4 otherwise)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="autocast (float16 on CUDA, bfloat16 on CPU)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0 = default)")
@@ -180,10 +194,17 @@ def main(argv=None) -> int:
     cfg = ModelConfig(kind=args.kind, depth=args.depth, fgfa_window=args.window)
     torch.manual_seed(0)
     model = build_model(cfg).to(device)
-    result = {"kind": args.kind, "depth": args.depth, "size": list(args.size), "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "amp": args.amp, "threads": torch.get_num_threads(), "window": args.window,
-              "torch": torch.__version__}
+    result = {
+        "kind": args.kind,
+        "depth": args.depth,
+        "size": list(args.size),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "amp": args.amp,
+        "threads": torch.get_num_threads(),
+        "window": args.window,
+        "torch": torch.__version__,
+    }
     if not args.skip_train:
         result.update(bench_train(model, cfg, args, device))
     if not args.skip_infer:

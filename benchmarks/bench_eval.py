@@ -16,6 +16,7 @@ AP, AP50 and per-class values are compared with it.
 
 The machine is shared: run it once, and read the numbers with that in mind.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-MOTION = (REPO.parent / "shared" / "external-data" / "imagenet-vid" / "msracver_Flow-Guided-Feature-Aggregation" /
-          "lib" / "dataset" / "imagenet_vid_groundtruth_motion_iou.mat")
+MOTION = (
+    REPO.parent
+    / "shared"
+    / "external-data"
+    / "imagenet-vid"
+    / "msracver_Flow-Guided-Feature-Aggregation"
+    / "lib"
+    / "dataset"
+    / "imagenet_vid_groundtruth_motion_iou.mat"
+)
 
 CHILD = r"""
 import json, sys, time, io, contextlib
@@ -135,12 +144,24 @@ def main(argv=None) -> int:
     n_full = len(dets)
     del dets, gt
 
-    results = [dict(run_child("lvod", work / "gt_1.json", work / "dets_1.npz", str(MOTION)), subset=1.0,
-                    input="npz", detections=n_full)]
+    results = [
+        dict(
+            run_child("lvod", work / "gt_1.json", work / "dets_1.npz", str(MOTION)),
+            subset=1.0,
+            input="npz",
+            detections=n_full,
+        )
+    ]
     print(json.dumps(results[-1])[:400], flush=True)
     if a.lvod_json:
-        results.append(dict(run_child("lvod", work / "gt_1.json", work / "dets_1.json", str(MOTION)), subset=1.0,
-                            input="json", detections=n_full))
+        results.append(
+            dict(
+                run_child("lvod", work / "gt_1.json", work / "dets_1.json", str(MOTION)),
+                subset=1.0,
+                input="json",
+                detections=n_full,
+            )
+        )
         print(json.dumps(results[-1])[:400], flush=True)
     for f in fracs:
         lv = run_child("lvod", work / f"gt_{f:g}.json", work / f"dets_{f:g}.npz")
@@ -162,9 +183,11 @@ def main(argv=None) -> int:
             print(f"| {r['tool']} | {r['subset']:g} | {r.get('input')} | {r['error']} |")
             continue
         diff = r.get("max_abs_diff_vs_lvod")
-        print(f"| {r['tool']} | {r['subset']:g} | {r['input']} | {r['wall_s']:.1f} | {r['eval_s']:.1f} | "
-              f"{r['peak_rss_gb']:.2f} | {r['ap50']:.4f} | {r['ap']:.4f} | "
-              f"{'-' if diff is None else f'{diff:.1e}'} |")
+        print(
+            f"| {r['tool']} | {r['subset']:g} | {r['input']} | {r['wall_s']:.1f} | {r['eval_s']:.1f} | "
+            f"{r['peak_rss_gb']:.2f} | {r['ap50']:.4f} | {r['ap']:.4f} | "
+            f"{'-' if diff is None else f'{diff:.1e}'} |"
+        )
     return 0
 
 

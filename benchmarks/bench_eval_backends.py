@@ -12,6 +12,7 @@ the time of ``evaluate()`` alone, seconds per million detections, its peak RSS
 tracks (30 videos x 100 frames, 30 classes, 100 detections per frame = 0.3 M), written
 to ``--work`` as ``gt_synth.json`` / ``dets_synth.npz``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,9 +42,21 @@ print(json.dumps({"backend": backend, "dets": len(dets), "eval_s": dt, "s_per_M"
 
 
 def run(backend: str, work: Path, frac: str, motion: bool) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, backend, str(work / f"gt_{frac}.json"),
-                          str(work / f"dets_{frac}.npz"), str(REPO), "1" if motion else "0"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            backend,
+            str(work / f"gt_{frac}.json"),
+            str(work / f"dets_{frac}.npz"),
+            str(REPO),
+            "1" if motion else "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -62,8 +75,10 @@ def main(argv=None) -> int:
 
         args.work.mkdir(parents=True, exist_ok=True)
         save_json(synthetic_cocovid(num_videos=30, frames=100, num_cats=30, cats_unused=3), args.work / "gt_synth.json")
-        save_results_npz(synthetic_detections(load_cocovid(args.work / "gt_synth.json"), per_frame=100, seed=1),
-                         args.work / "dets_synth.npz")
+        save_results_npz(
+            synthetic_detections(load_cocovid(args.work / "gt_synth.json"), per_frame=100, seed=1),
+            args.work / "dets_synth.npz",
+        )
         args.fracs = ["synth"]
     if not args.fracs:
         ap.error("name subsets, or pass --synthetic-motion")
@@ -73,13 +88,16 @@ def main(argv=None) -> int:
         res = {b: run(b, args.work, frac, args.synthetic_motion) for b in ("lvod", "pycocotools")}
         a, b = res["lvod"], res["pycocotools"]
         vals = [(a["ap"], b["ap"]), (a["ap50"], b["ap50"])] + [
-            (x, y) for pa, pb in zip(a["per_class"], b["per_class"]) for x, y in zip(pa, pb)]
+            (x, y) for pa, pb in zip(a["per_class"], b["per_class"]) for x, y in zip(pa, pb)
+        ]
         if any((x is None) != (y is None) for x, y in vals):
             raise SystemExit(f"subset {frac}: the backends disagree on which classes have GT")
         diff = max(abs(x - y) for x, y in vals if x is not None)
         for r in (a, b):
-            print(f"| {r['backend']} | {frac} | {r['dets']:,} | {r['eval_s']:.1f} | {r['s_per_M']:.2f} | "
-                  f"{r['peak_rss_gb']:.2f} | {r['ap50']:.4f} | {r['ap']:.4f} | {diff:.1e} |")
+            print(
+                f"| {r['backend']} | {frac} | {r['dets']:,} | {r['eval_s']:.1f} | {r['s_per_M']:.2f} | "
+                f"{r['peak_rss_gb']:.2f} | {r['ap50']:.4f} | {r['ap']:.4f} | {diff:.1e} |"
+            )
     return 0
 
 

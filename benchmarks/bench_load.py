@@ -11,6 +11,7 @@ subprocess and prints load+index wall time and peak RSS (the child's ``ru_maxrss
 
 Prints one JSON object: file size, counts, ``load_s``, ``peak_rss_mb``, ``parser``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,38 @@ import numpy as np
 
 from lvod.io import atomic_write
 
-CLASSES = ("airplane", "antelope", "bear", "bicycle", "bird", "bus", "car", "cattle", "dog",
-           "domestic_cat", "elephant", "fox", "giant_panda", "hamster", "horse", "lion",
-           "lizard", "monkey", "motorcycle", "rabbit", "red_panda", "sheep", "snake", "squirrel",
-           "tiger", "train", "turtle", "watercraft", "whale", "zebra")
+CLASSES = (
+    "airplane",
+    "antelope",
+    "bear",
+    "bicycle",
+    "bird",
+    "bus",
+    "car",
+    "cattle",
+    "dog",
+    "domestic_cat",
+    "elephant",
+    "fox",
+    "giant_panda",
+    "hamster",
+    "horse",
+    "lion",
+    "lizard",
+    "monkey",
+    "motorcycle",
+    "rabbit",
+    "red_panda",
+    "sheep",
+    "snake",
+    "squirrel",
+    "tiger",
+    "train",
+    "turtle",
+    "watercraft",
+    "whale",
+    "zebra",
+)
 SIZES = ((1280, 720), (500, 375), (960, 540), (640, 360), (1920, 1080), (480, 360))
 
 try:
@@ -37,6 +66,7 @@ try:
     def _dumps(obj) -> bytes:
         return orjson.dumps(obj)
 except ImportError:  # the generator works without orjson, only slower
+
     def _dumps(obj) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -59,9 +89,18 @@ def video_records(v: int, n: int, first_img: int, first_inst: int, box_rate: flo
     folder = f"train/ILSVRC2015_VID_train_{v // 1000:04d}/ILSVRC2015_train_{v:08d}"
     key = np.zeros(n, bool)
     key[np.round(np.linspace(0, n - 1, min(15, n))).astype(int)] = True
-    images = [{"file_name": f"{folder}/{f:06d}.JPEG", "height": h, "width": w,
-               "id": first_img + f, "frame_id": f, "video_id": v + 1,
-               "is_vid_train_frame": bool(key[f])} for f in range(n)]
+    images = [
+        {
+            "file_name": f"{folder}/{f:06d}.JPEG",
+            "height": h,
+            "width": w,
+            "id": first_img + f,
+            "frame_id": f,
+            "video_id": v + 1,
+            "is_vid_train_frame": bool(key[f]),
+        }
+        for f in range(n)
+    ]
     n_tracks = 1 + rng.poisson(max(box_rate / 0.7 - 1.0, 0.0))
     p = np.arange(1, 31, dtype=float) ** -0.8
     anns = []
@@ -77,11 +116,19 @@ def video_records(v: int, n: int, first_img: int, first_inst: int, box_rate: flo
         occl = rng.random(span) < 0.1
         gen = rng.random(span) < 0.05
         for k in range(span):
-            anns.append({"video_id": v + 1, "image_id": first_img + start + k,
-                         "category_id": cat, "instance_id": first_inst + t,
-                         "bbox": [int(x1[k]), int(y1[k]), bwi, bhi], "area": bwi * bhi,
-                         "iscrowd": False, "occluded": bool(occl[k]),
-                         "generated": bool(gen[k])})
+            anns.append(
+                {
+                    "video_id": v + 1,
+                    "image_id": first_img + start + k,
+                    "category_id": cat,
+                    "instance_id": first_inst + t,
+                    "bbox": [int(x1[k]), int(y1[k]), bwi, bhi],
+                    "area": bwi * bhi,
+                    "iscrowd": False,
+                    "occluded": bool(occl[k]),
+                    "generated": bool(gen[k]),
+                }
+            )
     anns.sort(key=lambda a: a["image_id"])
     return images, anns, n_tracks
 
@@ -94,15 +141,16 @@ def generate(path: Path, n_videos: int, n_frames: int, n_boxes: int, seed: int) 
     counts = {"videos": n_videos, "images": int(lengths.sum()), "annotations": 0}
     with atomic_write(path, "wb") as fh:
         cats = [{"id": i + 1, "name": c, "encode_name": f"n{i:08d}"} for i, c in enumerate(CLASSES)]
-        vids = [{"id": v + 1, "name": f"train/ILSVRC2015_VID_train_{v // 1000:04d}/"
-                 f"ILSVRC2015_train_{v:08d}"} for v in range(n_videos)]
+        vids = [
+            {"id": v + 1, "name": f"train/ILSVRC2015_VID_train_{v // 1000:04d}/ILSVRC2015_train_{v:08d}"}
+            for v in range(n_videos)
+        ]
         fh.write(b'{"categories":' + _dumps(cats) + b',"videos":' + _dumps(vids))
         for section in ("images", "annotations"):
             fh.write(b',"' + section.encode() + b'":[')
             ann_id, inst, wrote = 1, 1, False
             for v in range(n_videos):
-                imgs, anns, n_tracks = video_records(v, int(lengths[v]), int(firsts[v]), inst,
-                                                     box_rate, seed)
+                imgs, anns, n_tracks = video_records(v, int(lengths[v]), int(firsts[v]), inst, box_rate, seed)
                 inst += n_tracks
                 if section == "annotations":
                     for a in anns:
@@ -137,8 +185,9 @@ print(json.dumps({"load_s": round(dt, 2), "vm_hwm_mb": round(int(hwm) / 1024),
 
 def measure(path: Path, parser: str) -> dict:
     """Load ``path`` in a fresh interpreter; wall time inside the child, peak RSS of the child."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path), parser], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(path), parser], check=True, capture_output=True, text=True
+    ).stdout
     res = json.loads(out.strip().splitlines()[-1])
     res["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     return res
@@ -151,8 +200,12 @@ def main(argv=None) -> int:
     ap.add_argument("--boxes", type=int, default=1_700_000, help="target; the count is approximate")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=Path(__file__).parent / "_out")
-    ap.add_argument("--parser", choices=("stdlib", "orjson"), default="stdlib",
-                    help="orjson: swap the loader's json.loads for orjson.loads (comparison)")
+    ap.add_argument(
+        "--parser",
+        choices=("stdlib", "orjson"),
+        default="stdlib",
+        help="orjson: swap the loader's json.loads for orjson.loads (comparison)",
+    )
     ap.add_argument("--regenerate", action="store_true", help="rewrite the file even if present")
     args = ap.parse_args(argv)
     path = args.out_dir / f"vid_synth_v{args.videos}_f{args.frames}_b{args.boxes}_s{args.seed}.json"
@@ -161,8 +214,12 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         generate(path, args.videos, args.frames, args.boxes, args.seed)
         gen_s = round(time.perf_counter() - t, 1)
-    res = {"file": str(path), "file_mb": round(path.stat().st_size / 2**20), "generate_s": gen_s,
-           **measure(path, args.parser)}
+    res = {
+        "file": str(path),
+        "file_mb": round(path.stat().st_size / 2**20),
+        "generate_s": gen_s,
+        **measure(path, args.parser),
+    }
     print(json.dumps(res, indent=1))
     return 0
 

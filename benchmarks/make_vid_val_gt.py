@@ -13,6 +13,7 @@ frame 1280x720, the largest val size; every cached box fits inside it).
 
     python benchmarks/make_vid_val_gt.py --out /tmp/vid_val.json [--videos 111]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,16 +51,36 @@ def build(cache=CACHE, videos_txt=VIDEOS, map_txt=MAP, *, num_videos=None) -> di
             k = gid - 1  # cache row of this frame
             if img_ids[k] != gid:
                 raise ValueError(f"{cache}: row {k} holds frame {img_ids[k]}, expected {gid}")
-            images.append({"id": gid, "file_name": f"{name}/{f:06d}.JPEG", "width": 1280, "height": 720,
-                           "video_id": vid, "frame_id": f, "is_vid_train_frame": True})
+            images.append(
+                {
+                    "id": gid,
+                    "file_name": f"{name}/{f:06d}.JPEG",
+                    "width": 1280,
+                    "height": 720,
+                    "video_id": vid,
+                    "frame_id": f,
+                    "is_vid_train_frame": True,
+                }
+            )
             b = boxes[k].astype(np.int64).reshape(4, -1) if boxes[k].size else np.zeros((4, 0), np.int64)
             lab = labels[k].reshape(-1)
             for j in range(b.shape[1]):
                 x1, y1, x2, y2 = (int(v) for v in b[:, j])
                 w, h = x2 - x1, y2 - y1
-                anns.append({"id": len(anns) + 1, "video_id": vid, "image_id": gid, "category_id": int(lab[j]),
-                             "instance_id": -1, "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": False,
-                             "occluded": False, "generated": False})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "video_id": vid,
+                        "image_id": gid,
+                        "category_id": int(lab[j]),
+                        "instance_id": -1,
+                        "bbox": [x1, y1, w, h],
+                        "area": w * h,
+                        "iscrowd": False,
+                        "occluded": False,
+                        "generated": False,
+                    }
+                )
     return {"categories": cats, "videos": videos, "images": images, "annotations": anns}
 
 

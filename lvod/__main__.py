@@ -1,4 +1,5 @@
 """python -m lvod: the lvod command line."""
+
 import sys
 
 from lvod.cli import main

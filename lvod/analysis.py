@@ -7,6 +7,7 @@ Pure functions on arrays and tables:
 - ``classifier_weight_norms``: the L2 norm of each class's classifier weights (BAGS paper,
   Fig. 1: under softmax, tail classes get small norms).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,7 @@ class Run:
 
     name: str
     metrics: dict
-    dets: object          # lvod.evaluation.results.Detections
+    dets: object  # lvod.evaluation.results.Detections
     head: str
     weight_norms: np.ndarray  # (C,), label order
 
@@ -52,24 +53,35 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
     model = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, dict):
-        raise DataError(file, "model", "the checkpoint has no 'model' state dict",
-                        "pass a checkpoint written by lvod train (latest.pth or epoch_N.pth)")
+        raise DataError(
+            file,
+            "model",
+            "the checkpoint has no 'model' state dict",
+            "pass a checkpoint written by lvod train (latest.pth or epoch_N.pth)",
+        )
     cfg = config_from_dict(ckpt.get("config") or {}, source=str(file))
     head = cfg.model.head
     weight = next((v for k, v in model.items() if k.endswith("fc_cls.weight")), None)
     if weight is None:
-        raise DataError(file, "model", "no '*fc_cls.weight' in the model state dict (the detector has no "
-                        "classification head lvod knows)", "pass the checkpoint of a detector lvod trained "
-                        "with a softmax, seesaw or bags head")
+        raise DataError(
+            file,
+            "model",
+            "no '*fc_cls.weight' in the model state dict (the detector has no classification head lvod knows)",
+            "pass the checkpoint of a detector lvod trained with a softmax, seesaw or bags head",
+        )
     if table is None and head == "bags":
         from lvod.models import read_group_table
 
         classes = ckpt.get("classes")
         cat_ids = classes.get("cat_ids") if isinstance(classes, dict) else None
         table = read_group_table(cfg.model, cat_ids)
-    return Run(name=path.name, metrics=load_metrics(path / "metrics.json"),
-               dets=load_results(path / results), head=head,
-               weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table))
+    return Run(
+        name=path.name,
+        metrics=load_metrics(path / "metrics.json"),
+        dets=load_results(path / results),
+        head=head,
+        weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table),
+    )
 
 
 def frame_detections(dets, image_id: int, cat_ids):
@@ -111,13 +123,21 @@ def compare_runs(metrics: dict, stats=None, *, baseline: str | None = None):
 
     frame = None
     for run, m in metrics.items():
-        rows = [{"category_id": r["category_id"], "name": r["name"], "num_gt": r.get("num_gt"),
-                 f"ap50_{run}": _nan(r.get("ap50"), r.get("num_gt"))} for r in m["classwise"]]
+        rows = [
+            {
+                "category_id": r["category_id"],
+                "name": r["name"],
+                "num_gt": r.get("num_gt"),
+                f"ap50_{run}": _nan(r.get("ap50"), r.get("num_gt")),
+            }
+            for r in m["classwise"]
+        ]
         df = pd.DataFrame(rows)
         frame = df if frame is None else frame.merge(df.drop(columns=["name", "num_gt"]), on="category_id")
     if stats is not None:
-        frame = frame.merge(stats[["category_id", "boxes"]].rename(columns={"boxes": "train_boxes"}),
-                            on="category_id", how="left")
+        frame = frame.merge(
+            stats[["category_id", "boxes"]].rename(columns={"boxes": "train_boxes"}), on="category_id", how="left"
+        )
     base = baseline or next(iter(metrics))
     for run in metrics:
         if run != base:

@@ -24,6 +24,7 @@ LVIS the labels equal the category ids. Tensors are read with ``weights_only=Tru
 pickles through :class:`SafeUnpickler`, which can rebuild numpy integer arrays and plain
 containers and refuses every other global before anything runs.
 """
+
 from __future__ import annotations
 
 import io
@@ -56,6 +57,7 @@ _BIN = re.compile(r"^[\(\[]\s*([0-9.eE+]+)\s*,\s*([0-9.eE+]+|~|inf)\s*\)$")
 
 # ----------------------------------------------------------------------------- lvod groups.json
 
+
 def _scalar(o) -> bool:
     return o is None or isinstance(o, (str, int, float, bool))
 
@@ -74,21 +76,60 @@ def _dumps(o, indent: int = 0) -> str:
 def groups_to_dict(t: GroupTable) -> dict:
     """The JSON structure :func:`save_groups` writes (see ``LABEL_CONVENTION``)."""
     table, sl = t.label2binlabel.tolist(), t.pred_slice.tolist()
-    classes = [{"label": i + 1, "category_id": c, "name": n,
-                "count": None if t.counts is None else t.counts[i],
-                "group": int(t.group_of_label[i + 1]), "rank": int(t.rank_of_label[i + 1])}
-               for i, (c, n) in enumerate(zip(t.cat_ids, t.cat_names))]
-    groups = [{"group": 0, "name": "background", "lo": None, "hi": None, "num_classes": 0,
-               "slice": sl[0], "category_ids": [], "label_map": table[0]}]
+    classes = [
+        {
+            "label": i + 1,
+            "category_id": c,
+            "name": n,
+            "count": None if t.counts is None else t.counts[i],
+            "group": int(t.group_of_label[i + 1]),
+            "rank": int(t.rank_of_label[i + 1]),
+        }
+        for i, (c, n) in enumerate(zip(t.cat_ids, t.cat_names))
+    ]
+    groups = [
+        {
+            "group": 0,
+            "name": "background",
+            "lo": None,
+            "hi": None,
+            "num_classes": 0,
+            "slice": sl[0],
+            "category_ids": [],
+            "label_map": table[0],
+        }
+    ]
     for g, (members, (lo, hi)) in enumerate(zip(t.groups, t.bounds), start=1):
         cnt = None if t.counts is None else [t.counts[i - 1] for i in t.labels_of_group(g)]
-        groups.append({"group": g, "name": t.group_names[g - 1], "lo": lo, "hi": None if math.isinf(hi) else hi,
-                       "num_classes": len(members), "min_count": cnt and min(cnt), "max_count": cnt and max(cnt),
-                       "slice": sl[g], "category_ids": list(members), "label_map": table[g]})
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "label_convention": LABEL_CONVENTION,
-            "dataset": t.dataset, "method": t.method, "k": t.k, "edges": list(t.edges),
-            "num_classes": t.num_classes, "num_groups": t.num_groups, "num_logits": t.num_logits,
-            "notes": list(t.notes), "classes": classes, "groups": groups}
+        groups.append(
+            {
+                "group": g,
+                "name": t.group_names[g - 1],
+                "lo": lo,
+                "hi": None if math.isinf(hi) else hi,
+                "num_classes": len(members),
+                "min_count": cnt and min(cnt),
+                "max_count": cnt and max(cnt),
+                "slice": sl[g],
+                "category_ids": list(members),
+                "label_map": table[g],
+            }
+        )
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "label_convention": LABEL_CONVENTION,
+        "dataset": t.dataset,
+        "method": t.method,
+        "k": t.k,
+        "edges": list(t.edges),
+        "num_classes": t.num_classes,
+        "num_groups": t.num_groups,
+        "num_logits": t.num_logits,
+        "notes": list(t.notes),
+        "classes": classes,
+        "groups": groups,
+    }
 
 
 def save_groups(table: GroupTable, path) -> Path:
@@ -105,8 +146,12 @@ def _get(d, key, kind, file, record):
     if kind is int and (not isinstance(v, int) or isinstance(v, bool)):
         raise DataError(file, f"{record}.{key}", f"{v!r} is not an integer", "write the file with lvod groups")
     if kind is not int and not isinstance(v, kind):
-        raise DataError(file, f"{record}.{key}", f"{v!r} is not a {getattr(kind, '__name__', kind)}",
-                        "write the file with lvod groups")
+        raise DataError(
+            file,
+            f"{record}.{key}",
+            f"{v!r} is not a {getattr(kind, '__name__', kind)}",
+            "write the file with lvod groups",
+        )
     return v
 
 
@@ -126,8 +171,12 @@ def groups_from_dict(d: dict, file="<dict>") -> GroupTable:
     ids = [_get(c, "category_id", int, file, f"classes[{i}]") for i, c in enumerate(classes)]
     for i, c in enumerate(classes):
         if _get(c, "label", int, file, f"classes[{i}]") != i + 1:
-            raise DataError(file, f"classes[{i}].label", f"label {c['label']} should be {i + 1}",
-                            "list classes in ascending category_id order with labels 1..C")
+            raise DataError(
+                file,
+                f"classes[{i}].label",
+                f"label {c['label']} should be {i + 1}",
+                "list classes in ascending category_id order with labels 1..C",
+            )
     counts = [c.get("count") for c in classes]
     if any(x is None for x in counts):
         if any(x is not None for x in counts):
@@ -138,10 +187,17 @@ def groups_from_dict(d: dict, file="<dict>") -> GroupTable:
         if _get(d, key, int, file, "file") != want:
             raise DataError(file, key, f"{d[key]} but the file holds {want}", "write the file with lvod groups")
     g0 = groups[0] if groups else {}
-    if (_get(g0, "slice", list, file, "groups[0]") != [0, 2] or _get(g0, "label_map", list, file, "groups[0]")
-            != [0] + [1] * C or _get(g0, "category_ids", list, file, "groups[0]")):
-        raise DataError(file, "groups[0]", "the background group must be 2-way: slice [0, 2], "
-                        "label_map [0, 1, ..., 1], no category_ids", "write the file with lvod groups")
+    if (
+        _get(g0, "slice", list, file, "groups[0]") != [0, 2]
+        or _get(g0, "label_map", list, file, "groups[0]") != [0] + [1] * C
+        or _get(g0, "category_ids", list, file, "groups[0]")
+    ):
+        raise DataError(
+            file,
+            "groups[0]",
+            "the background group must be 2-way: slice [0, 2], label_map [0, 1, ..., 1], no category_ids",
+            "write the file with lvod groups",
+        )
     label_of = {c: i + 1 for i, c in enumerate(ids)}
     end, members, bounds = 2, [], []
     for g in range(1, G + 1):
@@ -155,29 +211,53 @@ def groups_from_dict(d: dict, file="<dict>") -> GroupTable:
             want[label_of[c]] = r
         if lm != want:
             bad = next((i for i in range(C + 1) if i >= len(lm) or lm[i] != want[i]), len(want))
-            raise DataError(file, f"{rec}.label_map[{bad}]", f"should be {want[bad] if bad < len(want) else 'absent'}: "
-                            "members get ranks 1..n_k in ascending id order, other labels 0",
-                            "write the file with lvod groups")
+            raise DataError(
+                file,
+                f"{rec}.label_map[{bad}]",
+                f"should be {want[bad] if bad < len(want) else 'absent'}: "
+                "members get ranks 1..n_k in ascending id order, other labels 0",
+                "write the file with lvod groups",
+            )
         sl = _get(groups[g], "slice", list, file, rec)
         if sl != [end, len(m) + 1]:
-            raise DataError(file, f"{rec}.slice", f"{sl} should be {[end, len(m) + 1]} (contiguous, n_k + 1 logits)",
-                            "write the file with lvod groups")
+            raise DataError(
+                file,
+                f"{rec}.slice",
+                f"{sl} should be {[end, len(m) + 1]} (contiguous, n_k + 1 logits)",
+                "write the file with lvod groups",
+            )
         end += len(m) + 1
         hi = groups[g].get("hi")
         bounds.append((_get(groups[g], "lo", (int, float), file, rec), math.inf if hi is None else hi))
         members.append(m)
     try:
-        t = GroupTable(dataset=d.get("dataset", ""), cat_ids=ids, cat_names=[c.get("name", "") for c in classes],
-                       counts=counts, method=d.get("method"), k=d.get("k"), edges=d.get("edges", []),
-                       groups=members, bounds=bounds, notes=d.get("notes", []))
+        t = GroupTable(
+            dataset=d.get("dataset", ""),
+            cat_ids=ids,
+            cat_names=[c.get("name", "") for c in classes],
+            counts=counts,
+            method=d.get("method"),
+            k=d.get("k"),
+            edges=d.get("edges", []),
+            groups=members,
+            bounds=bounds,
+            notes=d.get("notes", []),
+        )
     except DataError as e:
         raise DataError(file, e.record, e.problem, e.fix) from None
     except (TypeError, ValueError) as e:
-        raise DataError(file, "file", f"bad method, k, edges or bounds ({e})", "write the file with lvod groups") from None
+        raise DataError(
+            file, "file", f"bad method, k, edges or bounds ({e})", "write the file with lvod groups"
+        ) from None
     for i, c in enumerate(classes):
         if (c.get("group"), c.get("rank")) != (int(t.group_of_label[i + 1]), int(t.rank_of_label[i + 1])):
-            raise DataError(file, f"classes[{i}]", f"group/rank {c.get('group')}/{c.get('rank')} disagree with the "
-                            f"groups ({t.group_of_label[i + 1]}/{t.rank_of_label[i + 1]})", "write the file with lvod groups")
+            raise DataError(
+                file,
+                f"classes[{i}]",
+                f"group/rank {c.get('group')}/{c.get('rank')} disagree with the "
+                f"groups ({t.group_of_label[i + 1]}/{t.rank_of_label[i + 1]})",
+                "write the file with lvod groups",
+            )
     return t
 
 
@@ -193,6 +273,7 @@ def load_groups(path) -> GroupTable:
 
 # ----------------------------------------------------------------------------- reference BAGS files
 
+
 class SafeUnpickler(pickle.Unpickler):
     """Unpickler that only resolves the globals numpy needs to rebuild an array.
 
@@ -207,9 +288,12 @@ class SafeUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         target = _NUMPY_GLOBALS.get((module, name)) if self.allow_numpy else None
         if target is None:
-            raise DataError(self.file, f"global {module}.{name}",
-                            "the pickle asks for a callable outside the numpy array rebuild; refused, nothing ran",
-                            "use a file from a trusted source, or re-export it with lvod (lvod groups)")
+            raise DataError(
+                self.file,
+                f"global {module}.{name}",
+                "the pickle asks for a callable outside the numpy array rebuild; refused, nothing ran",
+                "use a file from a trusted source, or re-export it with lvod (lvod groups)",
+            )
         import importlib
 
         return getattr(importlib.import_module(target[0]), target[1])
@@ -227,7 +311,9 @@ def safe_unpickle(path, *, allow_numpy: bool = True):
     except DataError:
         raise
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(path, "file", f"not a readable pickle ({type(e).__name__}: {e})", "pass the original file") from None
+        raise DataError(
+            path, "file", f"not a readable pickle ({type(e).__name__}: {e})", "pass the original file"
+        ) from None
 
 
 def read_valsplit(path) -> dict[str, np.ndarray]:
@@ -268,11 +354,16 @@ def bags_bin_name(lo, hi) -> str:
 
 def valsplit_dict(table: GroupTable) -> dict[str, np.ndarray]:
     """The ``valsplit.pkl`` dict of a table: bins (labels, ascending), normal, background, all."""
-    d = {bags_bin_name(lo, hi): table.labels_of_group(g).astype(np.int64)
-         for g, (lo, hi) in enumerate(table.bounds, start=1)}
+    d = {
+        bags_bin_name(lo, hi): table.labels_of_group(g).astype(np.int64)
+        for g, (lo, hi) in enumerate(table.bounds, start=1)
+    }
     C = table.num_classes
-    d.update(normal=np.arange(1, C + 1, dtype=np.int64), background=np.zeros(1, dtype=np.int64),
-             all=np.arange(0, C + 1, dtype=np.int64))
+    d.update(
+        normal=np.arange(1, C + 1, dtype=np.int64),
+        background=np.zeros(1, dtype=np.int64),
+        all=np.arange(0, C + 1, dtype=np.int64),
+    )
     return d
 
 
@@ -298,8 +389,12 @@ def _load_tensor(path) -> torch.Tensor:
     try:
         t = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad or unsafe file
-        raise DataError(path, "file", f"not loadable with weights_only=True ({type(e).__name__}: {e})",
-                        "pass the original BAGS file") from None
+        raise DataError(
+            path,
+            "file",
+            f"not loadable with weights_only=True ({type(e).__name__}: {e})",
+            "pass the original BAGS file",
+        ) from None
     if not isinstance(t, torch.Tensor) or t.dim() != 2 or t.dtype not in (torch.int64, torch.int32):
         raise DataError(path, "file", "is not a 2-D integer tensor", "pass the original BAGS file")
     return t.long()
@@ -329,8 +424,12 @@ def import_bags(bags_dir, cat_ids=None, names=None, *, counts=None, dataset="") 
             continue
         m = _BIN.match(key)
         if not m:
-            raise DataError(vp, f"key {key!r}", "is not a count bin like '[10, 100)' nor normal/background/all",
-                            "rename or drop the entry")
+            raise DataError(
+                vp,
+                f"key {key!r}",
+                "is not a count bin like '[10, 100)' nor normal/background/all",
+                "rename or drop the entry",
+            )
         hi = math.inf if m.group(2) in ("~", "inf") else float(m.group(2))
         if np.any(np.diff(labels) <= 0) or labels.size == 0:
             raise DataError(vp, f"key {key!r}", "labels are empty or not strictly ascending", "sort the bin's labels")
@@ -339,8 +438,12 @@ def import_bags(bags_dir, cat_ids=None, names=None, *, counts=None, dataset="") 
     allc = np.sort(np.concatenate([b[2] for b in bins])) if bins else np.zeros(0, np.int64)
     C = allc.size
     if C == 0 or not np.array_equal(allc, np.arange(1, C + 1)):
-        raise DataError(vp, "bins", "the bins do not hold the labels 1..C exactly once each",
-                        "give every class label to exactly one bin")
+        raise DataError(
+            vp,
+            "bins",
+            "the bins do not hold the labels 1..C exactly once each",
+            "give every class label to exactly one bin",
+        )
     ids = np.arange(1, C + 1) if cat_ids is None else np.asarray(cat_ids, dtype=np.int64)
     if ids.size != C:
         raise DataError(vp, "bins", f"hold {C} classes but {ids.size} cat_ids were given", "pass the dataset's ids")
@@ -348,10 +451,16 @@ def import_bags(bags_dir, cat_ids=None, names=None, *, counts=None, dataset="") 
     nm = [str(i) for i in ids] if names is None else list(names)
     edges = sorted({b[1] for b in bins if not math.isinf(b[1])} | {b[0] for b in bins if b[0] > 0})
     try:
-        table = GroupTable(dataset=dataset, cat_ids=ids[order], cat_names=[nm[i] for i in order],
-                           counts=None if counts is None else np.asarray(counts)[order], method="edges",
-                           edges=edges, groups=[ids[order][b[2] - 1] for b in bins],
-                           bounds=[(b[0], b[1]) for b in bins])
+        table = GroupTable(
+            dataset=dataset,
+            cat_ids=ids[order],
+            cat_names=[nm[i] for i in order],
+            counts=None if counts is None else np.asarray(counts)[order],
+            method="edges",
+            edges=edges,
+            groups=[ids[order][b[2] - 1] for b in bins],
+            bounds=[(b[0], b[1]) for b in bins],
+        )
     except DataError as e:
         raise DataError(vp, e.record, e.problem, e.fix) from None
     notes = _compare_tensors(table, paths) + _compare_extras(table, split, vp)
@@ -365,24 +474,42 @@ def _compare_tensors(table: GroupTable, paths) -> list[str]:
     lp, sp = paths["label2binlabel.pt"], paths["pred_slice_with0.pt"]
     l2b = _load_tensor(lp)
     if l2b.shape[0] != rows or l2b.shape[1] < C + 1:
-        raise DataError(lp, "shape", f"{tuple(l2b.shape)}, expected ({rows}, >= {C + 1})",
-                        "use the label2binlabel.pt made with this valsplit.pkl")
-    diff = (l2b[:, :C + 1] != table.label2binlabel).nonzero()
+        raise DataError(
+            lp,
+            "shape",
+            f"{tuple(l2b.shape)}, expected ({rows}, >= {C + 1})",
+            "use the label2binlabel.pt made with this valsplit.pkl",
+        )
+    diff = (l2b[:, : C + 1] != table.label2binlabel).nonzero()
     if diff.numel():
         g, c = diff[0].tolist()
-        raise DataError(lp, f"row {g} column {c}", f"is {int(l2b[g, c])}, the bins imply "
-                        f"{int(table.label2binlabel[g, c])}", "use the label2binlabel.pt made with this valsplit.pkl")
+        raise DataError(
+            lp,
+            f"row {g} column {c}",
+            f"is {int(l2b[g, c])}, the bins imply {int(table.label2binlabel[g, c])}",
+            "use the label2binlabel.pt made with this valsplit.pkl",
+        )
     if l2b.shape[1] > C + 1:
-        extra = l2b[:, C + 1:]
+        extra = l2b[:, C + 1 :]
         if not (bool((extra[0] == 1).all()) and bool((extra[1:] == 0).all())):
-            raise DataError(lp, f"columns {C + 1}..{l2b.shape[1] - 1}", "beyond the bins' classes but in a group",
-                            "use the label2binlabel.pt made with this valsplit.pkl")
-        notes.append(f"{lp.name}: {l2b.shape[1]} columns for {C} classes; columns {C + 1}..{l2b.shape[1] - 1} "
-                     "belong to no object group (row 0 marks them foreground) and were dropped")
+            raise DataError(
+                lp,
+                f"columns {C + 1}..{l2b.shape[1] - 1}",
+                "beyond the bins' classes but in a group",
+                "use the label2binlabel.pt made with this valsplit.pkl",
+            )
+        notes.append(
+            f"{lp.name}: {l2b.shape[1]} columns for {C} classes; columns {C + 1}..{l2b.shape[1] - 1} "
+            "belong to no object group (row 0 marks them foreground) and were dropped"
+        )
     ps = _load_tensor(sp)
     if ps.shape != table.pred_slice.shape or not torch.equal(ps, table.pred_slice):
-        raise DataError(sp, "table", f"{ps.tolist()} but the bins imply {table.pred_slice.tolist()}",
-                        "use the pred_slice_with0.pt made with this valsplit.pkl")
+        raise DataError(
+            sp,
+            "table",
+            f"{ps.tolist()} but the bins imply {table.pred_slice.tolist()}",
+            "use the pred_slice_with0.pt made with this valsplit.pkl",
+        )
     return notes
 
 
@@ -395,8 +522,10 @@ def _compare_extras(table: GroupTable, split: dict, vp: Path) -> list[str]:
         elif not np.array_equal(split[key], w):
             if key == "background":
                 raise DataError(vp, "key 'background'", f"is {split[key].tolist()}, not [0]", "background is label 0")
-            notes.append(f"{vp.name}: {key!r} holds {split[key].size} labels ({split[key].min()}..{split[key].max()}), "
-                         f"not {w[0]}..{w[-1]} for these {C} classes: stale, ignored")
+            notes.append(
+                f"{vp.name}: {key!r} holds {split[key].size} labels ({split[key].min()}..{split[key].max()}), "
+                f"not {w[0]}..{w[-1]} for these {C} classes: stale, ignored"
+            )
     return notes
 
 
@@ -411,13 +540,18 @@ def read_bags_counts(path) -> tuple[np.ndarray, np.ndarray]:
     try:
         rows = sorted((int(v["category_id"]), int(v["isntance_count"])) for k, v in d.items() if k != 0)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-        raise DataError(path, "entries", f"not {{label: {{'category_id', 'isntance_count'}}}} ({e})",
-                        "pass BAGS' class_to_imageid_and_inscount.pt") from None
+        raise DataError(
+            path,
+            "entries",
+            f"not {{label: {{'category_id', 'isntance_count'}}}} ({e})",
+            "pass BAGS' class_to_imageid_and_inscount.pt",
+        ) from None
     arr = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 
 
 # ----------------------------------------------------------------------------- the lvod groups job
+
 
 def counts_description(source) -> str:
     """What :func:`counts_from_source` counts in ``source`` (for the command's summary)."""
@@ -440,10 +574,18 @@ def counts_from_source(source) -> tuple[np.ndarray, list, np.ndarray, str]:
         df = pd.read_csv(source)
         missing = {"category_id", "name", "boxes"} - set(df.columns)
         if missing:
-            raise DataError(source, "header", f"missing columns {sorted(missing)}",
-                            "pass class_stats.csv from lvod stats (category_id,name,boxes,...)")
-        return (df["category_id"].to_numpy(np.int64), df["name"].astype(str).tolist(),
-                df["boxes"].to_numpy(np.int64), counts_description(source))
+            raise DataError(
+                source,
+                "header",
+                f"missing columns {sorted(missing)}",
+                "pass class_stats.csv from lvod stats (category_id,name,boxes,...)",
+            )
+        return (
+            df["category_id"].to_numpy(np.int64),
+            df["name"].astype(str).tolist(),
+            df["boxes"].to_numpy(np.int64),
+            counts_description(source),
+        )
     from lvod.data.cocovid import load_cocovid
 
     ds = load_cocovid(source)
@@ -452,8 +594,9 @@ def counts_from_source(source) -> tuple[np.ndarray, list, np.ndarray, str]:
     return np.asarray(ds.cat_ids, dtype=np.int64), list(ds.cat_names), counts, counts_description(source)
 
 
-def make_groups(source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None,
-                from_bags=None) -> tuple[GroupTable, dict[str, Path]]:
+def make_groups(
+    source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None, from_bags=None
+) -> tuple[GroupTable, dict[str, Path]]:
     """``lvod groups``: build (or import) a group table and write ``groups.json``.
 
     ``source``: annotation JSON or stats CSV (see :func:`counts_from_source`); ``edges``:
@@ -481,8 +624,15 @@ def make_groups(source=None, out=None, *, method="quantiles", edges=None, k=3, d
     if from_bags is not None:
         table = import_bags(from_bags, ids, names, counts=counts, dataset=dataset)
     else:
-        table = build_groups(ids, counts, method=method, edges=edges if method == "edges" else None,
-                             k=None if method == "edges" else k, names=names, dataset=dataset)
+        table = build_groups(
+            ids,
+            counts,
+            method=method,
+            edges=edges if method == "edges" else None,
+            k=None if method == "edges" else k,
+            names=names,
+            dataset=dataset,
+        )
     out = Path(out) if out else Path("intermediate_files") / dataset / "groups.json"
     paths = {"groups": save_groups(table, out)}
     if bags_dir:

@@ -14,6 +14,7 @@ and turns errors into exit codes, the same for every command:
 The library logs its progress through ``logging``; :func:`main` shows those lines on the
 console.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,13 +58,17 @@ def _add_data(sub):
     d.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives byte-identical files")
     d.set_defaults(func=_data_demo)
 
-    c = dsub.add_parser("convert-imagenet-vid",
-                        help="convert the ILSVRC2015 XML tree + FGFA frame lists to CocoVID json")
+    c = dsub.add_parser(
+        "convert-imagenet-vid", help="convert the ILSVRC2015 XML tree + FGFA frame lists to CocoVID json"
+    )
     c.add_argument("--root", required=True, help="the ILSVRC2015 folder (holds Annotations/ and Data/)")
     c.add_argument("--out", required=True, help="folder for imagenet_vid_{train,val}.json and the DET file")
-    c.add_argument("--lists", default=None,
-                   help="folder with VID_train_15frames.txt, VID_val_videos.txt, DET_train_30classes.txt "
-                        "(default: ROOT/ImageSets)")
+    c.add_argument(
+        "--lists",
+        default=None,
+        help="folder with VID_train_15frames.txt, VID_val_videos.txt, DET_train_30classes.txt "
+        "(default: ROOT/ImageSets)",
+    )
     c.add_argument("--splits", default="train,val,det", help="comma-separated subset of train,val,det")
     c.set_defaults(func=_data_convert)
 
@@ -79,23 +84,41 @@ def _add_stats_groups(sub):
     s.add_argument("--out", required=True, help="folder for class_stats.csv/.json and summary.json")
     s.set_defaults(func=_stats)
 
-    g = sub.add_parser("groups", help="build BAGS frequency-group tables from an annotation file or stats CSV, "
-                                      "or import the reference BAGS files")
-    g.add_argument("source", nargs="?", default=None,
-                   help="training annotation json, or a class_stats.csv (optional with --from-bags: gives "
-                        "the category ids, names and counts the imported table is checked against)")
+    g = sub.add_parser(
+        "groups",
+        help="build BAGS frequency-group tables from an annotation file or stats CSV, "
+        "or import the reference BAGS files",
+    )
+    g.add_argument(
+        "source",
+        nargs="?",
+        default=None,
+        help="training annotation json, or a class_stats.csv (optional with --from-bags: gives "
+        "the category ids, names and counts the imported table is checked against)",
+    )
     g.add_argument("--dataset", required=True, help="dataset name: tables go to intermediate_files/<dataset>/")
-    g.add_argument("--method", choices=("edges", "quantiles", "log"), default="quantiles",
-                   help="edges: explicit count edges (BAGS: 10,100,1000); quantiles: k groups of about "
-                        "equal class count; log: k log-spaced bins")
+    g.add_argument(
+        "--method",
+        choices=("edges", "quantiles", "log"),
+        default="quantiles",
+        help="edges: explicit count edges (BAGS: 10,100,1000); quantiles: k groups of about "
+        "equal class count; log: k log-spaced bins",
+    )
     g.add_argument("--edges", default=None, help="comma-separated instance-count edges, e.g. 10,100,1000")
     g.add_argument("-k", type=int, default=3, help="number of groups for quantiles/log (default 3)")
-    g.add_argument("--bags-dir", default=None,
-                   help="also write the BAGS reference files (label2binlabel.pt, pred_slice_with0.pt, "
-                        "valsplit.pkl) into this folder")
-    g.add_argument("--from-bags", default=None, metavar="DIR",
-                   help="import the table from BAGS reference files in DIR (label2binlabel.pt, "
-                        "pred_slice_with0.pt, valsplit.pkl) instead of building it; --method/--edges/-k unused")
+    g.add_argument(
+        "--bags-dir",
+        default=None,
+        help="also write the BAGS reference files (label2binlabel.pt, pred_slice_with0.pt, "
+        "valsplit.pkl) into this folder",
+    )
+    g.add_argument(
+        "--from-bags",
+        default=None,
+        metavar="DIR",
+        help="import the table from BAGS reference files in DIR (label2binlabel.pt, "
+        "pred_slice_with0.pt, valsplit.pkl) instead of building it; --method/--edges/-k unused",
+    )
     g.add_argument("--out", default=None, help="output json (default intermediate_files/<dataset>/groups.json)")
     g.set_defaults(func=_groups)
 
@@ -114,8 +137,13 @@ def _add_engine(sub):
     e = sub.add_parser("test", help="run video inference on the config's test split and evaluate")
     e.add_argument("config")
     e.add_argument("--checkpoint", required=True)
-    e.add_argument("--eval", nargs="+", choices=("bbox",), default=["bbox"],
-                   help="metrics to evaluate (bbox, as the original test.py)")
+    e.add_argument(
+        "--eval",
+        nargs="+",
+        choices=("bbox",),
+        default=["bbox"],
+        help="metrics to evaluate (bbox, as the original test.py)",
+    )
     e.add_argument("--no-eval", action="store_true", help="only write the results file")
     e.add_argument("--out", default=None, help="results file: .json (COCO results), .npz or .pkl")
     e.add_argument("--groups", default=None, help="groups.json for per-group AP (default: the config's)")
@@ -142,13 +170,24 @@ def _add_engine(sub):
     v.add_argument("--results", required=True, help="detections: COCO results .json or lvod .npz")
     v.add_argument("--groups", default=None, help="groups.json for per-group AP")
     v.add_argument("--out", default=None, help="metrics.json (CSV tables are written beside it)")
-    v.add_argument("--protocol", choices=("coco", "ilsvrc"), default="coco",
-                   help="coco: AP@50 as mmtracking reports it; ilsvrc: the official VID devkit rules")
-    v.add_argument("--motion-iou", default=None,
-                   help="official per-object motion IoU .mat (ImageNet VID val) instead of computing it")
-    v.add_argument("--backend", choices=("lvod", "pycocotools"), default="lvod",
-                   help="lvod: its own exact matcher (fast, scales to ImageNet VID val; default); "
-                        "pycocotools: COCOeval per chunk of images (about 25x slower, coco protocol)")
+    v.add_argument(
+        "--protocol",
+        choices=("coco", "ilsvrc"),
+        default="coco",
+        help="coco: AP@50 as mmtracking reports it; ilsvrc: the official VID devkit rules",
+    )
+    v.add_argument(
+        "--motion-iou",
+        default=None,
+        help="official per-object motion IoU .mat (ImageNet VID val) instead of computing it",
+    )
+    v.add_argument(
+        "--backend",
+        choices=("lvod", "pycocotools"),
+        default="lvod",
+        help="lvod: its own exact matcher (fast, scales to ImageNet VID val; default); "
+        "pycocotools: COCOeval per chunk of images (about 25x slower, coco protocol)",
+    )
     v.set_defaults(func=_eval)
 
 
@@ -157,8 +196,15 @@ def _add_notebooks_and_jobs(sub):
     nsub = n.add_subparsers(dest="nb_cmd", required=True, metavar="{run,list}")
     r = nsub.add_parser("run", help="execute a notebook (01..04, a file name, or 'all') into a run folder")
     r.add_argument("name", help="01, 02_train, a path, or all")
-    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                   help="papermill parameter (VALUE is parsed as JSON when it can be, else kept as text)")
+    r.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("KEY", "VALUE"),
+        help="papermill parameter (VALUE is parsed as JSON when it can be, else kept as text)",
+    )
     r.add_argument("--run-dir", default=None, help="run folder (default runs/notebooks-<timestamp>)")
     r.set_defaults(func=_notebooks_run)
     ls = nsub.add_parser("list", help="list the notebooks")
@@ -173,7 +219,8 @@ def _add_notebooks_and_jobs(sub):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="lvod", description="Long-tail video object detection workbench (run 'lvod CMD --help').")
+        prog="lvod", description="Long-tail video object detection workbench (run 'lvod CMD --help')."
+    )
     parser.add_argument("--version", action="version", version=f"lvod {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="CMD")
     _add_data(sub)
@@ -184,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- data
+
 
 def _data_demo(a) -> int:
     print(format_demo_summary(make_demo(a.out, seed=a.seed)))
@@ -209,6 +257,7 @@ def _data_check(a) -> int:
 
 # ----------------------------------------------------------------------------- statistics, groups
 
+
 def _stats(a) -> int:
     r = write_stats(a.ann, a.out)
     print(format_stats(r["stats"], r["summary"]))
@@ -221,8 +270,16 @@ def _groups(a) -> int:
         raise UsageError("give an annotation json or stats CSV, or --from-bags DIR")
     try:
         edges = [float(e) for e in a.edges.replace(" ", "").split(",") if e] if a.edges else None
-        table, paths = make_groups(a.source, a.out, method=a.method, edges=edges, k=a.k, dataset=a.dataset,
-                                   bags_dir=a.bags_dir, from_bags=a.from_bags)
+        table, paths = make_groups(
+            a.source,
+            a.out,
+            method=a.method,
+            edges=edges,
+            k=a.k,
+            dataset=a.dataset,
+            bags_dir=a.bags_dir,
+            from_bags=a.from_bags,
+        )
     except DataError:
         raise
     except ValueError as exc:  # bad --edges / -k for the method
@@ -230,13 +287,17 @@ def _groups(a) -> int:
     print(format_groups(table))
     if a.from_bags is not None:
         print(f"groups: BAGS files in {a.from_bags}")
-    print(f"counts: {counts_description(a.source)} of {a.source}" if a.source is not None else
-          "counts: none (no source given; labels 1..C are the category ids)")
+    print(
+        f"counts: {counts_description(a.source)} of {a.source}"
+        if a.source is not None
+        else "counts: none (no source given; labels 1..C are the category ids)"
+    )
     print(f"wrote {paths['groups']}" + (f" and BAGS files in {a.bags_dir}" if a.bags_dir else ""))
     return 0
 
 
 # ----------------------------------------------------------------------------- train, test, infer, eval
+
 
 def _train(a) -> int:
     cfg = load_config(a.config, a.overrides)
@@ -261,11 +322,20 @@ def _train(a) -> int:
 
 
 def _test(a) -> int:
-    r = test_model(a.config, a.checkpoint, eval=() if a.no_eval else tuple(a.eval), out=a.out, groups=a.groups,
-                   device=a.device, overrides=a.overrides)
+    r = test_model(
+        a.config,
+        a.checkpoint,
+        eval=() if a.no_eval else tuple(a.eval),
+        out=a.out,
+        groups=a.groups,
+        device=a.device,
+        overrides=a.overrides,
+    )
     inf, files = r["inference"], r["files"]
-    print(f"inference: {inf['frames']} frames in {inf['videos']} videos, {inf['detections']} detections, "
-          f"{inf['frames_per_second']:.2f} frames/s on {inf['device']}")
+    print(
+        f"inference: {inf['frames']} frames in {inf['videos']} videos, {inf['detections']} detections, "
+        f"{inf['frames_per_second']:.2f} frames/s on {inf['device']}"
+    )
     print(f"wrote {files['results']}")
     if r["note"]:
         print(r["note"])
@@ -274,20 +344,34 @@ def _test(a) -> int:
     if "classwise" in r:
         print(format_tables(r), end="")
         if r["dropped_unknown_category"]:
-            print(f"note: {r['dropped_unknown_category']} detections had a category_id not in the test split; "
-                  "not scored")
+            print(
+                f"note: {r['dropped_unknown_category']} detections had a category_id not in the test split; not scored"
+            )
         print("wrote " + ", ".join(str(files[k]) for k in ("metrics", "classwise", "groups")))
     return 0
 
 
 def _infer(a) -> int:
-    r = infer_video(a.config, a.checkpoint, a.input, a.out, draw=a.draw, video=a.video, score_thr=a.score_thr,
-                    device=a.device, random_weights=a.random_weights, max_frames=a.max_frames,
-                    overrides=a.overrides)
+    r = infer_video(
+        a.config,
+        a.checkpoint,
+        a.input,
+        a.out,
+        draw=a.draw,
+        video=a.video,
+        score_thr=a.score_thr,
+        device=a.device,
+        random_weights=a.random_weights,
+        max_frames=a.max_frames,
+        overrides=a.overrides,
+    )
     count, total = r["frames"], r["total_frames"]
-    print(f"{r['kind']} {r['input']}: {count} frames" + (f" (first {count} of {total})" if count < total else "")
-          + f", {r['detections']} detections with score >= {r['score_thr']}; "
-          f"class names from {r['class_names_from']}")
+    print(
+        f"{r['kind']} {r['input']}: {count} frames"
+        + (f" (first {count} of {total})" if count < total else "")
+        + f", {r['detections']} detections with score >= {r['score_thr']}; "
+        f"class names from {r['class_names_from']}"
+    )
     print(f"wrote {r['files']['detections']}")
     if r["files"]["frames"] is not None:
         print(f"wrote {count} drawn frames to {r['files']['frames']}")
@@ -301,8 +385,9 @@ def _eval(a) -> int:
         check_backend(a.backend, a.protocol)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    m = evaluate_files(a.ann, a.results, groups=a.groups, protocol=a.protocol, motion_iou=a.motion_iou,
-                       backend=a.backend)
+    m = evaluate_files(
+        a.ann, a.results, groups=a.groups, protocol=a.protocol, motion_iou=a.motion_iou, backend=a.backend
+    )
     print(format_tables(m), end="")
     if m["dropped_unknown_category"]:
         print(f"note: {m['dropped_unknown_category']} detections have a category_id not in {a.ann}; not scored")
@@ -313,6 +398,7 @@ def _eval(a) -> int:
 
 
 # ----------------------------------------------------------------------------- notebooks, main job
+
 
 def _notebooks_run(a) -> int:
     try:
@@ -341,6 +427,7 @@ def _demo_job(a) -> int:
 
 
 # ----------------------------------------------------------------------------- entry point
+
 
 def main(argv=None) -> int:
     parser = build_parser()

@@ -26,6 +26,7 @@ it, and evaluation uses it for per-group AP with any head.
 Files and checkpoints written before these names (``data.groups_file``, ``data.mean`` /
 ``data.std``, ``model.head_kwargs``) are migrated on load by :func:`migrate_legacy_keys`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -215,10 +216,10 @@ class ModelConfig:
     head: str = choice("softmax", HEAD_SETTINGS)
     bags: BagsConfig = field(default_factory=BagsConfig)
     seesaw: SeesawConfig = field(default_factory=SeesawConfig)
-    groups_file: str = ""           # frequency-group table (lvod groups): BAGS, per-group AP
-    backbone_weights: str | None = None     # torchvision ResNet state dict (.pth)
-    flownet_weights: str | None = None      # mmtracking FlowNetSimple state dict (FGFA)
-    frozen_stages: int = 1          # -1: nothing frozen (training from scratch)
+    groups_file: str = ""  # frequency-group table (lvod groups): BAGS, per-group AP
+    backbone_weights: str | None = None  # torchvision ResNet state dict (.pth)
+    flownet_weights: str | None = None  # mmtracking FlowNetSimple state dict (FGFA)
+    frozen_stages: int = 1  # -1: nothing frozen (training from scratch)
     backbone_norm: str = choice("eval", BACKBONE_NORMS)
     neck_channels: int = 512
     rpn_channels: int = 512
@@ -242,7 +243,7 @@ class ModelConfig:
     fc_channels: int = 1024
     roi_pos_iou: float = 0.5
     roi_neg_iou: float = 0.5
-    roi_match_low_quality: bool = True   # mmdet MaxIoUAssigner default, kept by mmtracking's rcnn
+    roi_match_low_quality: bool = True  # mmdet MaxIoUAssigner default, kept by mmtracking's rcnn
     roi_num_samples: int = 256
     roi_pos_fraction: float = 0.25
     roi_add_gt: bool = True
@@ -271,8 +272,10 @@ class ModelConfig:
         if self.fgfa_window < 1 or self.fgfa_window % 2 == 0:
             raise ValueError(f"fgfa_window must be odd and >= 1, got {self.fgfa_window}")
         if self.fc_channels % self.selsa_attention_blocks:
-            raise ValueError(f"fc_channels {self.fc_channels} must be divisible by "
-                             f"selsa_attention_blocks {self.selsa_attention_blocks}")
+            raise ValueError(
+                f"fc_channels {self.fc_channels} must be divisible by "
+                f"selsa_attention_blocks {self.selsa_attention_blocks}"
+            )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (R, G, B)")
 
@@ -282,15 +285,30 @@ class ModelConfig:
         return dataclasses.asdict(getattr(self, self.head)) if section else {}
 
     @classmethod
-    def tiny(cls, **overrides) -> "ModelConfig":
+    def tiny(cls, **overrides) -> ModelConfig:
         """A CPU demo/test preset: ResNet-18 with FrozenBatchNorm2d, 32-channel neck/RPN,
         128-wide FCs, anchors 16..128 px, a few proposals, FlowNet at 1/16 width (random
         weights), window 5, 4 SELSA refs. ``overrides`` replace any field."""
-        base = dict(depth=18, backbone_norm="frozen", neck_channels=32, rpn_channels=32, fc_channels=128,
-                    anchor_base=4.0, rpn_allowed_border=-1.0, rpn_num_samples=64, rpn_train_pre_nms=300,
-                    rpn_train_post_nms=64, rpn_test_pre_nms=300, rpn_test_post_nms=32,
-                    roi_num_samples=64, test_max_dets=20, flownet_width=1 / 16, fgfa_window=5,
-                    selsa_test_refs=4, selsa_attention_blocks=4)
+        base = dict(
+            depth=18,
+            backbone_norm="frozen",
+            neck_channels=32,
+            rpn_channels=32,
+            fc_channels=128,
+            anchor_base=4.0,
+            rpn_allowed_border=-1.0,
+            rpn_num_samples=64,
+            rpn_train_pre_nms=300,
+            rpn_train_post_nms=64,
+            rpn_test_pre_nms=300,
+            rpn_test_post_nms=32,
+            roi_num_samples=64,
+            test_max_dets=20,
+            flownet_width=1 / 16,
+            fgfa_window=5,
+            selsa_test_refs=4,
+            selsa_attention_blocks=4,
+        )
         base.update(overrides)
         return cls(**base)
 
@@ -313,8 +331,7 @@ def _read_file(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise DataError(path, "file", f"cannot read the config ({exc.strerror})",
-                        "check the path") from exc
+        raise DataError(path, "file", f"cannot read the config ({exc.strerror})", "check the path") from exc
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -352,8 +369,12 @@ def read_tree(path, _chain: tuple = ()) -> tuple[dict, dict]:
     """
     path = Path(path).resolve()
     if path in _chain:
-        raise DataError(path, "include", "includes itself (cycle: "
-                        + " -> ".join(p.name for p in _chain + (path,)) + ")", "break the cycle")
+        raise DataError(
+            path,
+            "include",
+            "includes itself (cycle: " + " -> ".join(p.name for p in _chain + (path,)) + ")",
+            "break the cycle",
+        )
     data = _read_file(path)
     includes = data.pop("include", [])
     if isinstance(includes, str):
@@ -375,8 +396,7 @@ def parse_override(text: str) -> tuple[str, object]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part.isidentifier() for part in key.split(".")):
-        raise DataError(CMDLINE, f"override {text!r}", "is not key.sub=value",
-                        "write e.g. train.lr=0.02")
+        raise DataError(CMDLINE, f"override {text!r}", "is not key.sub=value", "write e.g. train.lr=0.02")
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -391,8 +411,7 @@ def apply_override(tree: dict, prov: dict, key: str, value) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise DataError(CMDLINE, f"override {key}", f"{part} is not a table",
-                            "override a key inside a table")
+            raise DataError(CMDLINE, f"override {key}", f"{part} is not a table", "override a key inside a table")
     node[parts[-1]] = value
     prov[key] = CMDLINE
 
@@ -414,9 +433,9 @@ def _type_name(tp) -> str:
 
 def _coerce(tp, value, dotted: str, prov: dict):
     """Check ``value`` against the annotation ``tp``; return it in that type."""
+
     def bad(problem):
-        return DataError(_where(prov, dotted), f"key '{dotted}'", problem,
-                         f"give a value of type {_type_name(tp)}")
+        return DataError(_where(prov, dotted), f"key '{dotted}'", problem, f"give a value of type {_type_name(tp)}")
 
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -444,8 +463,7 @@ def _coerce(tp, value, dotted: str, prov: dict):
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise bad(f"must have {len(args)} items, got {len(value)}")
-            return tuple(_coerce(a, v, f"{dotted}[{i}]", prov)
-                         for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(_coerce(a, v, f"{dotted}[{i}]", prov) for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else object
         items = [_coerce(item, v, f"{dotted}[{i}]", prov) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
@@ -487,29 +505,33 @@ def build(cls, data: dict, prov: dict | None = None, prefix: str = ""):
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
         if key not in fields:
-            raise DataError(_where(prov, dotted), f"key '{dotted}'",
-                            f"unknown key; valid keys{' in [' + prefix + ']' if prefix else ''}: "
-                            + ", ".join(sorted(fields)), "remove or rename it")
+            raise DataError(
+                _where(prov, dotted),
+                f"key '{dotted}'",
+                f"unknown key; valid keys{' in [' + prefix + ']' if prefix else ''}: " + ", ".join(sorted(fields)),
+                "remove or rename it",
+            )
         value = _coerce(hints[key], value, dotted, prov)
         choices = fields[key].metadata.get("choices")
         if choices and value not in choices:
-            raise DataError(_where(prov, dotted), f"key '{dotted}'",
-                            f"{value!r} is not one of {list(choices)}", "pick one of those")
+            raise DataError(
+                _where(prov, dotted), f"key '{dotted}'", f"{value!r} is not one of {list(choices)}", "pick one of those"
+            )
         kwargs[key] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         if isinstance(exc, DataError):
             raise
-        raise DataError(_where(prov, prefix), f"section '{prefix or 'top level'}'", str(exc),
-                        "fix the values of that section") from exc
+        raise DataError(
+            _where(prov, prefix), f"section '{prefix or 'top level'}'", str(exc), "fix the values of that section"
+        ) from exc
 
 
 # ----------------------------------------------------------------------------- old names
 
 # (old dotted key, new key in [model]) for settings that moved into the model section.
-_MOVED_TO_MODEL = (("data.groups_file", "groups_file"), ("data.mean", "image_mean"),
-                   ("data.std", "image_std"))
+_MOVED_TO_MODEL = (("data.groups_file", "groups_file"), ("data.mean", "image_mean"), ("data.std", "image_std"))
 
 
 def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
@@ -528,7 +550,8 @@ def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
     notes: list[str] = []
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     if not any(old.split(".")[1] in data for old, _ in _MOVED_TO_MODEL) and not (
-            isinstance(tree.get("model"), dict) and "head_kwargs" in tree["model"]):
+        isinstance(tree.get("model"), dict) and "head_kwargs" in tree["model"]
+    ):
         return notes
     model = tree.setdefault("model", {})
     if not isinstance(model, dict):
@@ -552,8 +575,12 @@ def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
         where = _where(prov, "model.head_kwargs")
         kwargs = model.pop("head_kwargs")
         if not isinstance(kwargs, dict):
-            raise DataError(where, "key 'model.head_kwargs'", f"must be a table, got {kwargs!r}",
-                            "move the head's settings into its own section, e.g. [model.bags]")
+            raise DataError(
+                where,
+                "key 'model.head_kwargs'",
+                f"must be a table, got {kwargs!r}",
+                "move the head's settings into its own section, e.g. [model.bags]",
+            )
         kwargs = dict(kwargs)
         kwargs.pop("cat_ids", None)
         if "groups" in kwargs:
@@ -561,9 +588,12 @@ def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
         head = model.get("head", "softmax")
         if kwargs:
             if HEAD_SETTINGS.get(head) is None:
-                raise DataError(where, "key 'model.head_kwargs'", f"sets {sorted(kwargs)} but "
-                                f"model.head = {head!r} takes no settings",
-                                "remove them, or choose the head they belong to")
+                raise DataError(
+                    where,
+                    "key 'model.head_kwargs'",
+                    f"sets {sorted(kwargs)} but model.head = {head!r} takes no settings",
+                    "remove them, or choose the head they belong to",
+                )
             section = model.setdefault(head, {})
             for key, value in kwargs.items():
                 section.setdefault(key, value)
@@ -584,9 +614,12 @@ def _check_head_sections(tree: dict, prov: dict) -> None:
     head = model.get("head", "softmax")
     for name, section in HEAD_SETTINGS.items():
         if section is not None and name != head and name in model:
-            raise DataError(_where(prov, f"model.{name}"), f"section 'model.{name}'",
-                            f"sets the {name} head's settings, but model.head = {head!r}",
-                            f'remove [model.{name}], or set model.head = "{name}"')
+            raise DataError(
+                _where(prov, f"model.{name}"),
+                f"section 'model.{name}'",
+                f"sets the {name} head's settings, but model.head = {head!r}",
+                f'remove [model.{name}], or set model.head = "{name}"',
+            )
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -617,6 +650,7 @@ def config_to_dict(cfg) -> dict:
 
     Of the head sections only the chosen head's is written, so the dict loads again.
     """
+
     def plain(v):
         if isinstance(v, (list, tuple)):
             return [plain(x) for x in v]

@@ -25,6 +25,7 @@ readable ``groups.json``, every invariant checked on load), ``import_bags`` /
 ``valsplit.pkl``) and ``make_groups`` (the ``lvod groups`` job: counts from a file, table,
 files).
 """
+
 from __future__ import annotations
 
 import math
@@ -67,8 +68,9 @@ def bin_name(lo, hi) -> str:
 
 def assign_bins(counts, edges) -> np.ndarray:
     """Bin index of each count: number of edges <= count (so ``count < e1`` -> bin 0)."""
-    return np.searchsorted(np.asarray(edges, dtype=np.float64),
-                           np.asarray(counts, dtype=np.float64), side="right").astype(np.int64)
+    return np.searchsorted(
+        np.asarray(edges, dtype=np.float64), np.asarray(counts, dtype=np.float64), side="right"
+    ).astype(np.int64)
 
 
 def quantile_edges(counts, k: int) -> tuple:
@@ -82,13 +84,13 @@ def quantile_edges(counts, k: int) -> tuple:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"quantile groups need an integer k >= 1, got {k!r}")
     s = np.sort(np.asarray(counts, dtype=np.int64))
-    valid = np.flatnonzero(s[1:] > s[:-1]) + 1       # cut positions between different counts
+    valid = np.flatnonzero(s[1:] > s[:-1]) + 1  # cut positions between different counts
     edges = set()
     for j in range(1, k):
         if valid.size == 0:
             break
         p = math.floor(j * s.size / k + 0.5)
-        q = valid[np.argmin(np.abs(valid - p))]       # argmin takes the first = lower on ties
+        q = valid[np.argmin(np.abs(valid - p))]  # argmin takes the first = lower on ties
         edges.add(int(s[q]))
     return tuple(sorted(edges))
 
@@ -167,8 +169,14 @@ class GroupTable:
             put(self, "counts", tuple(int(c) for c in self.counts))
         put(self, "edges", tuple(plain_number(e) for e in self.edges))
         put(self, "groups", tuple(tuple(int(c) for c in g) for g in self.groups))
-        put(self, "bounds", tuple((plain_number(lo), math.inf if hi is None or math.isinf(hi) else plain_number(hi))
-                                  for lo, hi in self.bounds))
+        put(
+            self,
+            "bounds",
+            tuple(
+                (plain_number(lo), math.inf if hi is None or math.isinf(hi) else plain_number(hi))
+                for lo, hi in self.bounds
+            ),
+        )
         put(self, "notes", tuple(self.notes))
         gol = _check_table(self, f"<GroupTable {self.dataset or 'unnamed'}>")
         table = label_maps(gol, len(self.groups))
@@ -178,8 +186,10 @@ class GroupTable:
         put(self, "pred_slice", torch.from_numpy(logit_slices([len(g) for g in self.groups])))
 
     def __repr__(self) -> str:
-        return (f"GroupTable(dataset={self.dataset!r}, classes={self.num_classes}, method={self.method!r}, "
-                f"edges={list(self.edges)}, groups={dict(zip(self.group_names, map(len, self.groups)))})")
+        return (
+            f"GroupTable(dataset={self.dataset!r}, classes={self.num_classes}, method={self.method!r}, "
+            f"edges={list(self.edges)}, groups={dict(zip(self.group_names, map(len, self.groups)))})"
+        )
 
     @property
     def num_classes(self) -> int:
@@ -209,26 +219,40 @@ def _check_table(t: GroupTable, file: str) -> np.ndarray:
     if ids.size == 0:
         raise DataError(file, "cat_ids", "there are no classes", "give at least one class")
     if np.any(np.diff(ids) <= 0):
-        raise DataError(file, "cat_ids", "category ids are not strictly ascending (duplicate or unsorted)",
-                        "list every class once, sorted by id")
+        raise DataError(
+            file,
+            "cat_ids",
+            "category ids are not strictly ascending (duplicate or unsorted)",
+            "list every class once, sorted by id",
+        )
     if len(t.cat_names) != ids.size:
-        raise DataError(file, "cat_names", f"{len(t.cat_names)} names for {ids.size} classes", "give one name per class")
+        raise DataError(
+            file, "cat_names", f"{len(t.cat_names)} names for {ids.size} classes", "give one name per class"
+        )
     if t.counts is not None and (len(t.counts) != ids.size or min(t.counts) < 0):
         raise DataError(file, "counts", "need one count >= 0 per class", "give one non-negative count per class")
     if t.method not in METHODS:
         raise DataError(file, "method", f"unknown method {t.method!r}", f"use one of {', '.join(METHODS)}")
     edges = np.asarray(t.edges, dtype=np.float64)
     if np.any(edges <= 0) or np.any(np.diff(edges) <= 0):
-        raise DataError(file, "edges", f"edges {list(t.edges)} are not positive and strictly ascending",
-                        "give increasing positive count thresholds")
+        raise DataError(
+            file,
+            "edges",
+            f"edges {list(t.edges)} are not positive and strictly ascending",
+            "give increasing positive count thresholds",
+        )
     if len(t.bounds) != len(t.groups):
         raise DataError(file, "bounds", f"{len(t.bounds)} bounds for {len(t.groups)} groups", "give one bin per group")
     bins = [bin_bounds(t.edges, b) for b in range(len(t.edges) + 1)]
     pos = [bins.index(bd) if bd in bins else -1 for bd in t.bounds]
     for g, p in enumerate(pos, start=1):
         if p < 0:
-            raise DataError(file, f"group {g}", f"bin {bin_name(*t.bounds[g - 1])} is not a bin of edges {list(t.edges)}",
-                            "use bins [0, e1), [e1, e2), ..., [en, inf) of the edges")
+            raise DataError(
+                file,
+                f"group {g}",
+                f"bin {bin_name(*t.bounds[g - 1])} is not a bin of edges {list(t.edges)}",
+                "use bins [0, e1), [e1, e2), ..., [en, inf) of the edges",
+            )
     if pos != sorted(set(pos)):
         raise DataError(file, "groups", "groups are not in ascending, distinct count bins", "order groups by bin")
     gol = np.zeros(ids.size + 1, dtype=np.int64)
@@ -241,17 +265,26 @@ def _check_table(t: GroupTable, file: str) -> np.ndarray:
         rows = np.searchsorted(ids, m)
         bad = (rows >= ids.size) | (ids[np.minimum(rows, ids.size - 1)] != m)
         if bad.any():
-            raise DataError(file, f"group {g}", f"category id {int(m[bad][0])} is not a class",
-                            "only list ids from cat_ids")
+            raise DataError(
+                file, f"group {g}", f"category id {int(m[bad][0])} is not a class", "only list ids from cat_ids"
+            )
         twice = rows[gol[rows + 1] != 0]
         if twice.size:
-            raise DataError(file, f"category_id {int(ids[twice[0]])}",
-                            f"is in groups {int(gol[twice[0] + 1])} and {g}", "put every class in exactly one group")
+            raise DataError(
+                file,
+                f"category_id {int(ids[twice[0]])}",
+                f"is in groups {int(gol[twice[0] + 1])} and {g}",
+                "put every class in exactly one group",
+            )
         gol[rows + 1] = g
     missing = np.flatnonzero(gol[1:] == 0)
     if missing.size:
-        raise DataError(file, f"category_id {int(ids[missing[0]])}", f"is in no group ({missing.size} classes are)",
-                        "put every class in exactly one group")
+        raise DataError(
+            file,
+            f"category_id {int(ids[missing[0]])}",
+            f"is in no group ({missing.size} classes are)",
+            "put every class in exactly one group",
+        )
     if t.counts is not None:
         _check_counts(t, gol, file)
     return gol
@@ -264,14 +297,21 @@ def _check_counts(t: GroupTable, gol: np.ndarray, file: str) -> None:
     bad = np.flatnonzero((counts < lo) | (counts >= hi))
     if bad.size:
         i = int(bad[0])
-        raise DataError(file, f"category_id {t.cat_ids[i]}",
-                        f"count {t.counts[i]} is outside its group's bin {bin_name(lo[i], hi[i])}",
-                        "rebuild the groups from the counts (lvod groups)")
+        raise DataError(
+            file,
+            f"category_id {t.cat_ids[i]}",
+            f"count {t.counts[i]} is outside its group's bin {bin_name(lo[i], hi[i])}",
+            "rebuild the groups from the counts (lvod groups)",
+        )
     if t.method in ("quantiles", "log"):
         redo = (quantile_edges if t.method == "quantiles" else log_edges)(t.counts, t.k)
         if tuple(redo) != t.edges:
-            raise DataError(file, "edges", f"edges {list(t.edges)} are not the {t.method} edges {list(redo)} "
-                            f"of the counts with k={t.k}", "rebuild the groups from the counts (lvod groups)")
+            raise DataError(
+                file,
+                "edges",
+                f"edges {list(t.edges)} are not the {t.method} edges {list(redo)} of the counts with k={t.k}",
+                "rebuild the groups from the counts (lvod groups)",
+            )
 
 
 def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=None, dataset="") -> GroupTable:
@@ -301,25 +341,38 @@ def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=N
     ids, cnt, nm = ids[order], cnt[order], [nm[i] for i in order]
     b = assign_bins(cnt, edges)
     kept = np.unique(b)
-    return GroupTable(dataset=dataset, cat_ids=ids, cat_names=nm, counts=cnt, method=method, k=k,
-                      edges=edges, groups=[ids[b == i] for i in kept],
-                      bounds=[bin_bounds(tuple(edges), int(i)) for i in kept])
+    return GroupTable(
+        dataset=dataset,
+        cat_ids=ids,
+        cat_names=nm,
+        counts=cnt,
+        method=method,
+        k=k,
+        edges=edges,
+        groups=[ids[b == i] for i in kept],
+        bounds=[bin_bounds(tuple(edges), int(i)) for i in kept],
+    )
 
 
 # ----------------------------------------------------------------------------- text
 
+
 def format_groups(t: GroupTable, max_names: int = 8) -> str:
     """A plain-text table: group, bin, #classes, min/max count, class names."""
-    lines = [f"{t.dataset or 'groups'}: {t.num_classes} classes in {t.num_groups} groups "
-             f"(method {t.method}{'' if t.k is None else f', k={t.k}'}, edges {list(t.edges)}), "
-             f"{t.num_logits} logits",
-             f"{'group':>5}  {'bin':<18} {'classes':>7} {'min':>9} {'max':>9}  names"]
+    lines = [
+        f"{t.dataset or 'groups'}: {t.num_classes} classes in {t.num_groups} groups "
+        f"(method {t.method}{'' if t.k is None else f', k={t.k}'}, edges {list(t.edges)}), "
+        f"{t.num_logits} logits",
+        f"{'group':>5}  {'bin':<18} {'classes':>7} {'min':>9} {'max':>9}  names",
+    ]
     for g in range(1, t.num_groups + 1):
         labels = t.labels_of_group(g)
         c = [t.counts[i - 1] for i in labels] if t.counts is not None else None
         names = [t.cat_names[i - 1] for i in labels]
         shown = ", ".join(names[:max_names]) + (f", ... (+{len(names) - max_names})" if len(names) > max_names else "")
-        lines.append(f"{g:>5}  {t.group_names[g - 1]:<18} {len(labels):>7} {min(c) if c else '-':>9} "
-                     f"{max(c) if c else '-':>9}  {shown}")
+        lines.append(
+            f"{g:>5}  {t.group_names[g - 1]:<18} {len(labels):>7} {min(c) if c else '-':>9} "
+            f"{max(c) if c else '-':>9}  {shown}"
+        )
     lines += [f"note: {n}" for n in t.notes]
     return "\n".join(lines)

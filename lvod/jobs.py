@@ -13,6 +13,7 @@ Steps, each logged (``logging``, shown by the CLI) with where its output went:
 ``quick=True`` runs the same steps on a tiny dataset for a few iterations: a smoke test of
 the whole chain, not a result.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,7 @@ from lvod import monitor
 logger = logging.getLogger(__name__)
 
 DEMO_DATA = Path("data/demo")
-HEADS = {"softmax": "configs/demo/fgfa_r18_demo_softmax.toml",
-         "bags": "configs/demo/fgfa_r18_demo_bags.toml"}
+HEADS = {"softmax": "configs/demo/fgfa_r18_demo_softmax.toml", "bags": "configs/demo/fgfa_r18_demo_bags.toml"}
 QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "frames_per_video": 12}
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -48,12 +48,19 @@ def build_demo_data(data_dir: Path, seed: int, sizes: dict | None = None) -> dic
     want = {"seed": seed, **(sizes or {})}
     if stamp.exists() and json.loads(stamp.read_text()) == want:
         logger.info("reusing %s (seed %d)", data_dir, seed)
-        return {"train_json": data_dir / "annotations" / "train.json",
-                "val_json": data_dir / "annotations" / "val.json"}
+        return {
+            "train_json": data_dir / "annotations" / "train.json",
+            "val_json": data_dir / "annotations" / "val.json",
+        }
     info = make_demo(data_dir, seed=seed, **(sizes or {}))
     save_json(want, stamp)
-    logger.info("wrote %s: %d train boxes, %d val boxes, head/tail ratio %.0f", data_dir, info["train"]["boxes"],
-                info["val"]["boxes"], info["head_tail_ratio"])
+    logger.info(
+        "wrote %s: %d train boxes, %d val boxes, head/tail ratio %.0f",
+        data_dir,
+        info["train"]["boxes"],
+        info["val"]["boxes"],
+        info["head_tail_ratio"],
+    )
     return info
 
 
@@ -122,9 +129,15 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
     logger.info("wrote %s", ", ".join(str(p) for p in [*written.values(), *groups.values()]))
 
     _step("3. notebook 01: statistics and grouping")
-    nb = run_notebook(NOTEBOOK_DIR / "01_dataset_statistics_and_grouping.ipynb", run / "notebooks",
-                      {"ann_file": str(train_json), "run_dir": str(run / "notebooks"),
-                       "groups_out": str(run / "notebooks" / "groups.json")})
+    nb = run_notebook(
+        NOTEBOOK_DIR / "01_dataset_statistics_and_grouping.ipynb",
+        run / "notebooks",
+        {
+            "ann_file": str(train_json),
+            "run_dir": str(run / "notebooks"),
+            "groups_out": str(run / "notebooks" / "groups.json"),
+        },
+    )
     logger.info("wrote %s and %s", nb["ipynb"], nb["html"])
 
     _step("4. train FGFA with the softmax head and with the BAGS head")
@@ -135,21 +148,37 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
     train_side_by_side(runs, overrides, poll=5.0 if quick else 30.0)
 
     _step("5. evaluate both on the demo val split")
-    metrics = {name: test_model(cfg, str(work_dir / "latest.pth"), out=str(work_dir / "results.json"),
-                                overrides=overrides, progress=False)
-               for name, (cfg, work_dir) in runs.items()}
+    metrics = {
+        name: test_model(
+            cfg, str(work_dir / "latest.pth"), out=str(work_dir / "results.json"), overrides=overrides, progress=False
+        )
+        for name, (cfg, work_dir) in runs.items()
+    }
     for name, m in metrics.items():
         logger.info("%s: bbox_mAP_50 %.3f; wrote %s", name, m["bbox_mAP_50"] or 0.0, m["files"]["metrics"])
 
     _step("6. notebook 04: per-group comparison")
     report = run / "report"
-    nb = run_notebook(NOTEBOOK_DIR / "04_per_group_ap_analysis.ipynb", report, {
-        "runs": {name: str(work_dir) for name, (_, work_dir) in runs.items()}, "baseline": "softmax",
-        "val_ann": str(val_json), "images_root": str(data_dir / "Data" / "VID"),
-        "train_stats": str(run / "stats" / "class_stats.csv"), "groups_file": str(run / "groups.json"),
-        "run_dir": str(report)})
+    nb = run_notebook(
+        NOTEBOOK_DIR / "04_per_group_ap_analysis.ipynb",
+        report,
+        {
+            "runs": {name: str(work_dir) for name, (_, work_dir) in runs.items()},
+            "baseline": "softmax",
+            "val_ann": str(val_json),
+            "images_root": str(data_dir / "Data" / "VID"),
+            "train_stats": str(run / "stats" / "class_stats.csv"),
+            "groups_file": str(run / "groups.json"),
+            "run_dir": str(report),
+        },
+    )
     table = summary_table(metrics)
     with atomic_write(report / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(f"# lvod main job: FGFA softmax vs BAGS on the demo val split\n\n{table}\n")
-    return {"run_dir": run, "metrics": metrics, "summary": table, "report": nb["html"],
-            "seconds": time.perf_counter() - t0}
+    return {
+        "run_dir": run,
+        "metrics": metrics,
+        "summary": table,
+        "report": nb["html"],
+        "seconds": time.perf_counter() - t0,
+    }

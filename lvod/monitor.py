@@ -10,6 +10,7 @@ side).
 
 The training itself stays in ``lvod.engine.train``; this module only launches and reads.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,24 @@ from pathlib import Path
 
 def train_command(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=()) -> list[str]:
     """``python -m lvod.cli train CONFIG --work-dir DIR --gpus N [--resume] overrides``."""
-    return [sys.executable, "-m", "lvod.cli", "train", str(config), "--work-dir", str(work_dir),
-            "--gpus", str(gpus), *(["--resume"] if resume else []), *map(str, overrides)]
+    return [
+        sys.executable,
+        "-m",
+        "lvod.cli",
+        "train",
+        str(config),
+        "--work-dir",
+        str(work_dir),
+        "--gpus",
+        str(gpus),
+        *(["--resume"] if resume else []),
+        *map(str, overrides),
+    ]
 
 
-def start_training(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=(), env=None,
-                   append: bool = True) -> subprocess.Popen:
+def start_training(
+    config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=(), env=None, append: bool = True
+) -> subprocess.Popen:
     """Start ``lvod train`` in a child process (``gpus > 1`` makes it launch torchrun).
 
     Its output goes to ``<work_dir>/train.out`` (appended to, or replaced when
@@ -38,8 +51,9 @@ def start_training(config, work_dir, *, gpus: int = 1, resume: bool = False, ove
     work_dir.mkdir(parents=True, exist_ok=True)
     cmd = train_command(config, work_dir, gpus=gpus, resume=resume, overrides=overrides)
     with open(work_dir / "train.out", "ab" if append else "wb") as out:  # the child keeps its own handle
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                env=None if env is None else {**os.environ, **env})
+        return subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env}
+        )
 
 
 def read_records(path) -> list[dict]:

@@ -7,6 +7,7 @@ here is the record of a run. A failing cell fails the run, and the executed note
 :func:`run_notebook` executes one notebook; :func:`run_notebooks` is ``lvod notebooks
 run`` (names, parameters, a run folder); :func:`list_notebooks` is ``lvod notebooks list``.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -49,8 +50,9 @@ def parse_value(text: str):
         return text
 
 
-def run_notebook(nb_path, run_dir, parameters: dict | None = None, *, html: bool = True,
-                 kernel_name: str = "python3", cwd=None) -> dict:
+def run_notebook(
+    nb_path, run_dir, parameters: dict | None = None, *, html: bool = True, kernel_name: str = "python3", cwd=None
+) -> dict:
     """Execute one notebook into ``run_dir`` with papermill and export HTML.
 
     Returns ``{"ipynb": Path, "html": Path | None}``. Raises papermill's
@@ -62,8 +64,15 @@ def run_notebook(nb_path, run_dir, parameters: dict | None = None, *, html: bool
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / nb_path.name
     try:
-        pm.execute_notebook(str(nb_path), str(out), parameters=parameters or {}, kernel_name=kernel_name,
-                            cwd=str(cwd or Path.cwd()), progress_bar=False, log_output=False)
+        pm.execute_notebook(
+            str(nb_path),
+            str(out),
+            parameters=parameters or {},
+            kernel_name=kernel_name,
+            cwd=str(cwd or Path.cwd()),
+            progress_bar=False,
+            log_output=False,
+        )
     finally:
         html_path = _export_html(out) if html and out.exists() else None
     return {"ipynb": out, "html": html_path}
@@ -122,8 +131,11 @@ def run_notebooks(name: str, params=(), run_dir=None) -> list[dict]:
             paths = run_notebook(nb, run_dir, parameters)
         except PapermillExecutionError as exc:
             kept = Path(run_dir) / nb.name
-            raise NotebookFailed(f"{nb.name} failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}\n"
-                                 f"the executed notebook is kept for reading: {kept}", kept) from None
+            raise NotebookFailed(
+                f"{nb.name} failed in cell {exc.cell_index}: {exc.ename}: {exc.evalue}\n"
+                f"the executed notebook is kept for reading: {kept}",
+                kept,
+            ) from None
         logger.info("  wrote %s", paths["ipynb"] if not paths["html"] else f"{paths['ipynb']} and {paths['html']}")
         done.append(paths)
     return done

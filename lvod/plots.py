@@ -2,6 +2,7 @@
 
 Notebooks only call these; no plotting code lives in a notebook.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -83,9 +84,17 @@ def group_table_frame(table, stats=None):
     for g, members in enumerate(table.groups, start=1):
         c = [counts[int(m)] for m in members] if known else [float("nan")]
         start, length = (int(v) for v in table.pred_slice[g])
-        rows.append({"group": g, "classes": len(members), "min_count": min(c), "max_count": max(c),
-                     "total_count": sum(c) if known else float("nan"), "logit_slice": f"[{start}, {start + length})",
-                     "names": ", ".join(names[int(m)] for m in members)})
+        rows.append(
+            {
+                "group": g,
+                "classes": len(members),
+                "min_count": min(c),
+                "max_count": max(c),
+                "total_count": sum(c) if known else float("nan"),
+                "logit_slice": f"[{start}, {start + length})",
+                "names": ", ".join(names[int(m)] for m in members),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -167,8 +176,14 @@ def draw_frame(image, boxes, labels, scores, names, *, ax=None, score_thr: float
             continue
         x1, y1, x2, y2 = box
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2))
-        ax.text(x1, y1, f"{names[int(label)]} {score:.2f}", color="k", fontsize=6,
-                bbox={"facecolor": "lime", "alpha": 0.7, "pad": 0.5})
+        ax.text(
+            x1,
+            y1,
+            f"{names[int(label)]} {score:.2f}",
+            color="k",
+            fontsize=6,
+            bbox={"facecolor": "lime", "alpha": 0.7, "pad": 0.5},
+        )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)
     return fig

@@ -12,6 +12,7 @@ Definitions used throughout:
 - a class is on a *frame* / *video* / *key frame* when at least one of its boxes is there;
 - size buckets follow COCO on the box ``w * h``: small < 32², medium < 96², else large.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SMALL, MEDIUM = 32.0 ** 2, 96.0 ** 2
-CLASS_COLUMNS = ("category_id", "name", "boxes", "boxes_manual", "boxes_generated", "crowd", "tracks",
-                 "videos", "frames", "key_frames", "small", "medium", "large", "mean_track_length")
+SMALL, MEDIUM = 32.0**2, 96.0**2
+CLASS_COLUMNS = (
+    "category_id",
+    "name",
+    "boxes",
+    "boxes_manual",
+    "boxes_generated",
+    "crowd",
+    "tracks",
+    "videos",
+    "frames",
+    "key_frames",
+    "small",
+    "medium",
+    "large",
+    "mean_track_length",
+)
 
 
 def _codes(values) -> np.ndarray:
@@ -37,7 +52,7 @@ def _distinct_per_label(labels: np.ndarray, other: np.ndarray, num_classes: int)
         return np.zeros(num_classes + 1, np.int64)
     other = _codes(other)
     n = int(other.max()) + 1
-    pairs = np.sort(labels.astype(np.int64) * n + other)   # a sort beats numpy 2's hash unique here
+    pairs = np.sort(labels.astype(np.int64) * n + other)  # a sort beats numpy 2's hash unique here
     pairs = pairs[np.r_[True, pairs[1:] != pairs[:-1]]]
     return np.bincount(pairs // n, minlength=num_classes + 1)
 
@@ -63,7 +78,7 @@ def _tracks(ds):
     # dense codes keep the combined key small: (video, instance) pairs <= A, times C + 1
     pair = _codes(_codes(vid) * (int(inst.max()) - int(inst.min()) + 1) + (inst - inst.min()))
     key = pair * (int(ds.num_classes) + 1) + lab
-    order = np.lexsort((frame, key))                 # by track, then frame
+    order = np.lexsort((frame, key))  # by track, then frame
     k_sorted = key[order]
     starts = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]])
     f_sorted = frame[order]
@@ -81,10 +96,18 @@ def track_lengths(ds) -> pd.DataFrame:
     last_frame, span`` (see the module docstring), sorted by video, instance, class."""
     keys, length, first, last = _tracks(ds)
     lab = keys[:, 2] - 1
-    return pd.DataFrame({"category_id": np.asarray(ds.cat_ids, dtype=np.int64)[lab],
-                         "name": np.asarray(ds.cat_names, dtype=object)[lab],
-                         "video_id": keys[:, 0], "instance_id": keys[:, 1], "length": length,
-                         "first_frame": first, "last_frame": last, "span": last - first + 1})
+    return pd.DataFrame(
+        {
+            "category_id": np.asarray(ds.cat_ids, dtype=np.int64)[lab],
+            "name": np.asarray(ds.cat_names, dtype=object)[lab],
+            "video_id": keys[:, 0],
+            "instance_id": keys[:, 1],
+            "length": length,
+            "first_frame": first,
+            "last_frame": last,
+            "span": last - first + 1,
+        }
+    )
 
 
 def box_sizes(ds) -> pd.DataFrame:
@@ -93,11 +116,19 @@ def box_sizes(ds) -> pd.DataFrame:
     rows = _targets(ds)
     wh = np.asarray(ds.ann_boxes, dtype=np.float64).reshape(-1, 4)[rows, 2:4]
     area = wh[:, 0] * wh[:, 1]
-    size = pd.Categorical.from_codes((area >= SMALL).astype(np.int8) + (area >= MEDIUM),
-                                     categories=["small", "medium", "large"])
-    return pd.DataFrame({"category_id": np.asarray(ds.ann_cat_ids)[rows], "width": wh[:, 0], "height": wh[:, 1],
-                         "area": area, "sqrt_area": np.sqrt(area),
-                         "size": size})
+    size = pd.Categorical.from_codes(
+        (area >= SMALL).astype(np.int8) + (area >= MEDIUM), categories=["small", "medium", "large"]
+    )
+    return pd.DataFrame(
+        {
+            "category_id": np.asarray(ds.ann_cat_ids)[rows],
+            "width": wh[:, 0],
+            "height": wh[:, 1],
+            "area": area,
+            "sqrt_area": np.sqrt(area),
+            "size": size,
+        }
+    )
 
 
 def class_stats(ds) -> pd.DataFrame:
@@ -123,17 +154,25 @@ def class_stats(ds) -> pd.DataFrame:
     tracks = np.bincount(keys[:, 2], minlength=C + 1)[1:]
     track_boxes = np.bincount(keys[:, 2], weights=length, minlength=C + 1)[1:]
     mean_len = np.where(tracks > 0, track_boxes / np.maximum(tracks, 1), np.nan)
-    return pd.DataFrame({
-        "category_id": np.asarray(ds.cat_ids, dtype=np.int64), "name": list(ds.cat_names),
-        "boxes": count(), "boxes_manual": count(~generated), "boxes_generated": count(generated),
-        "crowd": np.bincount(labels[crowd], minlength=C + 1)[1:],
-        "tracks": tracks,
-        "videos": _distinct_per_label(lab, np.asarray(ds.img_video_ids)[img], C)[1:],
-        "frames": _distinct_per_label(lab, img, C)[1:],
-        "key_frames": _distinct_per_label(lab[key], img[key], C)[1:],
-        "small": count(area < SMALL), "medium": count((area >= SMALL) & (area < MEDIUM)),
-        "large": count(area >= MEDIUM), "mean_track_length": mean_len,
-    }, columns=list(CLASS_COLUMNS))
+    return pd.DataFrame(
+        {
+            "category_id": np.asarray(ds.cat_ids, dtype=np.int64),
+            "name": list(ds.cat_names),
+            "boxes": count(),
+            "boxes_manual": count(~generated),
+            "boxes_generated": count(generated),
+            "crowd": np.bincount(labels[crowd], minlength=C + 1)[1:],
+            "tracks": tracks,
+            "videos": _distinct_per_label(lab, np.asarray(ds.img_video_ids)[img], C)[1:],
+            "frames": _distinct_per_label(lab, img, C)[1:],
+            "key_frames": _distinct_per_label(lab[key], img[key], C)[1:],
+            "small": count(area < SMALL),
+            "medium": count((area >= SMALL) & (area < MEDIUM)),
+            "large": count(area >= MEDIUM),
+            "mean_track_length": mean_len,
+        },
+        columns=list(CLASS_COLUMNS),
+    )
 
 
 def dataset_summary(ds, stats: pd.DataFrame | None = None) -> dict:
@@ -156,18 +195,26 @@ def dataset_summary(ds, stats: pd.DataFrame | None = None) -> dict:
     boxes = stats["boxes"].to_numpy(np.int64)
     have = stats[boxes > 0]
     hb = have["boxes"].to_numpy(np.int64)
-    top = np.sort(boxes)[::-1][:max(1, math.ceil(0.1 * len(boxes)))]
+    top = np.sort(boxes)[::-1][: max(1, math.ceil(0.1 * len(boxes)))]
     return {
-        "file": str(getattr(ds, "path", "")), "classes": int(ds.num_classes), "classes_with_boxes": int(len(have)),
-        "videos": int(len(ds.videos)), "frames": n_img, "key_frames": int(np.asarray(ds.img_is_key, bool).sum()),
-        "empty_frames": int((per_img == 0).sum()), "frames_without_boxes": int((per_img_boxes == 0).sum()),
-        "boxes": int(boxes.sum()), "boxes_generated": int(stats["boxes_generated"].sum()),
-        "crowd": int(crowd.sum()), "tracks": int(length.size),
+        "file": str(getattr(ds, "path", "")),
+        "classes": int(ds.num_classes),
+        "classes_with_boxes": int(len(have)),
+        "videos": int(len(ds.videos)),
+        "frames": n_img,
+        "key_frames": int(np.asarray(ds.img_is_key, bool).sum()),
+        "empty_frames": int((per_img == 0).sum()),
+        "frames_without_boxes": int((per_img_boxes == 0).sum()),
+        "boxes": int(boxes.sum()),
+        "boxes_generated": int(stats["boxes_generated"].sum()),
+        "crowd": int(crowd.sum()),
+        "tracks": int(length.size),
         "boxes_per_frame": float(boxes.sum() / n_img) if n_img else None,
         "mean_track_length": float(length.mean()) if length.size else None,
         "median_track_length": float(np.median(length)) if length.size else None,
         "boxes_per_class": {"min": int(boxes.min()), "median": float(np.median(boxes)), "max": int(boxes.max())}
-        if len(boxes) else None,
+        if len(boxes)
+        else None,
         "head_tail_ratio": float(hb.max() / hb.min()) if len(hb) else None,
         "head_class": str(have["name"].iloc[int(np.argmax(hb))]) if len(hb) else None,
         "tail_class": str(have["name"].iloc[int(np.argmin(hb))]) if len(hb) else None,
@@ -178,15 +225,21 @@ def dataset_summary(ds, stats: pd.DataFrame | None = None) -> dict:
 def format_stats(stats: pd.DataFrame, summary: dict, max_rows: int = 40) -> str:
     """Short text: the summary line and classes by boxes (head and tail when many)."""
     s = summary
-    lines = [f"{s['videos']} videos, {s['frames']} frames ({s['key_frames']} key, {s['empty_frames']} empty), "
-             f"{s['boxes']} boxes ({s['crowd']} crowd), {s['tracks']} tracks, {s['classes']} classes; "
-             f"head/tail ratio {s['head_tail_ratio'] and round(s['head_tail_ratio'], 1)}"]
+    lines = [
+        f"{s['videos']} videos, {s['frames']} frames ({s['key_frames']} key, {s['empty_frames']} empty), "
+        f"{s['boxes']} boxes ({s['crowd']} crowd), {s['tracks']} tracks, {s['classes']} classes; "
+        f"head/tail ratio {s['head_tail_ratio'] and round(s['head_tail_ratio'], 1)}"
+    ]
     df = stats.sort_values(["boxes", "category_id"], ascending=[False, True])[
-        ["category_id", "name", "boxes", "tracks", "videos", "frames"]]
+        ["category_id", "name", "boxes", "tracks", "videos", "frames"]
+    ]
     if len(df) > max_rows:
         half = max_rows // 2
-        text = (df.head(half).to_string(index=False) + f"\n  ... {len(df) - 2 * half} classes ...\n"
-                + df.tail(half).to_string(index=False, header=False))
+        text = (
+            df.head(half).to_string(index=False)
+            + f"\n  ... {len(df) - 2 * half} classes ...\n"
+            + df.tail(half).to_string(index=False, header=False)
+        )
     else:
         text = df.to_string(index=False)
     return "\n".join(lines + [text])
@@ -207,8 +260,11 @@ def write_stats(ann, out) -> dict:
     stats = class_stats(ds)
     summary = dataset_summary(ds, stats)
     out = Path(out)
-    paths = {"class_stats_csv": out / "class_stats.csv", "class_stats_json": out / "class_stats.json",
-             "summary_json": out / "summary.json"}
+    paths = {
+        "class_stats_csv": out / "class_stats.csv",
+        "class_stats_json": out / "class_stats.json",
+        "summary_json": out / "summary.json",
+    }
     with atomic_write(paths["class_stats_csv"], "w", encoding="utf-8", newline="") as fh:
         stats.to_csv(fh, index=False)
     save_json(json.loads(stats.to_json(orient="records")), paths["class_stats_json"])  # NaN -> null

@@ -1,4 +1,5 @@
 """Per-class diagnostics used by notebook 04, on hand-checkable inputs."""
+
 import json
 
 import numpy as np
@@ -13,15 +14,41 @@ def _gt(tmp_path):
     data = {
         "categories": [{"id": 1, "name": "head"}, {"id": 2, "name": "tail"}],
         "videos": [{"id": 1, "name": "v"}],
-        "images": [{"id": i, "file_name": f"v/{i}.jpg", "width": 100, "height": 100, "video_id": 1,
-                    "frame_id": i - 1} for i in (1, 2)],
+        "images": [
+            {"id": i, "file_name": f"v/{i}.jpg", "width": 100, "height": 100, "video_id": 1, "frame_id": i - 1}
+            for i in (1, 2)
+        ],
         "annotations": [
-            {"id": 1, "image_id": 1, "video_id": 1, "category_id": 1, "instance_id": 1, "bbox": [0, 0, 10, 10],
-             "area": 100, "iscrowd": False},
-            {"id": 2, "image_id": 1, "video_id": 1, "category_id": 2, "instance_id": 2, "bbox": [50, 50, 20, 20],
-             "area": 400, "iscrowd": False},
-            {"id": 3, "image_id": 2, "video_id": 1, "category_id": 2, "instance_id": 2, "bbox": [52, 50, 20, 20],
-             "area": 400, "iscrowd": False},
+            {
+                "id": 1,
+                "image_id": 1,
+                "video_id": 1,
+                "category_id": 1,
+                "instance_id": 1,
+                "bbox": [0, 0, 10, 10],
+                "area": 100,
+                "iscrowd": False,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "video_id": 1,
+                "category_id": 2,
+                "instance_id": 2,
+                "bbox": [50, 50, 20, 20],
+                "area": 400,
+                "iscrowd": False,
+            },
+            {
+                "id": 3,
+                "image_id": 2,
+                "video_id": 1,
+                "category_id": 2,
+                "instance_id": 2,
+                "bbox": [52, 50, 20, 20],
+                "area": 400,
+                "iscrowd": False,
+            },
         ],
     }
     path = tmp_path / "gt.json"
@@ -31,8 +58,12 @@ def _gt(tmp_path):
 
 def test_confusions_counts_right_wrong_and_missed(tmp_path):
     gt = _gt(tmp_path)
-    dets = Detections(image_id=[1, 1, 1], category_id=[1, 1, 2],
-                      bbox=[[0, 0, 10, 10], [50, 50, 20, 20], [50, 50, 20, 20]], score=[0.9, 0.8, 0.5])
+    dets = Detections(
+        image_id=[1, 1, 1],
+        category_id=[1, 1, 2],
+        bbox=[[0, 0, 10, 10], [50, 50, 20, 20], [50, 50, 20, 20]],
+        score=[0.9, 0.8, 0.5],
+    )
     conf = analysis.confusions(gt, dets, score_thr=0.3)
     got = {(r.gt_category_id, r.pred_category_id): r.count for r in conf.itertuples()}
     # head box found as head; tail box on image 1 taken by the higher-scoring head detection;
@@ -41,9 +72,13 @@ def test_confusions_counts_right_wrong_and_missed(tmp_path):
 
 
 def test_compare_runs_gain_and_missing_gt_is_nan():
-    m = lambda a, b: {"classwise": [{"category_id": 1, "name": "head", "ap50": a, "num_gt": 5},  # noqa: E731
-                                    {"category_id": 2, "name": "tail", "ap50": b, "num_gt": 3},
-                                    {"category_id": 3, "name": "none", "ap50": -1, "num_gt": 0}]}
+    m = lambda a, b: {
+        "classwise": [
+            {"category_id": 1, "name": "head", "ap50": a, "num_gt": 5},  # noqa: E731
+            {"category_id": 2, "name": "tail", "ap50": b, "num_gt": 3},
+            {"category_id": 3, "name": "none", "ap50": -1, "num_gt": 0},
+        ]
+    }
     frame = analysis.compare_runs({"softmax": m(0.8, 0.2), "bags": m(0.75, 0.5)})
     row = frame.set_index("name")
     assert row.loc["tail", "gain_bags"] == pytest.approx(0.3)
@@ -71,7 +106,8 @@ def test_pick_frames_prefers_rare_classes(tmp_path):
     rows = analysis.pick_frames(gt, 1, rare={2})
     assert gt.img_ids[rows[0]] == 1  # holds the rare class and the most boxes
     boxes, labels, scores = analysis.frame_detections(
-        Detections(image_id=[2], category_id=[2], bbox=[[1, 2, 3, 4]], score=[0.5]), 2, gt.cat_ids)
+        Detections(image_id=[2], category_id=[2], bbox=[[1, 2, 3, 4]], score=[0.5]), 2, gt.cat_ids
+    )
     np.testing.assert_allclose(boxes, [[1, 2, 4, 6]])
     assert labels.tolist() == [2]
 
@@ -82,8 +118,9 @@ def _run_folder(tmp_path, model: dict, head="softmax", config=None):
     from lvod.evaluation.results import save_results_npz
 
     (tmp_path / "metrics.json").write_text(json.dumps({"bbox_mAP_50": 0.5, "classwise": []}))
-    save_results_npz(Detections(image_id=[1], category_id=[2], bbox=[[0, 0, 10, 10]], score=[0.9]),
-                     tmp_path / "results.npz")
+    save_results_npz(
+        Detections(image_id=[1], category_id=[2], bbox=[[0, 0, 10, 10]], score=[0.9]), tmp_path / "results.npz"
+    )
     torch.save({"model": model, "config": config or {"model": {"head": head}}}, tmp_path / "latest.pth")
     return tmp_path
 
@@ -91,7 +128,7 @@ def _run_folder(tmp_path, model: dict, head="softmax", config=None):
 def test_load_run_reads_metrics_detections_and_weight_norms(tmp_path):
     import torch
 
-    w = torch.tensor([[9.0, 0.0], [3.0, 4.0], [0.0, 2.0]])      # softmax: row 0 background
+    w = torch.tensor([[9.0, 0.0], [3.0, 4.0], [0.0, 2.0]])  # softmax: row 0 background
     run = analysis.load_run(_run_folder(tmp_path, {"roi_head.predictor.fc_cls.weight": w}))
     assert run.head == "softmax" and run.metrics["bbox_mAP_50"] == 0.5 and len(run.dets) == 1
     np.testing.assert_allclose(run.weight_norms, [5.0, 2.0])
@@ -106,7 +143,7 @@ def test_load_run_without_classifier_raises_data_error(tmp_path):
     with pytest.raises(DataError, match="fc_cls.weight") as exc:
         analysis.load_run(tmp_path)
     assert exc.value.file == str(tmp_path / "latest.pth") and exc.value.record == "model" and exc.value.fix
-    torch.save({"iter": 3}, tmp_path / "latest.pth")                # not a training checkpoint
+    torch.save({"iter": 3}, tmp_path / "latest.pth")  # not a training checkpoint
     with pytest.raises(DataError, match="no 'model' state dict"):
         analysis.load_run(tmp_path)
 

@@ -1,5 +1,6 @@
 """The shape of the package (docs/DESIGN.md): no import cycles, a library that does not
 print, and one table per choice point that agrees with the config schema."""
+
 import ast
 from pathlib import Path
 

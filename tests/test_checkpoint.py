@@ -4,6 +4,7 @@ The mmtracking layout comes from ../shared/external-data/mmtracking/
 mmtrack-0.14.0_vid_state_dict_shapes.json (every key and shape of the model-zoo checkpoints).
 Each R50 detector is built once per module (about 1 s each on CPU).
 """
+
 import json
 
 import pytest
@@ -44,6 +45,7 @@ def zoo_shapes(external_data):
 def _build(kind: str, head: str = "softmax", **kw):
     from lvod.config import ModelConfig
     from lvod.models import build_model
+
     torch.manual_seed(0)
     return build_model(ModelConfig(kind=kind, head=head, **kw))
 
@@ -105,8 +107,7 @@ def test_import_every_mmtracking_tensor_lands_at_its_lvod_key(kind, zoo_shapes, 
     report = ck.import_mmtracking({"state_dict": sd}, model, kind=kind)
     _assert_every_tensor_arrived(model, sd, report)
     assert len(report.loaded) + len(report.dropped) == len(sd)
-    assert sorted(report.permuted) == [f"{ck._CLS}.predictor.fc_cls.bias",
-                                       f"{ck._CLS}.predictor.fc_cls.weight"]
+    assert sorted(report.permuted) == [f"{ck._CLS}.predictor.fc_cls.bias", f"{ck._CLS}.predictor.fc_cls.weight"]
 
 
 def test_import_reports_missing_and_unexpected_and_refuses_shape_mismatch(fgfa_sd, fgfa_model):
@@ -174,16 +175,21 @@ def test_mapping_doc_holds_the_code_table():
     assert ck.mapping_table_markdown() in text
     for rule in ck.KEY_RULES:  # every rule appears once, in code order
         assert text.count(f"| `{rule.mm}` |") == 1
-    assert ck.map_key("detector.roi_head.bbox_head.fc_cls.weight")[0] == \
-        "detector.roi_head.bbox_head.predictor.fc_cls.weight"
-    assert ck.map_key("detector.backbone.layer1.0.bn1.num_batches_tracked") == \
-        ("detector.backbone.layer1.0.bn1.num_batches_tracked", ck.KEY_RULES[2])
+    assert (
+        ck.map_key("detector.roi_head.bbox_head.fc_cls.weight")[0]
+        == "detector.roi_head.bbox_head.predictor.fc_cls.weight"
+    )
+    assert ck.map_key("detector.backbone.layer1.0.bn1.num_batches_tracked") == (
+        "detector.backbone.layer1.0.bn1.num_batches_tracked",
+        ck.KEY_RULES[2],
+    )
     assert ck.map_key("unknown.weight") == (None, None)
 
 
 # ------------------------------------------------------------------ torchvision ResNet
 def test_torchvision_resnet_round_trip(tmp_path):
     from lvod.models.backbone import ResNetDC5
+
     torch.manual_seed(0)
     src = torchvision.models.resnet18()  # the loader is depth-agnostic; 18 keeps the test fast
     with torch.no_grad():
@@ -211,6 +217,7 @@ def test_torchvision_resnet_round_trip(tmp_path):
 
 def test_torchvision_spec_uses_the_weight_enum_without_network(monkeypatch):
     from lvod.models.backbone import ResNetDC5
+
     backbone = ResNetDC5(18)
     src = torchvision.models.resnet18().state_dict()
     asked = []
@@ -240,7 +247,7 @@ def test_read_state_dict_refuses_non_tensor_content(tmp_path):
 # ------------------------------------------------------------------ FlowNetSimple
 def test_flownet_weights_with_and_without_prefix(fgfa_sd, fgfa_model, tmp_path):
     motion = fgfa_model.motion
-    bare = {k[len("motion."):]: v for k, v in fgfa_sd.items() if k.startswith("motion.")}
+    bare = {k[len("motion.") :]: v for k, v in fgfa_sd.items() if k.startswith("motion.")}
     torch.save(bare, tmp_path / "flownet_simple.pth")
     with torch.no_grad():
         for p in motion.parameters():
@@ -263,8 +270,9 @@ def test_flownet_weights_with_and_without_prefix(fgfa_sd, fgfa_model, tmp_path):
 class _Toy(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
         self.predictor = build_head("softmax", 4, 2)
 
     def forward(self, x):

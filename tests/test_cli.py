@@ -1,4 +1,5 @@
 """The command line: every subcommand has --help, and errors are reported, not raised."""
+
 import subprocess
 import sys
 
@@ -8,8 +9,18 @@ from lvod.cli import build_parser, main
 from lvod.notebooks import parse_value, resolve
 
 SUBCOMMANDS = [
-    ["data", "demo"], ["data", "convert-imagenet-vid"], ["data", "check"], ["stats"], ["groups"],
-    ["train"], ["test"], ["infer"], ["eval"], ["notebooks", "run"], ["notebooks", "list"], ["demo-job"],
+    ["data", "demo"],
+    ["data", "convert-imagenet-vid"],
+    ["data", "check"],
+    ["stats"],
+    ["groups"],
+    ["train"],
+    ["test"],
+    ["infer"],
+    ["eval"],
+    ["notebooks", "run"],
+    ["notebooks", "list"],
+    ["demo-job"],
 ]
 
 
@@ -61,6 +72,7 @@ def bind_library_calls(monkeypatch) -> list:
     calls = []
     for name, fn in vars(cli).items():
         if inspect.isfunction(fn) and fn.__module__.startswith("lvod.") and fn.__module__ != "lvod.cli":
+
             def stand_in(*a, _fn=fn, _name=name, **k):
                 calls.append((_name, inspect.signature(_fn).bind(*a, **k).arguments))
                 raise Called(_name)
@@ -88,8 +100,19 @@ SAMPLE_ARGS = {
     "train": ["train", "c.toml", "--gpus", "2", "--resume", "train.lr=0.1"],
     "test": ["test", "c.toml", "--checkpoint", "x.pth", "--eval", "bbox", "--out", "r.json", "data.root=/x"],
     "infer": ["infer", "c.toml", "v.mp4", "--out", "o", "--random-weights", "--draw"],
-    "eval": ["eval", "--ann", "gt.json", "--results", "r.npz", "--groups", "g.json", "--out", "m.json",
-             "--backend", "pycocotools"],
+    "eval": [
+        "eval",
+        "--ann",
+        "gt.json",
+        "--results",
+        "r.npz",
+        "--groups",
+        "g.json",
+        "--out",
+        "m.json",
+        "--backend",
+        "pycocotools",
+    ],
     "notebooks run": ["notebooks", "run", "01", "-p", "k", "3"],
     "notebooks list": ["notebooks", "list"],
     "demo-job": ["demo-job", "--quick"],
@@ -133,7 +156,7 @@ def test_test_command_keeps_overrides_apart_from_eval(monkeypatch):
     calls = bind_library_calls(monkeypatch)
     with pytest.raises(Called):
         main(SAMPLE_ARGS["test"])
-    (_, kwargs), = calls
+    ((_, kwargs),) = calls
     assert kwargs["eval"] == ("bbox",) and kwargs["overrides"] == ["data.root=/x"]
 
 
@@ -144,8 +167,16 @@ def test_train_resume_flags_reach_the_launch(monkeypatch):
     _real_config_and_run_dir(monkeypatch)
     with pytest.raises(Called):
         main(["train", "c.toml", "--gpus", "2", "--resume-from", "x/iter_4.pth"])
-    assert calls[-1] == ("torchrun_command", {"config_path": "c.toml", "run_dir": cli.Path("work_dirs/c"),
-                                             "gpus": 2, "resume": "x/iter_4.pth", "overrides": []})
+    assert calls[-1] == (
+        "torchrun_command",
+        {
+            "config_path": "c.toml",
+            "run_dir": cli.Path("work_dirs/c"),
+            "gpus": 2,
+            "resume": "x/iter_4.pth",
+            "overrides": [],
+        },
+    )
     with pytest.raises(Called):
         main(["train", "c.toml", "--work-dir", "w", "--resume"])  # one GPU: the checkpoint is looked up
     assert calls[-1] == ("find_resume_checkpoint", {"run_dir": cli.Path("w"), "resume": True})
@@ -172,8 +203,10 @@ def test_non_finite_loss_is_exit_code_3(monkeypatch, capsys):
 def test_usage_errors_are_exit_code_2_and_bad_input_exit_code_1(tmp_path, capsys):
     assert main(["data", "convert-imagenet-vid", "--root", "r", "--out", "o", "--splits", "test"]) == 2
     assert "--splits 'test'" in capsys.readouterr().err
-    assert main(["eval", "--ann", "gt.json", "--results", "r.npz", "--protocol", "ilsvrc",
-                 "--backend", "pycocotools"]) == 2
+    assert (
+        main(["eval", "--ann", "gt.json", "--results", "r.npz", "--protocol", "ilsvrc", "--backend", "pycocotools"])
+        == 2
+    )
     assert "no 'ilsvrc' protocol" in capsys.readouterr().err
     assert main(["stats", str(tmp_path / "missing.json"), "--out", str(tmp_path / "o")]) == 1
     assert "missing.json" in capsys.readouterr().err
@@ -182,14 +215,25 @@ def test_usage_errors_are_exit_code_2_and_bad_input_exit_code_1(tmp_path, capsys
 
 
 def test_convert_imagenet_vid_reports_a_missing_tree(tmp_path, capsys):
-    code = main(["data", "convert-imagenet-vid", "--root", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
-                 "--splits", "val"])
+    code = main(
+        [
+            "data",
+            "convert-imagenet-vid",
+            "--root",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "o"),
+            "--splits",
+            "val",
+        ]
+    )
     assert code == 1
     assert "none" in capsys.readouterr().err
 
 
-def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(tmp_path, tiny_vid, tiny_detector_config,
-                                                                     one_thread, monkeypatch, capsys):
+def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(
+    tmp_path, tiny_vid, tiny_detector_config, one_thread, monkeypatch, capsys
+):
     """A BAGS detector is built with the config's table and scored per group with --groups:
     each file is read once, the returned metrics are what metrics.json holds."""
     import json
@@ -204,28 +248,38 @@ def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(tmp_path, t
 
     vid, _ = tiny_vid(tmp_path / "data", num_videos=2, num_frames=4)
     shutil.copy(vid, tmp_path / "data" / "ann.json")
-    model_groups = bags_io.save_groups(build_groups([1, 2], [30, 5], method="edges", edges=[10]),
-                                       tmp_path / "model_groups.json")
-    eval_groups = bags_io.save_groups(build_groups([1, 2], [30, 5], method="edges", edges=[100]),
-                                      tmp_path / "eval_groups.json")
-    cfg = tiny_detector_config(tmp_path / "bags.toml", kind="single", root=tmp_path / "data", img_scale=(64, 48),
-                               extra=f'head = "bags"\ngroups_file = "{model_groups.as_posix()}"\n')
+    model_groups = bags_io.save_groups(
+        build_groups([1, 2], [30, 5], method="edges", edges=[10]), tmp_path / "model_groups.json"
+    )
+    eval_groups = bags_io.save_groups(
+        build_groups([1, 2], [30, 5], method="edges", edges=[100]), tmp_path / "eval_groups.json"
+    )
+    cfg = tiny_detector_config(
+        tmp_path / "bags.toml",
+        kind="single",
+        root=tmp_path / "data",
+        img_scale=(64, 48),
+        extra=f'head = "bags"\ngroups_file = "{model_groups.as_posix()}"\n',
+    )
     model, _ = load_model(load_config(cfg), None, random_weights=True, cat_ids=[1, 2])
     ckpt = save_checkpoint({"model": model.state_dict()}, tmp_path / "run" / "latest.pth")
 
     reads = []
     real = bags_io.load_groups
     monkeypatch.setattr(bags_io, "load_groups", lambda path: reads.append(str(path)) or real(path))
-    m = test_model(cfg, ckpt, out=tmp_path / "out" / "results.json", groups=eval_groups, device="cpu",
-                   progress=False)
+    m = test_model(cfg, ckpt, out=tmp_path / "out" / "results.json", groups=eval_groups, device="cpu", progress=False)
     assert sorted(reads) == sorted([str(model_groups), str(eval_groups)])
     assert [g["group"] for g in m["groups"]] == ["[0, 100)"]  # the --groups table, one bin
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["groups"] == m["groups"] and written["inference"]["frames"] == 8 == m["inference"]["frames"]
     assert m["files"]["coco_json"] == tmp_path / "out" / "results.json" and m["note"] is None
 
-    assert main(["test", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out2" / "r.pkl"),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            ["test", str(cfg), "--checkpoint", str(ckpt), "--out", str(tmp_path / "out2" / "r.pkl"), "--device", "cpu"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "inference: 8 frames in 2 videos" in out and "does not write pickles" in out
     assert "| bbox_mAP_50 |" in out and "| [0, 10) |" in out  # the config's table scores the groups

@@ -2,6 +2,7 @@
 
 Budget: well under 20 s (all files are a few KB; LVIS val-100 is ~1 MB).
 """
+
 import copy
 import json
 
@@ -95,8 +96,7 @@ def test_tao_excerpt(external_data):
 
 
 def test_vis_and_mot_toys_load(external_data):
-    for rel in ("master/tests/data/demo_vis_data/ann.json",
-                "dev-1.x/tests/data/demo_vis_data/ann.json"):
+    for rel in ("master/tests/data/demo_vis_data/ann.json", "dev-1.x/tests/data/demo_vis_data/ann.json"):
         cv = load_cocovid(external_data / MMT / rel)
         assert cv.report.usable and cv.num_anns >= 1
     mot = load_cocovid(external_data / MMT / "dev-1.x/tests/data/demo_mot_data/ann.json")
@@ -107,9 +107,11 @@ def test_vis_and_mot_toys_load(external_data):
 
 
 def test_files_that_are_not_annotations_error_clearly(external_data):
-    for rel in (f"{MMT}/master/tests/data/demo_vis_data/results.json",
-                f"{MMT}/mmtrack-0.14.0_vid_state_dict_shapes.json",
-                "tao/TAO-Dataset_tao/data/coco_to_lvis_synset.json"):
+    for rel in (
+        f"{MMT}/master/tests/data/demo_vis_data/results.json",
+        f"{MMT}/mmtrack-0.14.0_vid_state_dict_shapes.json",
+        "tao/TAO-Dataset_tao/data/coco_to_lvis_synset.json",
+    ):
         with pytest.raises(DataError, match="not a COCO/CocoVID/TAO annotation file") as err:
             load_cocovid(external_data / rel)
         assert err.value.file.endswith(rel.split("/")[-1])
@@ -149,15 +151,53 @@ def base():
     return {
         "categories": [{"id": 1, "name": "car"}, {"id": 3, "name": "dog"}],
         "videos": [{"id": 5, "name": "v"}],
-        "images": [{"id": 10 + f, "file_name": f"v/{f:06d}.JPEG", "width": 100, "height": 50,
-                    "video_id": 5, "frame_id": f, "is_vid_train_frame": f == 1} for f in range(3)],
+        "images": [
+            {
+                "id": 10 + f,
+                "file_name": f"v/{f:06d}.JPEG",
+                "width": 100,
+                "height": 50,
+                "video_id": 5,
+                "frame_id": f,
+                "is_vid_train_frame": f == 1,
+            }
+            for f in range(3)
+        ],
         "annotations": [
-            {"id": 1, "image_id": 10, "video_id": 5, "category_id": 1, "instance_id": 7,
-             "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": False, "occluded": True},
-            {"id": 2, "image_id": 11, "video_id": 5, "category_id": 3, "instance_id": 8,
-             "bbox": [0, 0, 5, 5], "area": 25, "iscrowd": 0, "generated": 1},
-            {"id": 3, "image_id": 11, "video_id": 5, "category_id": 1, "instance_id": 7,
-             "bbox": [1, 1, 2, 2], "area": 4, "iscrowd": 1}]}
+            {
+                "id": 1,
+                "image_id": 10,
+                "video_id": 5,
+                "category_id": 1,
+                "instance_id": 7,
+                "bbox": [10, 10, 20, 20],
+                "area": 400,
+                "iscrowd": False,
+                "occluded": True,
+            },
+            {
+                "id": 2,
+                "image_id": 11,
+                "video_id": 5,
+                "category_id": 3,
+                "instance_id": 8,
+                "bbox": [0, 0, 5, 5],
+                "area": 25,
+                "iscrowd": 0,
+                "generated": 1,
+            },
+            {
+                "id": 3,
+                "image_id": 11,
+                "video_id": 5,
+                "category_id": 1,
+                "instance_id": 7,
+                "bbox": [1, 1, 2, 2],
+                "area": 4,
+                "iscrowd": 1,
+            },
+        ],
+    }
 
 
 def write(tmp_path, data, name="ann.json"):
@@ -183,11 +223,19 @@ def test_clean_generated_file(tmp_path):
     assert cv.img_width.dtype == np.int32 and cv.ann_boxes.dtype == np.float64
 
 
-@pytest.mark.parametrize("where, key, record", [
-    ("images", "width", "image 11"), ("images", "file_name", "image 11"),
-    ("images", "id", "image #1"), ("annotations", "bbox", "annotation 2"),
-    ("annotations", "image_id", "annotation 2"), ("annotations", "category_id", "annotation 2"),
-    ("annotations", "id", "annotation #1"), ("categories", "name", "category 3")])
+@pytest.mark.parametrize(
+    "where, key, record",
+    [
+        ("images", "width", "image 11"),
+        ("images", "file_name", "image 11"),
+        ("images", "id", "image #1"),
+        ("annotations", "bbox", "annotation 2"),
+        ("annotations", "image_id", "annotation 2"),
+        ("annotations", "category_id", "annotation 2"),
+        ("annotations", "id", "annotation #1"),
+        ("categories", "name", "category 3"),
+    ],
+)
 def test_missing_required_key_names_file_and_record(tmp_path, where, key, record):
     data = base()
     del data[where][1][key]
@@ -214,8 +262,11 @@ def test_identical_duplicates_dropped_different_ones_fatal(tmp_path):
     cv = load(tmp_path, data)
     assert cv.num_images == 3 and cv.num_classes == 2 and len(cv.videos) == 1
     assert {"image_duplicate", "category_duplicate", "video_duplicate"} <= cv.report.repairs.keys()
-    for where, change in (("images", {"file_name": "other.jpg"}),
-                          ("categories", {"name": "cat"}), ("videos", {"name": "w"})):
+    for where, change in (
+        ("images", {"file_name": "other.jpg"}),
+        ("categories", {"name": "cat"}),
+        ("videos", {"name": "w"}),
+    ):
         data = base()
         data[where].append({**data[where][0], **change})
         with pytest.raises(DataError, match="different content"):
@@ -224,7 +275,7 @@ def test_identical_duplicates_dropped_different_ones_fatal(tmp_path):
 
 def test_duplicate_annotation_ids(tmp_path):
     data = base()
-    data["annotations"].append(copy.deepcopy(data["annotations"][0]))   # identical: dropped
+    data["annotations"].append(copy.deepcopy(data["annotations"][0]))  # identical: dropped
     data["annotations"].append({**data["annotations"][1], "bbox": [3, 3, 4, 4]})  # renumbered
     cv = load(tmp_path, data)
     assert cv.ann_ids.tolist() == [1, 2, 3, 4]
@@ -251,9 +302,9 @@ def test_dangling_references_are_skipped_and_reported(tmp_path):
 
 def test_boxes_empty_clipped_outside(tmp_path):
     data = base()
-    data["annotations"][0]["bbox"] = [90, -5, 20, 20]      # clipped to [90, 0, 10, 15]
-    data["annotations"][1]["bbox"] = [5, 5, -3, 4]         # negative width: skipped
-    data["annotations"][2]["bbox"] = [120, 10, 5, 5]       # outside a 100-wide image: skipped
+    data["annotations"][0]["bbox"] = [90, -5, 20, 20]  # clipped to [90, 0, 10, 15]
+    data["annotations"][1]["bbox"] = [5, 5, -3, 4]  # negative width: skipped
+    data["annotations"][2]["bbox"] = [120, 10, 5, 5]  # outside a 100-wide image: skipped
     cv = load(tmp_path, data)
     assert cv.ann_ids.tolist() == [1] and cv.ann_boxes[0].tolist() == [90, 0, 10, 15]
     rep = cv.report.repairs
@@ -419,8 +470,9 @@ def test_check_reports_every_fatal_problem(tmp_path, capsys):
 def test_frame_renumbering_by_file_order_across_videos(tmp_path):
     data = base()
     data["videos"].append({"id": 6, "name": "w"})
-    data["images"] += [{"id": 20 + k, "file_name": f"w/{k}.jpg", "width": 9, "height": 9,
-                        "video_id": 6} for k in range(2)]
+    data["images"] += [
+        {"id": 20 + k, "file_name": f"w/{k}.jpg", "width": 9, "height": 9, "video_id": 6} for k in range(2)
+    ]
     data["images"][0]["frame_id"] = 7  # video 5 keeps its given ids (with a gap)
     cv = load(tmp_path, data)
     assert cv.img_frame_ids.tolist() == [7, 1, 2, 0, 1]

@@ -1,4 +1,5 @@
 """Typed config: every shipped file loads, includes merge, bad keys/types name key and file."""
+
 import sys
 import warnings
 from pathlib import Path
@@ -13,15 +14,20 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.toml
 
 def test_configs_exist():
     names = {p.name for p in CONFIGS}
-    for want in ("imagenet_vid_fgfa_style.toml", "gs_imagenet_vid_fgfa_style.toml",
-                 "faster_rcnn_r50_dc5.toml", "gs_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
-                 "fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
-                 "seesaw_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
-                 "gs_fgfa_faster_rcnn_r50_dc5_decoupled_imagenetvid.toml",
-                 "selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
-                 "gs_selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
-                 "faster_rcnn_r50_dc5_1x_imagenetvid.toml", "fgfa_r18_demo_softmax.toml",
-                 "fgfa_r18_demo_bags.toml"):
+    for want in (
+        "imagenet_vid_fgfa_style.toml",
+        "gs_imagenet_vid_fgfa_style.toml",
+        "faster_rcnn_r50_dc5.toml",
+        "gs_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "seesaw_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "gs_fgfa_faster_rcnn_r50_dc5_decoupled_imagenetvid.toml",
+        "selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "gs_selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "fgfa_r18_demo_softmax.toml",
+        "fgfa_r18_demo_bags.toml",
+    ):
         assert want in names
 
 
@@ -43,11 +49,14 @@ def test_experiments_share_bases():
     assert gs.data.ref_frame_range == [-9, 9] and gs.data.img_scale == [1000, 600]
     assert [s.load_as_video for s in gs.data.train] == [True, False]
     assert (gs.train.lr, gs.train.lr_steps, gs.train.epochs, gs.train.grad_clip) == (0.01, [2, 5], 7, 35.0)
-    dec = load_config(CONFIGS[0].parent.parent.parent /
-                      "vid/fgfa/gs_fgfa_faster_rcnn_r50_dc5_decoupled_imagenetvid.toml")
+    dec = load_config(
+        CONFIGS[0].parent.parent.parent / "vid/fgfa/gs_fgfa_faster_rcnn_r50_dc5_decoupled_imagenetvid.toml"
+    )
     assert dec.train.freeze == "all_but_classifier" and dec.train.init_from
     assert dec.model.bags.others_sample_ratio == 8.0 and dec.model.head_settings() == {
-        "others_sample_ratio": 8.0, "seed": None}
+        "others_sample_ratio": 8.0,
+        "seed": None,
+    }
 
 
 def write(path: Path, text: str) -> Path:
@@ -57,8 +66,10 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_include_merges_tables_and_replaces_values(tmp_path):
-    write(tmp_path / "base" / "b.toml", '[data]\nroot = "/data/vid"\nimg_scale = [800, 480]\n'
-          '[train]\nlr = 0.02\nlr_steps = [3, 6]\n')
+    write(
+        tmp_path / "base" / "b.toml",
+        '[data]\nroot = "/data/vid"\nimg_scale = [800, 480]\n[train]\nlr = 0.02\nlr_steps = [3, 6]\n',
+    )
     exp = write(tmp_path / "exp.toml", 'include = "base/b.toml"\n[train]\nlr_steps = [4]\n')
     cfg = load_config(exp, ["train.epochs=9", "data.root=/elsewhere"])
     assert cfg.data.root == "/elsewhere" and cfg.data.img_scale == [800, 480]
@@ -77,16 +88,19 @@ def test_unknown_key_names_key_and_file(tmp_path):
         load_config(write(tmp_path / "m.toml", "[model]\nbackbone = 'r50'\n"))
 
 
-@pytest.mark.parametrize("text, key", [
-    ("[train]\nepochs = 7.5\n", "train.epochs"),
-    ("[train]\namp = 1\n", "train.amp"),
-    ("[train]\nlr = '0.01'\n", "train.lr"),
-    ("[data]\nimg_scale = [1000, '600']\n", "data.img_scale[1]"),
-    ("[data]\ntrain = [{ann_file = 3}]\n", "data.train[0].ann_file"),
-    ("[data]\nref_sampler = 'random'\n", "data.ref_sampler"),
-    ("[model]\nanchor_scales = 8\n", "model.anchor_scales"),
-    ("[model]\nfgfa_window = 4\n", "model"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("[train]\nepochs = 7.5\n", "train.epochs"),
+        ("[train]\namp = 1\n", "train.amp"),
+        ("[train]\nlr = '0.01'\n", "train.lr"),
+        ("[data]\nimg_scale = [1000, '600']\n", "data.img_scale[1]"),
+        ("[data]\ntrain = [{ann_file = 3}]\n", "data.train[0].ann_file"),
+        ("[data]\nref_sampler = 'random'\n", "data.ref_sampler"),
+        ("[model]\nanchor_scales = 8\n", "model.anchor_scales"),
+        ("[model]\nfgfa_window = 4\n", "model"),
+    ],
+)
 def test_wrong_type_names_key_and_file(tmp_path, text, key):
     path = write(tmp_path / "bad.toml", text)
     with pytest.raises(DataError) as err:
@@ -152,13 +166,16 @@ def test_head_settings_are_a_typed_section_of_the_chosen_head(tmp_path):
 
 
 def test_old_names_in_files_are_migrated_with_a_warning(tmp_path):
-    old = write(tmp_path / "old.toml", '[data]\ngroups_file = "g.json"\nmean = [1, 2, 3]\n'
-                '[model]\nhead = "bags"\n[model.head_kwargs]\nothers_sample_ratio = 4.0\n')
+    old = write(
+        tmp_path / "old.toml",
+        '[data]\ngroups_file = "g.json"\nmean = [1, 2, 3]\n'
+        '[model]\nhead = "bags"\n[model.head_kwargs]\nothers_sample_ratio = 4.0\n',
+    )
     with pytest.warns(FutureWarning, match="data.groups_file is now model.groups_file"):
         cfg = load_config(old)
     assert cfg.model.groups_file == "g.json" and cfg.model.image_mean == (1.0, 2.0, 3.0)
     assert cfg.model.bags.others_sample_ratio == 4.0
-    bad = write(tmp_path / "bad.toml", '[model.head_kwargs]\np = 1.0\n')  # softmax takes none
+    bad = write(tmp_path / "bad.toml", "[model.head_kwargs]\np = 1.0\n")  # softmax takes none
     with pytest.raises(DataError) as err:
         load_config(bad)
     assert "bad.toml" in str(err.value) and "takes no settings" in str(err.value)
@@ -177,4 +194,3 @@ def test_config_of_an_old_checkpoint_still_loads():
     assert cfg.model.head == "bags" and cfg.model.groups_file == "intermediate_files/demo/groups.json"
     assert cfg.model.bags.others_sample_ratio == 8.0 and cfg.model.image_mean == Config().model.image_mean
     assert "head_kwargs" in old["model"]  # the caller's dict is not modified
-

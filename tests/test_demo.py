@@ -2,6 +2,7 @@
 
 Budget: about 6 s (one default-size build shared by the module, four tiny builds).
 """
+
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -153,8 +154,7 @@ def test_readme_and_summary(demo, tmp_path, capsys):
 def test_loads_with_cocovid_loader(demo):
     r, data = demo
     for split in ("train", "val"):
-        c = load_cocovid(r[f"{split}_json"], images_root=r["images_root"],
-                                 check_images=True, strict=True)
+        c = load_cocovid(r[f"{split}_json"], images_root=r["images_root"], check_images=True, strict=True)
         assert c.num_images == len(data[split]["images"])
         assert c.num_anns == len(data[split]["annotations"])
         assert c.cat_names == [n for n, *_ in CLASSES]

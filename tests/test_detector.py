@@ -1,16 +1,17 @@
 """Faster R-CNN R50-DC5 parts (backbone, box maths, config) and the detector interface
 shared by the three kinds and the three heads. CPU, tiny models; budget about 25 s."""
+
 import json
 import math
 
 import pytest
 import torch
 
+from lvod.config import ModelConfig
 from lvod.errors import DataError
 from lvod.models import box_coder as bc
-from lvod.models.backbone import ResNetDC5
-from lvod.config import ModelConfig
 from lvod.models import build_model
+from lvod.models.backbone import ResNetDC5
 
 H, W = 64, 96
 LOSS_KEYS = {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}
@@ -20,6 +21,7 @@ SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
 def group_table(head):
     if head == "bags":
         from lvod.groups import build_groups
+
         return build_groups([1, 2, 3], [100, 10, 1], method="edges", edges=(5, 50))
     return None
 
@@ -122,8 +124,9 @@ def test_resnet50_dc5_stride_16_dilated_stage4_and_frozen_parts():
     b(torch.randn(2, 3, 64, 96))
     assert torch.equal(b.layer2[0].bn1.running_mean, stats)
     assert b.layer2[0].bn1.weight.requires_grad and not b.bn1.weight.requires_grad
-    trainable_bn = sum(p.numel() for n, p in b.named_parameters() if p.requires_grad and
-                       ("bn" in n or "downsample.1" in n))
+    trainable_bn = sum(
+        p.numel() for n, p in b.named_parameters() if p.requires_grad and ("bn" in n or "downsample.1" in n)
+    )
     assert trainable_bn == 50_176  # the count mmtracking's FGFA config trains in stages 2-4
     frozen = ResNetDC5(50, norm="frozen")
     assert not any("bn" in n for n, _ in frozen.named_parameters())  # FrozenBatchNorm2d: buffers
@@ -137,8 +140,7 @@ def test_resnet18_basicblock_stage4_dilated_by_hand():
 
 def test_state_dict_matches_mmtracking_detector_keys_and_shapes(external_data):
     zoo = json.loads((external_data / SHAPES).read_text())["fgfa_r50_dc5"]["state_dict"]
-    want = {k: v for k, v in zoo.items()
-            if k.startswith("detector.")}
+    want = {k: v for k, v in zoo.items() if k.startswith("detector.")}
     m = build_model(ModelConfig(kind="single"))
     got = {k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape) for k, v in m.state_dict().items()}
     assert got == want
@@ -149,7 +151,7 @@ def test_anchors_follow_mmdet_layout():
     assert base.shape == (12, 4)
     w, h = base[:, 2] - base[:, 0], base[:, 3] - base[:, 1]
     assert torch.allclose((w * h).sqrt()[:4], torch.tensor([64.0, 128, 256, 512]))
-    assert torch.allclose(h[:4] / w[:4], torch.full((4,), 0.5))   # ratio-major order
+    assert torch.allclose(h[:4] / w[:4], torch.full((4,), 0.5))  # ratio-major order
     grid = bc.grid_anchors(base, 2, 3, 16)
     assert grid.shape == (2 * 3 * 12, 4)
     assert torch.allclose(grid[(1 * 3 + 2) * 12 + 5], base[5] + torch.tensor([32.0, 16, 32, 16]))

@@ -1,4 +1,5 @@
 """IoU of xywh boxes: the pairwise matrix and the row-paired vector agree, on hand-made boxes."""
+
 import numpy as np
 
 from lvod.evaluation.boxes import paired_iou_xywh, pairwise_iou_xywh

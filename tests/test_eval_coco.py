@@ -2,6 +2,7 @@
 
 Budget: about 15 s (pycocotools on ~2,000 generated frames dominates).
 """
+
 import contextlib
 import io
 import json
@@ -69,16 +70,26 @@ def test_official_fake_results_reproduce_expected_values(external_data):
     assert sum(c["ap"] is None for c in m["classwise"]) == 10
 
 
-@pytest.mark.parametrize("case", [
-    # (videos, frames, classes, dets per frame, seed, chunk): ~2,000 frames, ties, small chunks
-    (25, 80, 12, 20, 1, 3_000),
-    # few classes, 250 detections per frame: more than maxDets=100 per (image, class)
-    (4, 6, 3, 250, 5, 1_000_000),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        # (videos, frames, classes, dets per frame, seed, chunk): ~2,000 frames, ties, small chunks
+        (25, 80, 12, 20, 1, 3_000),
+        # few classes, 250 detections per frame: more than maxDets=100 per (image, class)
+        (4, 6, 3, 250, 5, 1_000_000),
+    ],
+)
 def test_generated_video_data_matches_pycocotools_exactly(tmp_path, case):
     videos, frames, cats, per_frame, seed, chunk = case
-    gtd = synthetic_cocovid(num_videos=videos, frames=frames, num_cats=cats, cats_unused=2 if cats > 3 else 1,
-                            seed=seed, crowd_frac=0.15, empty_frac=0.05)
+    gtd = synthetic_cocovid(
+        num_videos=videos,
+        frames=frames,
+        num_cats=cats,
+        cats_unused=2 if cats > 3 else 1,
+        seed=seed,
+        crowd_frac=0.15,
+        empty_frac=0.05,
+    )
     assert gtd["annotations"][0]["id"] == 0  # pycocotools' id-0 quirk is exercised
     (tmp_path / "gt.json").write_text(json.dumps(gtd))
     gt = load_cocovid(tmp_path / "gt.json")
@@ -97,9 +108,11 @@ def test_generated_video_data_matches_pycocotools_exactly(tmp_path, case):
 
 
 def _tiny_gt(anns, n_img=1, cats=(1, 2)):
-    return {"categories": [{"id": c, "name": f"c{c}"} for c in cats],
-            "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(n_img)],
-            "annotations": anns}
+    return {
+        "categories": [{"id": c, "name": f"c{c}"} for c in cats],
+        "images": [{"id": i + 1, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in range(n_img)],
+        "annotations": anns,
+    }
 
 
 def _ann(i, img, cat, box, crowd=0):
@@ -108,15 +121,27 @@ def _ann(i, img, cat, box, crowd=0):
 
 def test_edge_cases_match_pycocotools(tmp_path):
     """Crowd taking many detections, equal-IoU GTs, score ties across images, GT id 0."""
-    anns = [_ann(0, 1, 1, [10, 10, 20, 20]),               # id 0: pycocotools counts its match as a miss
-            _ann(1, 1, 1, [50, 50, 20, 20]), _ann(2, 1, 1, [50, 50, 20, 20]),  # identical GTs: IoU tie
-            _ann(3, 2, 1, [0, 0, 60, 60], crowd=1), _ann(4, 2, 1, [70, 70, 10, 10]),
-            _ann(5, 3, 2, [5, 5, 30, 30])]
+    anns = [
+        _ann(0, 1, 1, [10, 10, 20, 20]),  # id 0: pycocotools counts its match as a miss
+        _ann(1, 1, 1, [50, 50, 20, 20]),
+        _ann(2, 1, 1, [50, 50, 20, 20]),  # identical GTs: IoU tie
+        _ann(3, 2, 1, [0, 0, 60, 60], crowd=1),
+        _ann(4, 2, 1, [70, 70, 10, 10]),
+        _ann(5, 3, 2, [5, 5, 30, 30]),
+    ]
     (tmp_path / "gt.json").write_text(json.dumps(_tiny_gt(anns, n_img=3)))
-    dets = [(1, 1, [10, 10, 20, 20], .9), (1, 1, [51, 50, 20, 20], .8), (1, 1, [50, 51, 20, 20], .8),
-            (1, 1, [52, 52, 20, 20], .8), (2, 1, [1, 1, 20, 20], .7), (2, 1, [30, 30, 20, 20], .7),
-            (2, 1, [70, 70, 10, 11], .8), (3, 2, [5, 5, 30, 29], .5), (3, 2, [40, 40, 30, 30], .5),
-            (2, 2, [5, 5, 30, 30], .5)]
+    dets = [
+        (1, 1, [10, 10, 20, 20], 0.9),
+        (1, 1, [51, 50, 20, 20], 0.8),
+        (1, 1, [50, 51, 20, 20], 0.8),
+        (1, 1, [52, 52, 20, 20], 0.8),
+        (2, 1, [1, 1, 20, 20], 0.7),
+        (2, 1, [30, 30, 20, 20], 0.7),
+        (2, 1, [70, 70, 10, 11], 0.8),
+        (3, 2, [5, 5, 30, 29], 0.5),
+        (3, 2, [40, 40, 30, 30], 0.5),
+        (2, 2, [5, 5, 30, 30], 0.5),
+    ]
     d = Detections(*[np.array([x[i] for x in dets]) for i in range(4)])
     write_coco_json(d, tmp_path / "dt.json")
     gt = load_cocovid(tmp_path / "gt.json")
@@ -131,8 +156,9 @@ def test_ground_truth_as_detections_scores_one(tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(gtd))
     gt = load_cocovid(tmp_path / "gt.json")
     real = ~gt.ann_iscrowd
-    d = Detections(gt.img_ids[gt.ann_image_idx[real]], gt.ann_cat_ids[real], gt.ann_boxes[real],
-                   np.linspace(1, 0.5, real.sum()))
+    d = Detections(
+        gt.img_ids[gt.ann_image_idx[real]], gt.ann_cat_ids[real], gt.ann_boxes[real], np.linspace(1, 0.5, real.sum())
+    )
     m = evaluate(gt, d)
     assert m["bbox_mAP"] == 1.0 and m["bbox_mAP_50"] == 1.0
     assert all(c["ap"] == 1.0 for c in m["classwise"] if c["num_gt"])

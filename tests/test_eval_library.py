@@ -2,6 +2,7 @@
 
 Budget: about 10 s (COCOeval's Python loops over ~1,000 generated frames dominate).
 """
+
 import json
 
 import numpy as np
@@ -21,8 +22,9 @@ def video(tmp_path_factory):
     """Generated videos: tracks (motion buckets), crowd, empty frames, 2 classes without GT,
     score ties, GT annotation id 0, and one detection of an unknown category."""
     d = tmp_path_factory.mktemp("vid")
-    gtd = synthetic_cocovid(num_videos=12, frames=40, num_cats=10, cats_unused=2, seed=7, crowd_frac=0.2,
-                            empty_frac=0.1)
+    gtd = synthetic_cocovid(
+        num_videos=12, frames=40, num_cats=10, cats_unused=2, seed=7, crowd_frac=0.2, empty_frac=0.1
+    )
     (d / "gt.json").write_text(json.dumps(gtd))
     gt = load_cocovid(d / "gt.json")
     assert gt.ann_iscrowd.any() and (np.bincount(gt.ann_image_idx, minlength=gt.num_images) == 0).any()
@@ -42,10 +44,10 @@ def _assert_same(a, b):
                 assert abs(x[k] - y[k]) <= TOL, (x, y)
 
 
-@pytest.mark.parametrize("chunk", [700, 5_000, 10 ** 9])
+@pytest.mark.parametrize("chunk", [700, 5_000, 10**9])
 def test_backends_agree_on_generated_video_data(video, chunk):
     gt, dets, _ = video
-    ref = evaluate(gt, dets, chunk_dets=10 ** 9, backend="lvod")
+    ref = evaluate(gt, dets, chunk_dets=10**9, backend="lvod")
     lib = evaluate(gt, dets, chunk_dets=chunk, backend="pycocotools")
     assert lib["backend"] == "pycocotools" and ref["backend"] == "lvod"
     _assert_same(ref, lib)
@@ -63,11 +65,18 @@ def test_chunk_flags_equal_lvod_matcher(video):
     gt, dets, _ = video
     p = engine.prepare(gt, dets)
     n_img = len(p.img_ids) // 3
-    g = p.g_order[:p.img_ptr[n_img]]
+    g = p.g_order[: p.img_ptr[n_img]]
     d = slice(0, p.det_ptr[n_img])
     rows = p.d_rows[d]
-    cg = ChunkGT(img=p.g_img[g], cat=p.g_cat[g], box=p.g_box[g], area=p.g_area[g], crowd=p.g_crowd[g],
-                 ignore=np.zeros(len(g), bool), ann_id=p.g_ann_id[g])
+    cg = ChunkGT(
+        img=p.g_img[g],
+        cat=p.g_cat[g],
+        box=p.g_box[g],
+        area=p.g_area[g],
+        crowd=p.g_crowd[g],
+        ignore=np.zeros(len(g), bool),
+        ann_id=p.g_ann_id[g],
+    )
     cd = ChunkDets(img=p.d_img[d], cat=p.d_cat[d], box=dets.bbox[rows], score=dets.score[rows])
     extra = np.arange(len(g)) % 3 == 0  # a motion-like pass: every third GT outside the bucket
     thr = np.array([0.5, 0.75])
@@ -128,8 +137,22 @@ def test_unsupported_combinations_raise(video, tmp_path, capsys):
         evaluate_files(d / "gt.json", tmp_path / "missing.json", protocol="ilsvrc", backend="pycocotools")
     from lvod.cli import main
 
-    assert main(["eval", "--ann", str(d / "gt.json"), "--results", str(tmp_path / "missing.json"),
-                 "--protocol", "ilsvrc", "--backend", "pycocotools"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--ann",
+                str(d / "gt.json"),
+                "--results",
+                str(tmp_path / "missing.json"),
+                "--protocol",
+                "ilsvrc",
+                "--backend",
+                "pycocotools",
+            ]
+        )
+        == 2
+    )
     assert "backend 'pycocotools'" in capsys.readouterr().err
 
 
@@ -139,8 +162,22 @@ def test_lvod_eval_backend(video, tmp_path, capsys):
     gt, dets, d = video
     small = dets.subset(np.isin(dets.image_id, gt.img_ids[:40]))
     write_coco_json(small, tmp_path / "dt.json")
-    assert main(["eval", "--ann", str(d / "gt.json"), "--results", str(tmp_path / "dt.json"),
-                 "--out", str(tmp_path / "m.json"), "--backend", "pycocotools"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--ann",
+                str(d / "gt.json"),
+                "--results",
+                str(tmp_path / "dt.json"),
+                "--out",
+                str(tmp_path / "m.json"),
+                "--backend",
+                "pycocotools",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["backend"] == "pycocotools"
     _assert_same(evaluate(gt, small), m)

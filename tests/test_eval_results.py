@@ -1,4 +1,5 @@
 """Columnar results files: npz writer, COCO JSON round trip, block-wise reader, atomicity. Budget ~1 s."""
+
 import json
 
 import numpy as np
@@ -10,8 +11,12 @@ from lvod.evaluation import Detections, ResultsWriter, load_results, read_coco_j
 
 def _dets(n=1000, seed=0, dtype=np.float32):
     rng = np.random.default_rng(seed)
-    return Detections(rng.integers(1, 50, n), rng.integers(1, 31, n), (rng.random((n, 4)) * 300).astype(dtype),
-                      rng.random(n).astype(dtype))
+    return Detections(
+        rng.integers(1, 50, n),
+        rng.integers(1, 31, n),
+        (rng.random((n, 4)) * 300).astype(dtype),
+        rng.random(n).astype(dtype),
+    )
 
 
 def _same(a, b):

@@ -1,16 +1,17 @@
 """FGFA: FlowNetSimple layout and input conventions, warping, embedding aggregation, the
 streaming window and its feature cache. CPU, tiny models; budget about 10 s."""
+
 import json
 
 import pytest
 import torch
 
+from lvod.config import ModelConfig
 from lvod.errors import DataError
 from lvod.io import torch_save_atomic
-from lvod.config import ModelConfig
 from lvod.models import build_model
-from lvod.models.fgfa import EmbedAggregator, window_indices
 from lvod.models.checkpoint import load_flownet_weights
+from lvod.models.fgfa import EmbedAggregator, window_indices
 from lvod.models.flownet import FLOW_MEAN, FlowNetSimple, resize_flow, warp
 
 SHAPES = "mmtracking/mmtrack-0.14.0_vid_state_dict_shapes.json"
@@ -77,7 +78,7 @@ def test_flownet_input_denormalised_centred_padding_zeroed_half_size():
     net = FlowNetSimple(width=1 / 16)
     x = net.prepare(img, img + 1.0, (20, 40))
     assert x.shape == (1, 6, 16, 24)
-    assert x[:, :3, :9, :19].abs().max() < 1e-5                 # key: centred to zero
+    assert x[:, :3, :9, :19].abs().max() < 1e-5  # key: centred to zero
     assert torch.allclose(x[0, 3:, 0, 0], std / 255.0, atol=1e-5)  # ref: +1 std
     assert x[:, :, 11:, :].abs().max() == 0 and x[:, :, :, 21:].abs().max() == 0  # padding
     flow = net(img, img, (32, 48))
@@ -96,8 +97,11 @@ def test_training_aggregates_the_refs_only():
     seen = []
     orig = m.aggregator.forward
     m.aggregator.forward = lambda x, refs: seen.append(refs.shape[0]) or orig(x, refs)
-    m(torch.randn(2, 3, 3, H, W), [(H, W), (H, W)],
-      [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([2])}] * 2)
+    m(
+        torch.randn(2, 3, 3, H, W),
+        [(H, W), (H, W)],
+        [{"boxes": torch.tensor([[4.0, 4, 30, 30]]), "labels": torch.tensor([2])}] * 2,
+    )
     assert seen == [2, 2]
 
 
@@ -158,8 +162,9 @@ def test_mmtracking_grid_pulls_samples_towards_the_origin():
     """mmtracking's flow_warp_feats divides by W where align_corners=True wants W - 1: at zero
     flow it reads column j at j * (W - 1) / W (row i at i * (H - 1) / H), not at j."""
     h, w = 5, 8
-    ramp = torch.stack(torch.meshgrid(torch.arange(h, dtype=torch.float32),
-                                      torch.arange(w, dtype=torch.float32), indexing="ij"))[None]
+    ramp = torch.stack(
+        torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    )[None]
     zero = torch.zeros(1, 2, h, w)
     torch.testing.assert_close(warp(ramp, zero, "aligned"), ramp, atol=1e-5, rtol=0)
     got = warp(ramp, zero, "mmtracking")

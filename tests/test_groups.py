@@ -3,6 +3,7 @@
 The reference check rebuilds BAGS' LVIS v0.5 tables from the per-class instance counts
 shipped with them and demands exact equality. Budget: about 3 s.
 """
+
 import json
 import math
 import pickle
@@ -52,6 +53,7 @@ def small_table(**kw):
 
 # ----------------------------------------------------------------------------- builders
 
+
 def test_small_table_by_hand():
     t = small_table()
     # labels: 1 = id 10, 2 = id 20, 3 = id 30, 4 = id 40; bin [100, 1000) is empty -> dropped
@@ -60,10 +62,7 @@ def test_small_table_by_hand():
     assert t.groups == ((10, 30), (40,), (20,))
     assert t.group_names == ("[0, 10)", "[10, 100)", "[1000, inf)")
     assert t.label2binlabel.dtype == torch.int64
-    assert t.label2binlabel.tolist() == [[0, 1, 1, 1, 1],
-                                         [0, 1, 0, 2, 0],
-                                         [0, 0, 0, 0, 1],
-                                         [0, 0, 1, 0, 0]]
+    assert t.label2binlabel.tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 2, 0], [0, 0, 0, 0, 1], [0, 0, 1, 0, 0]]
     assert t.pred_slice.tolist() == [[0, 2], [2, 3], [5, 2], [7, 2]]
     assert t.num_groups == 3 and t.num_logits == 9 == int(t.pred_slice[:, 1].sum())
     assert t.group_of_label.tolist() == [0, 1, 3, 1, 2]
@@ -80,15 +79,15 @@ def test_quantile_edges_by_hand():
     t = build_groups([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], method="quantiles", k=3)
     assert t.groups == ((5, 6), (3, 4), (1, 2)) and t.edges == (3, 5) and t.k == 3
     t = build_groups([1, 2, 3, 4, 5, 6], [5, 5, 5, 5, 9, 9], method="quantiles", k=3)
-    assert t.groups == ((1, 2, 3, 4), (5, 6))   # ties never split; the duplicate edge collapses
+    assert t.groups == ((1, 2, 3, 4), (5, 6))  # ties never split; the duplicate edge collapses
 
 
 def test_log_edges_by_hand():
-    assert log_edges([1, 7, 1000], 3) == (10, 100)     # float noise around 10.0 must not give 11
+    assert log_edges([1, 7, 1000], 3) == (10, 100)  # float noise around 10.0 must not give 11
     assert log_edges([4, 8, 16], 2) == (8,)
-    assert log_edges([0, 100], 2) == (10,)             # min 0 is treated as 1
+    assert log_edges([0, 100], 2) == (10,)  # min 0 is treated as 1
     assert log_edges([5, 5], 4) == ()
-    assert log_edges([20, 30], 2) == (25,)             # 24.49 rounds up: bins of integers unchanged
+    assert log_edges([20, 30], 2) == (25,)  # 24.49 rounds up: bins of integers unchanged
     t = build_groups([1, 2, 3, 4], [1, 9, 10, 1000], method="log", k=3)
     assert t.groups == ((1, 2), (3,), (4,)) and t.group_names == ("[0, 10)", "[10, 100)", "[100, inf)")
 
@@ -108,6 +107,7 @@ def test_builder_rejects_bad_arguments():
 
 # ----------------------------------------------------------------------------- reference BAGS tables
 
+
 def test_reproduces_bags_lvis_v05_exactly(lvis_dir, lvis_table, tmp_path):
     t = lvis_table
     ref_l2b = torch.load(lvis_dir / "label2binlabel.pt", weights_only=True)
@@ -118,11 +118,13 @@ def test_reproduces_bags_lvis_v05_exactly(lvis_dir, lvis_table, tmp_path):
     assert t.num_logits == 1236 == int(ref_ps[-1].sum())
     paths = export_bags(t, tmp_path)
     mine, ref = read_valsplit(paths["valsplit.pkl"]), read_valsplit(lvis_dir / "valsplit.pkl")
-    assert list(mine) == list(ref) == ["(0, 10)", "[10, 100)", "[100, 1000)", "[1000, ~)", "normal", "background", "all"]
+    assert (
+        list(mine) == list(ref) == ["(0, 10)", "[10, 100)", "[100, 1000)", "[1000, ~)", "normal", "background", "all"]
+    )
     for key in ref:
         assert mine[key].dtype == np.int64 and np.array_equal(mine[key], ref[key]), key
     assert torch.equal(torch.load(paths["label2binlabel.pt"], weights_only=True), ref_l2b)
-    for name in ("label2binlabel.pt", "pred_slice_with0.pt"):   # legacy format like the reference files
+    for name in ("label2binlabel.pt", "pred_slice_with0.pt"):  # legacy format like the reference files
         assert not zipfile.is_zipfile(paths[name]) and not zipfile.is_zipfile(lvis_dir / name)
     # the export names numpy's rebuild function the way numpy 1.x (the BAGS code's) can import
     globals_ = {a for op, a, _ in pickletools.genops(paths["valsplit.pkl"].read_bytes()) if op.name == "GLOBAL"}
@@ -143,15 +145,16 @@ def test_import_reference_v05_and_v1(lvis_dir, lvis_table):
 def test_bags_export_import_roundtrip(tmp_path):
     t = small_table()
     export_bags(t, tmp_path)
-    back = import_bags(tmp_path, cat_ids=[40, 10, 30, 20], names=["c40", "c10", "c30", "c20"],
-                       counts=[50, 3, 5, 5000], dataset="toy")
+    back = import_bags(
+        tmp_path, cat_ids=[40, 10, 30, 20], names=["c40", "c10", "c30", "c20"], counts=[50, 3, 5, 5000], dataset="toy"
+    )
     assert back == t and back.notes == ()
 
 
 def test_import_rejects_tables_that_disagree_with_valsplit(tmp_path):
     export_bags(small_table(), tmp_path)
     l2b = torch.load(tmp_path / "label2binlabel.pt", weights_only=True)
-    l2b[1, 3] = 1                                   # collides with the rank of label 1
+    l2b[1, 3] = 1  # collides with the rank of label 1
     torch.save(l2b, tmp_path / "label2binlabel.pt")
     with pytest.raises(DataError, match=r"label2binlabel\.pt: row 1 column 3"):
         import_bags(tmp_path)
@@ -162,6 +165,7 @@ def test_import_rejects_tables_that_disagree_with_valsplit(tmp_path):
 
 
 # ----------------------------------------------------------------------------- restricted unpickling
+
 
 class _Evil:
     def __init__(self, marker):
@@ -180,7 +184,7 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     with pytest.raises(DataError, match=r"global (posix|os|nt)\.system.*refused"):
         read_valsplit(bad)
     assert not marker.exists()
-    bad.write_bytes(pickle.dumps({"(0, 10)": _Evil(marker)}, protocol=5))   # STACK_GLOBAL path
+    bad.write_bytes(pickle.dumps({"(0, 10)": _Evil(marker)}, protocol=5))  # STACK_GLOBAL path
     with pytest.raises(DataError, match="refused"):
         safe_unpickle(bad)
     assert not marker.exists()
@@ -189,10 +193,10 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
 def test_restricted_unpickler_scope(tmp_path):
     p = tmp_path / "x.pkl"
     p.write_bytes(pickle.dumps({"a": np.arange(3)}, protocol=3))
-    with pytest.raises(DataError, match="numpy"):                # no globals at all allowed
+    with pytest.raises(DataError, match="numpy"):  # no globals at all allowed
         safe_unpickle(p, allow_numpy=False)
     p.write_bytes(pickle.dumps({"a": np.array([1.5])}, protocol=5))
-    with pytest.raises(DataError, match="1-D integer array"):    # readable, but not a label list
+    with pytest.raises(DataError, match="1-D integer array"):  # readable, but not a label list
         read_valsplit(p)
     p.write_bytes(pickle.dumps({"a": np.array([3, 1], dtype=np.int32)}, protocol=5))
     assert read_valsplit(p)["a"].dtype == np.int64
@@ -201,9 +205,9 @@ def test_restricted_unpickler_scope(tmp_path):
 
 # ----------------------------------------------------------------------------- JSON file
 
+
 def test_json_roundtrip_and_content(tmp_path, lvis_table):
-    for t in (small_table(), build_groups([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], method="quantiles", k=3),
-              lvis_table):
+    for t in (small_table(), build_groups([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], method="quantiles", k=3), lvis_table):
         p = save_groups(t, tmp_path / "g.json")
         back = load_groups(p)
         assert back == t and torch.equal(back.label2binlabel, t.label2binlabel)
@@ -264,13 +268,14 @@ def test_quantile_edges_must_match_counts(tmp_path):
     assert t.edges == (4,)
     p = save_groups(t, tmp_path / "q.json")
     d = json.loads(p.read_text())
-    d["classes"][3]["count"] = 100                   # still inside bin [4, inf), but the median moves to 5
+    d["classes"][3]["count"] = 100  # still inside bin [4, inf), but the median moves to 5
     p.write_text(json.dumps(d))
     with pytest.raises(DataError, match="not the quantiles edges"):
         load_groups(p)
 
 
 # ----------------------------------------------------------------------------- command line
+
 
 def test_make_groups_from_stats_csv(tmp_path, capsys):
     from lvod.cli import main
@@ -281,8 +286,9 @@ def test_make_groups_from_stats_csv(tmp_path, capsys):
     table, paths = make_groups(csv, out, method="edges", edges=[10, 100], dataset="toy")
     assert paths == {"groups": out} and load_groups(out) == table
     assert table.groups == ((2, 4), (1,), (3,)) and table.cat_names == ("airplane", "bear", "car", "dog")
-    assert main(["groups", str(csv), "--dataset", "toy", "--method", "edges", "--edges", "10,100",
-                 "--out", str(out)]) == 0
+    assert (
+        main(["groups", str(csv), "--dataset", "toy", "--method", "edges", "--edges", "10,100", "--out", str(out)]) == 0
+    )
     text = capsys.readouterr().out
     assert "[0, 10)" in text and "bear, dog" in text and str(out) in text
     assert "counts: boxes column of the stats CSV of" in text
@@ -336,8 +342,25 @@ def test_cli_bags_export_then_from_bags_import_gives_the_same_groups_json(tmp_pa
     csv = _demo_stats_csv(tmp_path / "class_stats.csv")
     bags, built, imported = tmp_path / "bags", tmp_path / "built.json", tmp_path / "imported.json"
     # demo train boxes run 12..384: edges 30, 100 put 3, 5 and 4 classes in the three bins
-    assert main(["groups", str(csv), "--dataset", "demo", "--method", "edges", "--edges", "30,100",
-                 "--bags-dir", str(bags), "--out", str(built)]) == 0
+    assert (
+        main(
+            [
+                "groups",
+                str(csv),
+                "--dataset",
+                "demo",
+                "--method",
+                "edges",
+                "--edges",
+                "30,100",
+                "--bags-dir",
+                str(bags),
+                "--out",
+                str(built),
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in bags.iterdir()) == ["label2binlabel.pt", "pred_slice_with0.pt", "valsplit.pkl"]
     capsys.readouterr()
     assert main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo", "--out", str(imported)]) == 0
@@ -353,8 +376,25 @@ def test_cli_from_bags_without_source_and_against_a_wrong_dataset(tmp_path, caps
 
     csv = _demo_stats_csv(tmp_path / "class_stats.csv")
     bags = tmp_path / "bags"
-    assert main(["groups", str(csv), "--dataset", "demo", "--method", "edges", "--edges", "30,100",
-                 "--bags-dir", str(bags), "--out", str(tmp_path / "built.json")]) == 0
+    assert (
+        main(
+            [
+                "groups",
+                str(csv),
+                "--dataset",
+                "demo",
+                "--method",
+                "edges",
+                "--edges",
+                "30,100",
+                "--bags-dir",
+                str(bags),
+                "--out",
+                str(tmp_path / "built.json"),
+            ]
+        )
+        == 0
+    )
     # no source: labels are the ids, names are the ids, no counts; the bins survive
     assert main(["groups", "--from-bags", str(bags), "--dataset", "demo", "--out", str(tmp_path / "bare.json")]) == 0
     bare, built = load_groups(tmp_path / "bare.json"), load_groups(tmp_path / "built.json")
@@ -363,8 +403,10 @@ def test_cli_from_bags_without_source_and_against_a_wrong_dataset(tmp_path, caps
     # counts that put classes outside the imported bins are refused, naming the class
     text = csv.read_text().replace("blue_square,384", "blue_square,5")
     csv.write_text(text)
-    assert main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo",
-                 "--out", str(tmp_path / "bad.json")]) == 1
+    assert (
+        main(["groups", str(csv), "--from-bags", str(bags), "--dataset", "demo", "--out", str(tmp_path / "bad.json")])
+        == 1
+    )
     err = capsys.readouterr().err
     assert "valsplit.pkl" in err and "category_id 2" in err and "outside its group's bin" in err
     assert not (tmp_path / "bad.json").exists()

@@ -1,4 +1,5 @@
 """Tests of the classification heads and their pure loss/score maths (lvod.models.heads/losses)."""
+
 import math
 from types import SimpleNamespace
 
@@ -6,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lvod.bags_io import import_bags
 from lvod.config import HEAD_SETTINGS, ModelConfig
 from lvod.errors import DataError
-from lvod.bags_io import import_bags
 from lvod.groups import build_groups
 from lvod.models import build_model, check_group_table
 from lvod.models import losses as L
@@ -27,10 +28,10 @@ def _batch(R=6, C=3, D=8, seed=0):
 def test_box_loss_hand_computed():
     # 2 classes, 3 RoIs: bg, class 2 (error 0.5 on x -> 0.125), class 1 (error 2 on h -> 1.5)
     deltas = torch.zeros(3, 8)
-    deltas[1, 4] = 0.5          # class 2, coordinate 0
-    deltas[2, 3] = 2.0          # class 1, coordinate 3
-    deltas[0, :] = 9.0          # background row: must be ignored
-    deltas[1, 0:4] = 7.0        # class 1 columns of a class-2 RoI: must be ignored
+    deltas[1, 4] = 0.5  # class 2, coordinate 0
+    deltas[2, 3] = 2.0  # class 1, coordinate 3
+    deltas[0, :] = 9.0  # background row: must be ignored
+    deltas[1, 0:4] = 7.0  # class 1 columns of a class-2 RoI: must be ignored
     labels = torch.tensor([0, 2, 1])
     loss = L.box_regression_loss(deltas, labels, torch.zeros(3, 4), torch.tensor([0.0, 1.0, 1.0]))
     assert loss.item() == pytest.approx((0.125 + 1.5) / 3)  # divided by all sampled RoIs
@@ -38,8 +39,7 @@ def test_box_loss_hand_computed():
 
 def test_box_loss_no_foreground_is_zero_and_differentiable():
     deltas = torch.randn(4, 12, requires_grad=True)
-    loss = L.box_regression_loss(deltas, torch.zeros(4, dtype=torch.long), torch.randn(4, 4),
-                                 torch.zeros(4))
+    loss = L.box_regression_loss(deltas, torch.zeros(4, dtype=torch.long), torch.randn(4, 4), torch.zeros(4))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.count_nonzero(deltas.grad) == 0
@@ -89,9 +89,7 @@ def test_build_head_unknown_name_lists_valid_names():
 
 # ---------------------------------------------------------------- BAGS: a hand-made table
 # C = 5 classes, 2 object groups: group 1 = {1, 3}, group 2 = {2, 4, 5}.
-L2B = torch.tensor([[0, 1, 1, 1, 1, 1],
-                    [0, 1, 0, 2, 0, 0],
-                    [0, 0, 1, 0, 2, 3]])
+L2B = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 1, 0, 2, 0, 0], [0, 0, 1, 0, 2, 3]])
 PSLICE = torch.tensor([[0, 2], [2, 3], [5, 4]])  # 9 logits = C + 1 + (G + 1)
 
 
@@ -129,9 +127,7 @@ def test_defect1_ranks_from_zero_and_one_logit_bg_group_are_refused():
 
 def test_defect2_background_last_tables_are_refused_and_head_agrees_with_table():
     # a table written for background = last label (column 5 = bg, classes in columns 0..4)
-    bg_last = torch.tensor([[1, 1, 1, 1, 1, 0],
-                            [1, 0, 2, 0, 0, 0],
-                            [0, 1, 0, 2, 3, 0]])
+    bg_last = torch.tensor([[1, 1, 1, 1, 1, 0], [1, 0, 2, 0, 0, 0], [0, 1, 0, 2, 3, 0]])
     with pytest.raises(ValueError, match="background"):
         L.validate_bags_tables(bg_last, PSLICE, 5)
     head = _bags()
@@ -161,15 +157,26 @@ def test_group_probabilities_sum_to_one():
     logits = torch.randn(7, 9) * 3
     probs = L.bags_group_probs(logits, PSLICE)
     for start, length in PSLICE.tolist():
-        torch.testing.assert_close(probs[:, start:start + length].sum(1), torch.ones(7))
+        torch.testing.assert_close(probs[:, start : start + length].sum(1), torch.ones(7))
 
 
 def test_defect3_scores_are_the_hand_computed_merge_not_a_flat_softmax():
-    logits = torch.tensor([[0.0, math.log(3.0),            # group 0: P(bg)=1/4, P(obj)=3/4
-                            0.0, math.log(2.0), 0.0,       # group 1: others, c1, c3 -> 1/4 1/2 1/4
-                            0.0, 0.0, math.log(2.0), 0.0]])  # group 2: others, c2, c4, c5 -> 1/5 1/5 2/5 1/5
-    expected = torch.tensor([[1 / 4, 3 / 4 * 1 / 2, 3 / 4 * 1 / 5, 3 / 4 * 1 / 4,
-                              3 / 4 * 2 / 5, 3 / 4 * 1 / 5]])
+    logits = torch.tensor(
+        [
+            [
+                0.0,
+                math.log(3.0),  # group 0: P(bg)=1/4, P(obj)=3/4
+                0.0,
+                math.log(2.0),
+                0.0,  # group 1: others, c1, c3 -> 1/4 1/2 1/4
+                0.0,
+                0.0,
+                math.log(2.0),
+                0.0,
+            ]
+        ]
+    )  # group 2: others, c2, c4, c5 -> 1/5 1/5 2/5 1/5
+    expected = torch.tensor([[1 / 4, 3 / 4 * 1 / 2, 3 / 4 * 1 / 5, 3 / 4 * 1 / 4, 3 / 4 * 2 / 5, 3 / 4 * 1 / 5]])
     head = _bags()
     torch.testing.assert_close(L.bags_merge_scores(logits, PSLICE, L2B), expected)
     torch.testing.assert_close(head.scores(logits), expected)
@@ -200,8 +207,9 @@ def test_single_object_group_is_equivalent_to_softmax():
     equiv = torch.cat([logits[:, :1], logits[:, 1:2] + torch.log_softmax(z, 1)], 1)
     torch.testing.assert_close(merged, torch.softmax(equiv, 1))
     s = torch.randn(6, C + 1, generator=g)
-    bags_logits = torch.cat([s[:, :1], s[:, 1:].logsumexp(1, keepdim=True),
-                             torch.full((6, 1), -float("inf")), s[:, 1:]], 1)
+    bags_logits = torch.cat(
+        [s[:, :1], s[:, 1:].logsumexp(1, keepdim=True), torch.full((6, 1), -float("inf")), s[:, 1:]], 1
+    )
     torch.testing.assert_close(head.scores(bags_logits), torch.softmax(s, 1))
 
 
@@ -233,8 +241,9 @@ def test_bags_loss_hand_computed_and_empty_group_adds_zero():
 def test_bags_loss_subsamples_others_and_averages_over_kept():
     labels = torch.tensor([2] + [0] * 10)  # 1 member of group 2, 10 others
     logits = torch.zeros(11, 9)
-    _, per_group, _ = L.bags_loss(logits, labels, L2B, PSLICE, others_sample_ratio=3,
-                               generator=torch.Generator().manual_seed(0))
+    _, per_group, _ = L.bags_loss(
+        logits, labels, L2B, PSLICE, others_sample_ratio=3, generator=torch.Generator().manual_seed(0)
+    )
     assert per_group[2].item() == pytest.approx(math.log(4))  # mean over the 4 kept RoIs
     assert per_group[1].item() == 0.0 and per_group[0].item() == pytest.approx(math.log(2))
 
@@ -263,9 +272,15 @@ def test_bags_head_losses_shapes_and_no_foreground():
 def test_defect4_table_whose_groups_cannot_come_from_the_counts_is_refused():
     # VID-like counts (all > 20k) with LVIS's fixed edges: the edges put every class in one
     # bin, yet the table claims two groups.
-    table = SimpleNamespace(dataset="vid_groups.json", cat_ids=[1, 2, 3, 4, 5],
-                            counts=[21000, 50000, 30000, 90000, 130000], edges=[10, 100, 1000],
-                            groups=[[1, 3], [2, 4, 5]], label2binlabel=L2B, pred_slice=PSLICE)
+    table = SimpleNamespace(
+        dataset="vid_groups.json",
+        cat_ids=[1, 2, 3, 4, 5],
+        counts=[21000, 50000, 30000, 90000, 130000],
+        edges=[10, 100, 1000],
+        groups=[[1, 3], [2, 4, 5]],
+        label2binlabel=L2B,
+        pred_slice=PSLICE,
+    )
     with pytest.raises(DataError, match="cannot come from these counts"):
         check_group_table(table, 5)
     table.edges = [40000]  # edges that do produce {1,3} / {2,4,5} from these counts
@@ -294,8 +309,10 @@ def test_seesaw_reduces_to_cross_entropy_when_factors_are_neutral():
     labels = torch.tensor([0, 1, 2, 3, 0, 2])
     out = head.losses(cls, deltas, labels, torch.zeros(6, 4), (labels > 0).float())
     pos = labels > 0
-    expected = (F.cross_entropy(cls[pos, :3], labels[pos] - 1, reduction="sum")
-                + F.cross_entropy(cls[:, 3:], (labels == 0).long(), reduction="sum")) / 6
+    expected = (
+        F.cross_entropy(cls[pos, :3], labels[pos] - 1, reduction="sum")
+        + F.cross_entropy(cls[:, 3:], (labels == 0).long(), reduction="sum")
+    ) / 6
     torch.testing.assert_close(out["loss_cls"], expected)
 
 
@@ -304,10 +321,10 @@ def test_seesaw_mitigation_and_compensation_hand_computed():
     t = torch.tensor([0, 1])
     counts = torch.tensor([100, 10])  # class 0 frequent, class 1 rare
     w = L.seesaw_weights(logits, t, counts, p=0.8, q=2.0)
-    torch.testing.assert_close(w, torch.tensor([[1.0, 0.1 ** 0.8], [1.0, 1.0]]))
+    torch.testing.assert_close(w, torch.tensor([[1.0, 0.1**0.8], [1.0, 1.0]]))
     per = L.seesaw_class_loss(logits, t, counts, p=0.8, q=2.0)
-    assert per[0].item() == pytest.approx(math.log(1 + 0.1 ** 0.8), rel=1e-6)  # rare negative damped
-    assert per[1].item() == pytest.approx(math.log(2), rel=1e-6)              # no damping on frequent
+    assert per[0].item() == pytest.approx(math.log(1 + 0.1**0.8), rel=1e-6)  # rare negative damped
+    assert per[1].item() == pytest.approx(math.log(2), rel=1e-6)  # no damping on frequent
     # compensation: sample of class 0 whose logit for class 1 is higher by log 3 -> factor 3^q
     logits = torch.tensor([[0.0, math.log(3.0)]])
     w = L.seesaw_weights(logits, torch.tensor([0]), counts, p=0.0, q=2.0)
@@ -339,11 +356,17 @@ def test_defect3_detector_inference_uses_the_head_scores(monkeypatch):
     what comes out of ``detect_video``."""
     from lvod.config import ModelConfig
     from lvod.models import build_model
+
     torch.manual_seed(0)
-    cfg = ModelConfig(kind="single", depth=18, num_classes=5, head="bags",
-                      rpn_test_pre_nms=50, rpn_test_post_nms=20)
-    table = SimpleNamespace(cat_ids=[1, 2, 3, 4, 5], label2binlabel=L2B, pred_slice=PSLICE,
-                            counts=None, edges=None, groups=[[1, 3], [2, 4, 5]])
+    cfg = ModelConfig(kind="single", depth=18, num_classes=5, head="bags", rpn_test_pre_nms=50, rpn_test_post_nms=20)
+    table = SimpleNamespace(
+        cat_ids=[1, 2, 3, 4, 5],
+        label2binlabel=L2B,
+        pred_slice=PSLICE,
+        counts=None,
+        edges=None,
+        groups=[[1, 3], [2, 4, 5]],
+    )
     model = build_model(cfg, groups=table).eval()
     predictor = model.detector.roi_head.bbox_head.predictor
     calls = []
@@ -384,8 +407,7 @@ def test_bags_head_from_real_group_tables():
 
 
 def test_bags_head_from_the_reference_lvis_files(external_data):
-    table = import_bags(external_data / "bags" / "BUPT-PRIV_BalancedGroupSoftmax@lvis"
-                               / "data" / "lvis")
+    table = import_bags(external_data / "bags" / "BUPT-PRIV_BalancedGroupSoftmax@lvis" / "data" / "lvis")
     head = build_head("bags", 16, table.num_classes, groups=table)
     assert head.num_logits == 1236 and head.num_groups == 4
     s = head.scores(torch.randn(3, 1236))
@@ -409,7 +431,5 @@ def test_seesaw_losses_return_detached_parts_beside_loss_cls():
     labels = torch.tensor([0, 1, 2, 0, 3])
     out = head.losses(logits, deltas, labels, torch.randn(5, 4), (labels > 0).float())
     assert set(out) == {"loss_cls", "loss_bbox", "seesaw_classes_loss", "seesaw_objectness_loss"}
-    torch.testing.assert_close(out["loss_cls"].detach(),
-                               out["seesaw_classes_loss"] + out["seesaw_objectness_loss"])
+    torch.testing.assert_close(out["loss_cls"].detach(), out["seesaw_classes_loss"] + out["seesaw_objectness_loss"])
     assert out["loss_cls"].requires_grad and not out["seesaw_classes_loss"].requires_grad
-

@@ -3,6 +3,7 @@ list, error messages, and the real FGFA list files.
 
 Budget: about 2 s.
 """
+
 import json
 from pathlib import Path
 
@@ -30,14 +31,18 @@ def _obj(wnid, box, trackid=None, occluded=0, generated=0):
     tid = "" if trackid is None else f"<trackid>{trackid}</trackid>"
     flags = "" if trackid is None else f"<occluded>{occluded}</occluded><generated>{generated}</generated>"
     x1, y1, x2, y2 = box
-    return (f"<object>{tid}<name>{wnid}</name><bndbox><xmax>{x2}</xmax><xmin>{x1}</xmin>"
-            f"<ymax>{y2}</ymax><ymin>{y1}</ymin></bndbox>{flags}</object>")
+    return (
+        f"<object>{tid}<name>{wnid}</name><bndbox><xmax>{x2}</xmax><xmin>{x1}</xmin>"
+        f"<ymax>{y2}</ymax><ymin>{y1}</ymin></bndbox>{flags}</object>"
+    )
 
 
 def _xml(path: Path, objects=(), size=(640, 360)):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<annotation><folder>x</folder><size><width>{size[0]}</width>"
-                    f"<height>{size[1]}</height></size>{''.join(objects)}</annotation>")
+    path.write_text(
+        f"<annotation><folder>x</folder><size><width>{size[0]}</width>"
+        f"<height>{size[1]}</height></size>{''.join(objects)}</annotation>"
+    )
 
 
 @pytest.fixture
@@ -53,8 +58,11 @@ def tree(tmp_path):
         _xml(vid / V2 / f"{f:06d}.xml", [_obj(ZEBRA, (0, 0, 50, 40), trackid=0)], size=(500, 375))
     for f in range(2):
         _xml(vid / VAL / f"{f:06d}.xml", [_obj(DOG, (5, 6, 25, 36), trackid=1)])
-    _xml(root / "Annotations" / "DET" / f"{DET_A}.xml",
-         [_obj(AIRPLANE, (1, 2, 31, 42)), _obj(PERSON, (50, 50, 90, 99))], size=(500, 333))
+    _xml(
+        root / "Annotations" / "DET" / f"{DET_A}.xml",
+        [_obj(AIRPLANE, (1, 2, 31, 42)), _obj(PERSON, (50, 50, 90, 99))],
+        size=(500, 333),
+    )
     _xml(root / "Annotations" / "DET" / f"{DET_B}.xml", [_obj(PERSON, (3, 3, 9, 9))])
     lists = root / "ImageSets"
     lists.mkdir()
@@ -72,15 +80,31 @@ def test_converts_vid_train_with_mmtracking_fields(tree, tmp_path):
     assert [v["name"] for v in d["videos"]] == [V1, V2] and [v["id"] for v in d["videos"]] == [1, 2]
     assert len(d["images"]) == 8 and [im["id"] for im in d["images"]] == list(range(1, 9))
     im0 = d["images"][0]
-    assert im0 == {"id": 1, "file_name": f"{V1}/000000.JPEG", "width": 640, "height": 360,
-                   "video_id": 1, "frame_id": 0, "is_vid_train_frame": True}
+    assert im0 == {
+        "id": 1,
+        "file_name": f"{V1}/000000.JPEG",
+        "width": 640,
+        "height": 360,
+        "video_id": 1,
+        "frame_id": 0,
+        "is_vid_train_frame": True,
+    }
     flagged = [(im["video_id"], im["frame_id"]) for im in d["images"] if im["is_vid_train_frame"]]
     assert flagged == [(1, 0), (1, 3), (2, 2)]  # the list's 0-based indices, frame 0 included
     assert d["videos"][0]["vid_train_frames"] == [0, 3]
     a0 = d["annotations"][0]
-    assert a0 == {"id": 1, "image_id": 1, "video_id": 1, "category_id": 1, "instance_id": 1,
-                  "bbox": [10, 20, 100, 50], "area": 5000, "iscrowd": False,
-                  "occluded": False, "generated": False}
+    assert a0 == {
+        "id": 1,
+        "image_id": 1,
+        "video_id": 1,
+        "category_id": 1,
+        "instance_id": 1,
+        "bbox": [10, 20, 100, 50],
+        "area": 5000,
+        "iscrowd": False,
+        "occluded": False,
+        "generated": False,
+    }
     dogs = [a for a in d["annotations"] if a["category_id"] == 9]
     assert [a["image_id"] for a in dogs] == [3, 4] and {a["instance_id"] for a in dogs} == {2}
     assert [(a["occluded"], a["generated"]) for a in dogs] == [(True, False), (False, True)]
@@ -104,8 +128,18 @@ def test_val_flags_no_frame_and_det_keeps_only_vid_classes(tree, tmp_path):
     det = json.loads(r["paths"]["det"].read_text())
     assert [im["file_name"] for im in det["images"]] == [f"{DET_A}.JPEG", f"{DET_B}.JPEG"]
     assert set(det["images"][0]) == {"id", "file_name", "width", "height"}
-    assert det["annotations"] == [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 30, 40],
-                                   "area": 1200, "iscrowd": False, "occluded": False, "generated": False}]
+    assert det["annotations"] == [
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [1, 2, 30, 40],
+            "area": 1200,
+            "iscrowd": False,
+            "occluded": False,
+            "generated": False,
+        }
+    ]
     assert (r["det"]["images"], r["det"]["empty_images"], r["det"]["skipped_objects"]) == (2, 1, 2)
 
 
@@ -149,14 +183,22 @@ def test_list_errors(tmp_path):
 def test_lvod_data_convert_prints_counts(tree, tmp_path, capsys):
     from lvod.cli import main
 
-    assert main(["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"),
-                 "--splits", "train,det"]) == 0
+    assert (
+        main(
+            ["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"), "--splits", "train,det"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "train: 2 videos, 8 images (3 key frames, 1 without objects), 9 boxes" in out
     assert "2 objects of other classes skipped" in out
-    assert main(["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"),
-                 "--splits", "test"]) == 2
-    assert main(["data", "convert-imagenet-vid", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
+    assert (
+        main(["data", "convert-imagenet-vid", "--root", str(tree), "--out", str(tmp_path / "o"), "--splits", "test"])
+        == 2
+    )
+    assert (
+        main(["data", "convert-imagenet-vid", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
+    )
     assert "pass --lists" in capsys.readouterr().err
 
 

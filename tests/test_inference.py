@@ -4,6 +4,7 @@ Uses mmtracking's real demo CocoVID file (1 video, 8 frames of 512x256, 2 classe
 non-crowd boxes, 3 crowd boxes on frame 0, frame 7 empty) with grey frames generated in
 ``tmp_path``. Budget: < 15 s on one CPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,20 +23,26 @@ COCOVID = "mmtracking/master/tests/data/demo_cocovid_data/ann.json"
 
 
 def test_to_coco_columns_maps_labels_and_boxes():
-    det = {"boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.5, 1.0]]),
-           "scores": torch.tensor([0.9, 0.2]), "labels": torch.tensor([2, 1])}
+    det = {
+        "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.0, 0.0, 5.5, 1.0]]),
+        "scores": torch.tensor([0.9, 0.2]),
+        "labels": torch.tensor([2, 1]),
+    }
     cats, xywh, scores = to_coco_columns(det, np.array([3, 7]))
     assert cats.tolist() == [7, 3]
     np.testing.assert_allclose(xywh, [[10, 20, 20, 40], [0, 0, 5.5, 1]])
     assert xywh.dtype == np.float32 and scores.dtype == np.float32
     np.testing.assert_allclose(scores, [0.9, 0.2], rtol=1e-6)
-    empty = to_coco_columns({"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                             "labels": torch.zeros(0, dtype=torch.long)}, np.array([3, 7]))
+    empty = to_coco_columns(
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+        np.array([3, 7]),
+    )
     assert [len(c) for c in empty] == [0, 0, 0]
     for bad in (0, 3):
         with pytest.raises(ValueError, match="outside 1..2"):
-            to_coco_columns({"boxes": torch.zeros(1, 4), "scores": torch.ones(1),
-                             "labels": torch.tensor([bad])}, np.array([3, 7]))
+            to_coco_columns(
+                {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([bad])}, np.array([3, 7])
+            )
 
 
 def test_resolve_device():
@@ -74,10 +81,12 @@ def grey_cocovid(external_data, tmp_path):
 
 def plain_transform(calls: list):
     """A minimal test-time transform: float tensor, no resize; counts the frames it sees."""
+
     def transform(image):
         calls.append(tuple(image.shape))
         size = tuple(image.shape[-2:])
         return image.float(), {"img_size": size, "orig_size": size}
+
     return transform
 
 
@@ -103,9 +112,11 @@ class WindowOracle:
         anns = anns[~self.ds.ann_iscrowd[anns]]
         b = self.ds.ann_boxes[anns]
         xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)
-        return {"boxes": torch.as_tensor(xyxy, dtype=torch.float32),
-                "scores": torch.linspace(1.0, 0.5, len(anns)),
-                "labels": torch.as_tensor(self.ds.ann_labels[anns])}
+        return {
+            "boxes": torch.as_tensor(xyxy, dtype=torch.float32),
+            "scores": torch.linspace(1.0, 0.5, len(anns)),
+            "labels": torch.as_tensor(self.ds.ann_labels[anns]),
+        }
 
     def detect_video(self, frames, num_frames):
         assert not self.training, "run_inference must put the model in eval mode"
@@ -135,8 +146,7 @@ def test_run_inference_streams_ground_truth_into_results_file(grey_cocovid, tmp_
     ds, calls = grey_cocovid, []
     model = WindowOracle(ds, calls, half=3)
     with ResultsWriter(tmp_path / "out" / "results.npz") as writer:
-        stats = run_inference(model, ds, None, plain_transform(calls), writer=writer,
-                              device="cpu", progress=False)
+        stats = run_inference(model, ds, None, plain_transform(calls), writer=writer, device="cpu", progress=False)
     assert stats["videos"] == 1 and stats["frames"] == 8 and stats["detections"] == 7
     # lazy: frame k was produced when at most k + half + 1 frames had been read
     assert model.loaded_when_yielding == [4, 5, 6, 7, 8, 8, 8, 8]
@@ -156,8 +166,9 @@ def test_run_inference_rejects_a_detector_that_skips_frames(grey_cocovid, tmp_pa
     model = WindowOracle(grey_cocovid, calls, drop_last=True)
     with pytest.raises(RuntimeError, match="yielded 7 results for video 1 with 8 frames"):
         with ResultsWriter(tmp_path / "results.npz") as writer:
-            run_inference(model, grey_cocovid, None, plain_transform(calls), writer=writer,
-                          device="cpu", progress=False)
+            run_inference(
+                model, grey_cocovid, None, plain_transform(calls), writer=writer, device="cpu", progress=False
+            )
     assert not (tmp_path / "results.npz").exists(), "a failed run leaves no results file"
 
 
@@ -168,16 +179,24 @@ def test_run_inference_checks_frame_size_against_annotation(grey_cocovid, tmp_pa
     calls = []
     with pytest.raises(DataError, match=r"image 3 \(image_3.jpg\).*200x100.*512x256"):
         with ResultsWriter(tmp_path / "r.npz") as writer:
-            run_inference(WindowOracle(grey_cocovid, calls), grey_cocovid, tmp_path,
-                          plain_transform(calls), writer=writer, device="cpu", progress=False)
+            run_inference(
+                WindowOracle(grey_cocovid, calls),
+                grey_cocovid,
+                tmp_path,
+                plain_transform(calls),
+                writer=writer,
+                device="cpu",
+                progress=False,
+            )
 
 
 def test_run_inference_prefetch_keeps_order(grey_cocovid, tmp_path):
     calls = []
     model = WindowOracle(grey_cocovid, calls, half=0)
     with ResultsWriter(tmp_path / "results.npz") as writer:
-        run_inference(model, grey_cocovid, None, plain_transform(calls), writer=writer,
-                      device="cpu", progress=False, workers=2)
+        run_inference(
+            model, grey_cocovid, None, plain_transform(calls), writer=writer, device="cpu", progress=False, workers=2
+        )
     dets = load_results(tmp_path / "results.npz")
     assert dets.image_id.tolist() == [2, 3, 4, 5, 5, 6, 7], "frame order survives the threads"
     # with 2 workers the loader runs at most 2 * workers frames ahead of the model
@@ -195,13 +214,13 @@ def test_one_frame_clips_when_not_loaded_as_video(grey_cocovid, tmp_path):
         def detect_video(self, frames, num_frames):
             self.clip_lengths.append(num_frames)
             for _ in frames:
-                yield {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
-                       "labels": torch.zeros(0, dtype=torch.long)}
+                yield {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
 
     model = CountingModel()
     with ResultsWriter(tmp_path / "results.npz") as writer:
-        stats = run_inference(model, grey_cocovid, None, plain_transform([]), writer=writer,
-                              device="cpu", progress=False, as_video=False)
+        stats = run_inference(
+            model, grey_cocovid, None, plain_transform([]), writer=writer, device="cpu", progress=False, as_video=False
+        )
     assert model.clip_lengths == [1] * 8 and stats["frames"] == 8
     assert len(load_results(tmp_path / "results.npz")) == 0
 
@@ -238,8 +257,9 @@ def test_oracle_results_evaluate_to_known_ap(grey_cocovid, tmp_path):
     (the pycocotools values in the external-data README)."""
     ds, calls = grey_cocovid, []
     with ResultsWriter(tmp_path / "all.npz") as writer:
-        run_inference(WindowOracle(ds, calls), ds, None, plain_transform(calls), writer=writer,
-                      device="cpu", progress=False)
+        run_inference(
+            WindowOracle(ds, calls), ds, None, plain_transform(calls), writer=writer, device="cpu", progress=False
+        )
     m = _evaluate(ds, tmp_path / "all.npz")
     assert m["bbox_mAP_50"] == pytest.approx(1.0) and m["bbox_mAP"] == pytest.approx(1.0)
     assert {c["category_id"]: c["num_gt"] for c in m["classwise"]} == {3: 3, 7: 4}
@@ -253,20 +273,28 @@ def test_oracle_results_evaluate_to_known_ap(grey_cocovid, tmp_path):
 
     calls = []
     with ResultsWriter(tmp_path / "drop.npz") as writer:
-        run_inference(DropFirst(ds, calls), ds, None, plain_transform(calls), writer=writer,
-                      device="cpu", progress=False)
+        run_inference(
+            DropFirst(ds, calls), ds, None, plain_transform(calls), writer=writer, device="cpu", progress=False
+        )
     m = _evaluate(ds, tmp_path / "drop.npz")
     assert m["bbox_mAP_50"] == pytest.approx(0.8762376237623762)
 
 
 # ----------------------------------------------------------------------------- lvod test
 
+
 @pytest.fixture
 def tiny_config(grey_cocovid, tmp_path, tiny_detector_config):
     def make(kind="single", num_classes=2, extra=""):
-        return tiny_detector_config(tmp_path / f"{kind}_{num_classes}_{len(extra)}.toml", kind=kind,
-                                          root=grey_cocovid.path.parent, num_classes=num_classes,
-                                          img_scale=(256, 144), extra=extra)
+        return tiny_detector_config(
+            tmp_path / f"{kind}_{num_classes}_{len(extra)}.toml",
+            kind=kind,
+            root=grey_cocovid.path.parent,
+            num_classes=num_classes,
+            img_scale=(256, 144),
+            extra=extra,
+        )
+
     return make
 
 
@@ -293,8 +321,9 @@ def test_lvod_test_fgfa_end_to_end(tiny_config, tmp_path, capsys):
     from lvod.evaluation import read_coco_json
 
     out = tmp_path / "res" / "results.json"
-    m = test_model(tiny_config("fgfa"), None, eval=("bbox",), out=out, device="cpu",
-                   random_weights=True, progress=False)
+    m = test_model(
+        tiny_config("fgfa"), None, eval=("bbox",), out=out, device="cpu", random_weights=True, progress=False
+    )
     assert m["inference"]["frames"] == 8 and m["files"]["metrics"] == tmp_path / "res" / "metrics.json"
     dets = load_results(out.with_suffix(".npz"))
     assert set(dets.image_id.tolist()) <= set(range(1, 9)) and len(dets) > 0
@@ -327,24 +356,28 @@ def test_lvod_test_loads_checkpoints_strictly(tiny_config, tmp_path, capsys):
     ckpt = save_checkpoint({"model": model.state_dict()}, tmp_path / "run" / "epoch_1.pth")
     test_model(cfg_path, ckpt, eval=(), device="cpu", progress=False)
     from_ckpt = load_results(tmp_path / "run" / "test" / "results.npz")
-    r = test_model(cfg_path, None, eval=[], out=tmp_path / "rand.pkl", device="cpu",
-                   random_weights=True, progress=False)
+    r = test_model(
+        cfg_path, None, eval=[], out=tmp_path / "rand.pkl", device="cpu", random_weights=True, progress=False
+    )
     assert "does not write pickles" in r["note"]
     assert not (tmp_path / "rand.pkl").exists()
     rand = load_results(tmp_path / "rand.npz")
-    assert len(from_ckpt) and not (len(from_ckpt) == len(rand)
-                                   and np.allclose(from_ckpt.score, rand.score)), \
+    assert len(from_ckpt) and not (len(from_ckpt) == len(rand) and np.allclose(from_ckpt.score, rand.score)), (
         "the checkpoint's weights were used, not the random initialisation"
+    )
 
     with pytest.raises(DataError, match=r"another shape.*shared_fcs"):
-        test_model(tiny_config(extra="roi_size = 5"), ckpt, out=tmp_path / "x.npz",
-                  device="cpu", progress=False)
+        test_model(tiny_config(extra="roi_size = 5"), ckpt, out=tmp_path / "x.npz", device="cpu", progress=False)
     with pytest.raises(DataError, match="do not fit.*unexpected"):
-        test_model(tiny_config(kind="selsa", extra="selsa_attention_blocks = 4"), ckpt,
-                  out=tmp_path / "x.npz", device="cpu", progress=False)
+        test_model(
+            tiny_config(kind="selsa", extra="selsa_attention_blocks = 4"),
+            ckpt,
+            out=tmp_path / "x.npz",
+            device="cpu",
+            progress=False,
+        )
     with pytest.raises(DataError, match="model.num_classes = 3"):
-        test_model(tiny_config(num_classes=3), ckpt, out=tmp_path / "x.npz", device="cpu",
-                  progress=False)
+        test_model(tiny_config(num_classes=3), ckpt, out=tmp_path / "x.npz", device="cpu", progress=False)
     assert not (tmp_path / "x.npz").exists()
     with pytest.raises(DataError, match="unknown metric"):
         test_model(cfg_path, ckpt, eval=("segm",), device="cpu", progress=False)

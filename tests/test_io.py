@@ -1,4 +1,5 @@
 """Atomic writes: a failure leaves the old file intact and no temporary file behind."""
+
 import os
 
 import pytest

@@ -1,5 +1,6 @@
 """The main job end to end, in quick mode (tiny data, a few iterations): every step runs
 and leaves its outputs; a smoke test of the chain, not of the numbers."""
+
 import json
 
 import nbformat
@@ -10,8 +11,11 @@ from lvod.jobs import run_demo_job, summary_table
 
 
 def test_summary_table_lists_both_heads_and_every_group():
-    m = {"bbox_mAP_50": 0.5, "bbox_mAP": 0.3, "groups": [{"group": "[0, 90)", "ap50": 0.1},
-                                                         {"group": "[90, inf)", "ap50": 0.7}]}
+    m = {
+        "bbox_mAP_50": 0.5,
+        "bbox_mAP": 0.3,
+        "groups": [{"group": "[0, 90)", "ap50": 0.1}, {"group": "[90, inf)", "ap50": 0.7}],
+    }
     table = summary_table({"softmax": m, "bags": {**m, "bbox_mAP_50": 0.6}})
     assert "| bbox_mAP_50 | 0.500 | 0.600 |" in table
     assert "| AP50 group [0, 90) | 0.100 | 0.100 |" in table
@@ -48,12 +52,22 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
 
     data = ["data.root=run/data-quick", "model.groups_file=run/groups.json"]
-    run_notebook(NOTEBOOK_DIR / "02_train.ipynb", run / "nb", {
-        "config": repo_configs["softmax"], "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
-        "work_dir": "run/nb-train", "refresh_seconds": 1})
+    run_notebook(
+        NOTEBOOK_DIR / "02_train.ipynb",
+        run / "nb",
+        {
+            "config": repo_configs["softmax"],
+            "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
+            "work_dir": "run/nb-train",
+            "refresh_seconds": 1,
+        },
+    )
     assert (run / "nb-train" / "latest.pth").exists() and (run / "nb-train" / "log.jsonl").exists()
-    run_notebook(NOTEBOOK_DIR / "03_evaluate.ipynb", run / "nb", {
-        "config": repo_configs["softmax"], "checkpoint": "run/nb-train/latest.pth", "overrides": data})
+    run_notebook(
+        NOTEBOOK_DIR / "03_evaluate.ipynb",
+        run / "nb",
+        {"config": repo_configs["softmax"], "checkpoint": "run/nb-train/latest.pth", "overrides": data},
+    )
     evaluated = nbformat.read(str(run / "nb" / "03_evaluate.ipynb"), as_version=4)
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in evaluated.cells for o in c.get("outputs", []))
     assert "bbox_mAP_50" in shown and "slow" in shown

@@ -1,4 +1,5 @@
 """Notebooks: committed clean, tagged parameters cell, and notebook 01 runs headless on demo data."""
+
 import ast
 import json
 
@@ -38,10 +39,15 @@ def test_committed_without_outputs_and_with_a_parameters_cell(path):
 
 def test_notebook_01_runs_headless_on_demo_data(demo_data, tmp_path):
     run = tmp_path / "run"
-    done = run_notebooks("01", [("ann_file", str(demo_data["train_json"])), ("method", "quantiles"), ("k", "3")],
-                         run_dir=str(run))
-    assert done == [{"ipynb": run / "01_dataset_statistics_and_grouping.ipynb",
-                     "html": run / "01_dataset_statistics_and_grouping.html"}]
+    done = run_notebooks(
+        "01", [("ann_file", str(demo_data["train_json"])), ("method", "quantiles"), ("k", "3")], run_dir=str(run)
+    )
+    assert done == [
+        {
+            "ipynb": run / "01_dataset_statistics_and_grouping.ipynb",
+            "html": run / "01_dataset_statistics_and_grouping.html",
+        }
+    ]
     assert (run / "01_dataset_statistics_and_grouping.ipynb").exists()
     assert (run / "01_dataset_statistics_and_grouping.html").stat().st_size > 10_000
     stats = pd.read_csv(run / "class_stats.csv")
@@ -63,8 +69,21 @@ def test_a_failing_cell_fails_the_command_and_keeps_the_notebook(tmp_path, capsy
     with pytest.raises(NotebookFailed, match="failed in cell") as exc:
         run_notebooks("01", [("ann_file", str(tmp_path / "missing.json"))], run_dir=str(run))
     assert exc.value.ipynb == run / "01_dataset_statistics_and_grouping.ipynb" and exc.value.ipynb.exists()
-    assert main(["notebooks", "run", "01", "-p", "ann_file", str(tmp_path / "missing.json"),
-                 "--run-dir", str(tmp_path / "run2")]) == 1
+    assert (
+        main(
+            [
+                "notebooks",
+                "run",
+                "01",
+                "-p",
+                "ann_file",
+                str(tmp_path / "missing.json"),
+                "--run-dir",
+                str(tmp_path / "run2"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert "DataError" in err and "the executed notebook is kept for reading" in err
 

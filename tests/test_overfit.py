@@ -9,20 +9,20 @@ if the loss, a head's inference, box decoding, the data transforms or the evalua
 it would not. The BAGS head reads the demo's committed group table, as training does.
 About 25 s per head on one CPU thread.
 """
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from lvod.config import DataConfig
+from lvod.bags_io import load_groups
+from lvod.config import DataConfig, ModelConfig
 from lvod.data.cocovid import load_cocovid
 from lvod.engine.data import TrainDataset, collate
 from lvod.engine.inference import build_test_transform, run_inference
 from lvod.evaluation.report import evaluate
 from lvod.evaluation.results import ResultsWriter, load_npz
-from lvod.bags_io import load_groups
-from lvod.config import ModelConfig
 from lvod.models import build_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,15 +38,20 @@ def few_demo_frames(demo, out: Path) -> Path:
     for a in data["annotations"]:
         anns_of.setdefault(a["image_id"], []).append(a)
     for video in data["videos"]:
-        frames = sorted((im for im in data["images"] if im["video_id"] == video["id"]),
-                        key=lambda im: im["frame_id"])[:NUM_FRAMES]
+        frames = sorted((im for im in data["images"] if im["video_id"] == video["id"]), key=lambda im: im["frame_id"])[
+            :NUM_FRAMES
+        ]
         if all(len({a["category_id"] for a in anns_of.get(im["id"], [])}) >= 3 for im in frames):
             break
     else:
         raise AssertionError("no demo train video shows three classes in its first frames")
     ids = {im["id"] for im in frames}
-    subset = dict(data, videos=[video], images=[dict(im, is_vid_train_frame=True) for im in frames],
-                  annotations=[a for a in data["annotations"] if a["image_id"] in ids])
+    subset = dict(
+        data,
+        videos=[video],
+        images=[dict(im, is_vid_train_frame=True) for im in frames],
+        annotations=[a for a in data["annotations"] if a["image_id"] in ids],
+    )
     path = out / "few_frames.json"
     path.write_text(json.dumps(subset))
     return path
@@ -63,8 +68,11 @@ def test_tiny_fgfa_overfits_demo_frames(head, demo_data, tmp_path, one_thread):
     groups = None
     if head == "bags":
         groups = load_groups(REPO / "intermediate_files" / "demo" / "groups.json")
-    model = build_model(ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head,
-                                         frozen_stages=4), coco.cat_ids, groups=groups)
+    model = build_model(
+        ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head, frozen_stages=4),
+        coco.cat_ids,
+        groups=groups,
+    )
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     # a step schedule as in real training: the last quarter at lr/10 settles the boxes
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [STEPS * 3 // 4], 0.1)

@@ -1,4 +1,5 @@
 """Training data pipeline: ref sampling, key frames, transforms, collation, sampler."""
+
 import json
 from dataclasses import replace
 
@@ -9,8 +10,16 @@ from PIL import Image
 
 from lvod.config import DataConfig
 from lvod.data.cocovid import load_cocovid
-from lvod.engine.data import (ResumableSampler, TrainDataset, collate, flip_boxes,
-                              pad_batch, rescale_size, resize, sample_refs)
+from lvod.engine.data import (
+    ResumableSampler,
+    TrainDataset,
+    collate,
+    flip_boxes,
+    pad_batch,
+    rescale_size,
+    resize,
+    sample_refs,
+)
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +48,9 @@ def test_bilateral_refs_clipped_at_video_edges_fill_with_key():
     rng = np.random.default_rng(1)
     for _ in range(50):
         left, right = sample_refs(0, 5, "bilateral_uniform", [-9, 9], 2, rng)
-        assert left == 0 and 1 <= right <= 4          # nothing before frame 0: key copy
+        assert left == 0 and 1 <= right <= 4  # nothing before frame 0: key copy
         left, right = sample_refs(4, 5, "bilateral_uniform", [-9, 9], 2, rng)
-        assert 0 <= left <= 3 and right == 4          # nothing after the last frame
+        assert 0 <= left <= 3 and right == 4  # nothing after the last frame
         refs = sample_refs(2, 5, "bilateral_uniform", [-9, 9], 4, rng)
         assert refs[:2] == [0, 1] and refs[2:] == [3, 4]  # both sides exhausted exactly
     assert sample_refs(0, 1, "bilateral_uniform", [-9, 9], 2, rng) == [0, 0]
@@ -59,9 +68,9 @@ def test_uniform_and_key_copy_refs():
 
 
 def test_rescale_keeps_ratio_within_1000x600():
-    assert rescale_size(500, 375) == (800, 600)        # short side binds
-    assert rescale_size(1920, 1080) == (1000, 563)     # long side binds: 1080 * 1000/1920
-    assert rescale_size(375, 500) == (600, 800)        # portrait
+    assert rescale_size(500, 375) == (800, 600)  # short side binds
+    assert rescale_size(1920, 1080) == (1000, 563)  # long side binds: 1080 * 1000/1920
+    assert rescale_size(375, 500) == (600, 800)  # portrait
     assert rescale_size(2000, 1200) == (1000, 600)
 
 
@@ -80,10 +89,10 @@ def test_key_frames_only_flagged_and_not_empty(tiny):
     vid, det = tiny
     ds = TrainDataset([(vid, True, True)], cfg())
     frames = set(int(vid.img_frame_ids[ds.videos[c][p]]) for _, c, p in ds.keys)
-    assert frames == {0, 3, 9}                           # 6 is a key frame with only a crowd box
+    assert frames == {0, 3, 9}  # 6 is a key frame with only a crowd box
     assert ds.num_skipped_empty == 2
     every = TrainDataset([(vid, True, False)], cfg())
-    assert len(every) == 2 * (12 - 2)                    # frames 5 and 6 have no target
+    assert len(every) == 2 * (12 - 2)  # frames 5 and 6 have no target
     mixed = TrainDataset([(vid, True, True), (det, False, True)], cfg())
     assert len(mixed) == len(ds) + 2
 
@@ -98,7 +107,7 @@ def test_item_refs_transform_and_shared_flip(tiny):
             rows = item["frame_rows"]
             key_frame = int(item_source(ds, index).img_frame_ids[rows[0]])
             assert len(item["frames"]) == 3 and item["img_size"] == (72, 96)
-            if index >= len(ds) - 2:                     # DET image: refs are key copies
+            if index >= len(ds) - 2:  # DET image: refs are key copies
                 assert rows == [rows[0]] * 3
             else:
                 f = [int(vid.img_frame_ids[r]) for r in rows]
@@ -122,13 +131,18 @@ def test_flip_is_shared_by_key_and_refs(tmp_path):
         arr = np.zeros((16, 32, 3), np.uint8)
         arr[:, :16] = 250
         Image.fromarray(arr).save(tmp_path / f"{f}.png")
-        imgs.append({"id": f + 1, "file_name": f"{f}.png", "width": 32, "height": 16,
-                     "video_id": 1, "frame_id": f})
-        anns.append({"id": f + 1, "image_id": f + 1, "category_id": 1, "bbox": [0, 0, 8, 8],
-                     "area": 64, "iscrowd": 0})
-    (tmp_path / "a.json").write_text(json.dumps({
-        "categories": [{"id": 1, "name": "x"}], "videos": [{"id": 1, "name": "v"}],
-        "images": imgs, "annotations": anns}))
+        imgs.append({"id": f + 1, "file_name": f"{f}.png", "width": 32, "height": 16, "video_id": 1, "frame_id": f})
+        anns.append({"id": f + 1, "image_id": f + 1, "category_id": 1, "bbox": [0, 0, 8, 8], "area": 64, "iscrowd": 0})
+    (tmp_path / "a.json").write_text(
+        json.dumps(
+            {
+                "categories": [{"id": 1, "name": "x"}],
+                "videos": [{"id": 1, "name": "v"}],
+                "images": imgs,
+                "annotations": anns,
+            }
+        )
+    )
     coco = load_cocovid(tmp_path / "a.json")
     ds = TrainDataset([(coco, True, True)], replace(DataConfig(), img_scale=[32, 16]))
     for seed in range(8):
@@ -142,7 +156,7 @@ def test_collate_layout(tiny):
     vid, _ = tiny
     ds = TrainDataset([(vid, True, True)], replace(DataConfig(), img_scale=[100, 70]))
     batch = collate([ds[(0, 0)], ds[(1, 1)]], 16)
-    assert batch["images"].shape == (2, 3, 3, 80, 96)   # 93x70 padded to 96x80
+    assert batch["images"].shape == (2, 3, 3, 80, 96)  # 93x70 padded to 96x80
     assert batch["image_sizes"] == [(70, 93), (70, 93)]
     assert batch["targets"][0]["labels"].dtype == torch.int64
     assert batch["targets"][0]["labels"].tolist() == [1]
@@ -158,7 +172,7 @@ def test_sampler_resume_skips_consumed_part_and_splits_ranks():
     other_epoch.set_epoch(1)
     assert [i for i, _ in other_epoch] != [i for i, _ in full]
     ranks = [list(ResumableSampler(7, 2, seed=0, rank=r, world_size=2)) for r in range(2)]
-    assert len(ranks[0]) == len(ranks[1]) == 4           # 7 padded to 8
+    assert len(ranks[0]) == len(ranks[1]) == 4  # 7 padded to 8
     assert {i for r in ranks for i, _ in r} == set(range(7))
     seeds = [s for r in ranks for _, s in r]
     assert len(set(seeds)) == 8

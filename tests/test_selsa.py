@@ -1,5 +1,6 @@
 """SELSA: the RoI attention aggregator, uniform whole-video references and the per-video
 reference cache in both reading modes. CPU, tiny models; budget about 10 s."""
+
 import json
 
 import pytest
@@ -50,8 +51,9 @@ def test_aggregator_layout_matches_mmtracking(external_data):
 
 def test_training_reference_rois_receive_gradients():
     m = tiny_selsa()
-    losses = m(torch.randn(1, 3, 3, H, W), [(H, W)],
-               [{"boxes": torch.tensor([[4.0, 4, 40, 40]]), "labels": torch.tensor([1])}])
+    losses = m(
+        torch.randn(1, 3, 3, H, W), [(H, W)], [{"boxes": torch.tensor([[4.0, 4, 40, 40]]), "labels": torch.tensor([1])}]
+    )
     assert {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"} <= set(losses)
     sum(losses.values()).backward()
     agg = m.detector.roi_head.bbox_head.aggregator
@@ -67,7 +69,7 @@ def test_each_frame_backbone_runs_once_in_both_reading_modes():
     g = torch.Generator().manual_seed(2)
     meta = {"img_size": (H, W), "orig_size": (H, W)}
     frames = [(torch.randn(3, H, W, generator=g), meta) for _ in range(9)]
-    seq = list(m.detect_video(frames, 9))           # random access: refs first
+    seq = list(m.detect_video(frames, 9))  # random access: refs first
     assert calls == [1] * 9
     calls.clear()
     stream = list(m.detect_video(iter(frames), 9))  # one pass over an iterator
@@ -98,7 +100,8 @@ def test_key_frame_rois_join_the_references_at_test_time(stream):
     m = tiny_selsa(selsa_test_refs=2).eval()
     seen = []
     m.detector.roi_head.bbox_head.aggregator[0].register_forward_hook(
-        lambda mod, args, out: seen.append((args[0].clone(), args[1].clone())))
+        lambda mod, args, out: seen.append((args[0].clone(), args[1].clone()))
+    )
     g = torch.Generator().manual_seed(6)
     meta = {"img_size": (H, W), "orig_size": (H, W)}
     frames = [(torch.randn(3, H, W, generator=g), meta) for _ in range(3)]
@@ -109,5 +112,5 @@ def test_key_frame_rois_join_the_references_at_test_time(stream):
     assert len(seen) == 3
     for x, ref in seen:  # x: the key's first-FC RoI features, aggregator 0's input
         assert ref.shape[0] == len(ref_rows) + len(x)
-        torch.testing.assert_close(ref[:len(ref_rows)], ref_rows)
-        assert torch.equal(ref[len(ref_rows):], x)
+        torch.testing.assert_close(ref[: len(ref_rows)], ref_rows)
+        assert torch.equal(ref[len(ref_rows) :], x)

@@ -2,6 +2,7 @@
 
 Every expected number below was counted by hand from the records. Budget: about 2 s.
 """
+
 import json
 import math
 
@@ -26,23 +27,71 @@ HAND = {
     "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 5, "name": "zebra"}],
     "videos": [{"id": 1, "name": "v1"}, {"id": 2, "name": "v2"}],
     "images": [
-        {"id": 10, "file_name": "v1/0.jpg", "width": 200, "height": 100, "video_id": 1, "frame_id": 0, "is_vid_train_frame": True},
-        {"id": 11, "file_name": "v1/1.jpg", "width": 200, "height": 100, "video_id": 1, "frame_id": 1, "is_vid_train_frame": False},
-        {"id": 12, "file_name": "v1/2.jpg", "width": 200, "height": 100, "video_id": 1, "frame_id": 2, "is_vid_train_frame": True},
-        {"id": 13, "file_name": "v1/3.jpg", "width": 200, "height": 100, "video_id": 1, "frame_id": 3, "is_vid_train_frame": False},
-        {"id": 20, "file_name": "v2/0.jpg", "width": 200, "height": 100, "video_id": 2, "frame_id": 0, "is_vid_train_frame": True},
-        {"id": 21, "file_name": "v2/1.jpg", "width": 200, "height": 100, "video_id": 2, "frame_id": 1, "is_vid_train_frame": True},
+        {
+            "id": 10,
+            "file_name": "v1/0.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 1,
+            "frame_id": 0,
+            "is_vid_train_frame": True,
+        },
+        {
+            "id": 11,
+            "file_name": "v1/1.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 1,
+            "frame_id": 1,
+            "is_vid_train_frame": False,
+        },
+        {
+            "id": 12,
+            "file_name": "v1/2.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 1,
+            "frame_id": 2,
+            "is_vid_train_frame": True,
+        },
+        {
+            "id": 13,
+            "file_name": "v1/3.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 1,
+            "frame_id": 3,
+            "is_vid_train_frame": False,
+        },
+        {
+            "id": 20,
+            "file_name": "v2/0.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 2,
+            "frame_id": 0,
+            "is_vid_train_frame": True,
+        },
+        {
+            "id": 21,
+            "file_name": "v2/1.jpg",
+            "width": 200,
+            "height": 100,
+            "video_id": 2,
+            "frame_id": 1,
+            "is_vid_train_frame": True,
+        },
     ],
     "annotations": [
-        _ann(1, 10, 1, [0, 0, 10, 10], inst=1),                     # cat small (100)
-        _ann(2, 11, 1, [0, 0, 40, 40], inst=1, generated=True),     # cat medium (1600), interpolated
-        _ann(3, 12, 1, [0, 0, 100, 99], inst=1),                    # cat large (9900)
-        _ann(4, 10, 2, [10, 10, 20, 20], inst=2),                   # dog small (400)
-        _ann(5, 12, 2, [10, 10, 32, 32], inst=2),                   # dog medium: exactly 32^2
-        _ann(6, 20, 1, [0, 0, 96, 96], inst=1),                     # cat large: exactly 96^2; instance id 1 again,
-        _ann(7, 21, 1, [5, 5, 10, 10], inst=1),                     # but in video 2: another track
-        _ann(8, 21, 1, [0, 0, 50, 50], inst=9, iscrowd=True),       # crowd: not a box, not a track
-        _ann(9, 20, 2, [0, 0, 50, 50]),                             # dog medium, no instance id: no track
+        _ann(1, 10, 1, [0, 0, 10, 10], inst=1),  # cat small (100)
+        _ann(2, 11, 1, [0, 0, 40, 40], inst=1, generated=True),  # cat medium (1600), interpolated
+        _ann(3, 12, 1, [0, 0, 100, 99], inst=1),  # cat large (9900)
+        _ann(4, 10, 2, [10, 10, 20, 20], inst=2),  # dog small (400)
+        _ann(5, 12, 2, [10, 10, 32, 32], inst=2),  # dog medium: exactly 32^2
+        _ann(6, 20, 1, [0, 0, 96, 96], inst=1),  # cat large: exactly 96^2; instance id 1 again,
+        _ann(7, 21, 1, [5, 5, 10, 10], inst=1),  # but in video 2: another track
+        _ann(8, 21, 1, [0, 0, 50, 50], inst=9, iscrowd=True),  # crowd: not a box, not a track
+        _ann(9, 20, 2, [0, 0, 50, 50]),  # dog medium, no instance id: no track
     ],
 }
 
@@ -62,8 +111,19 @@ def test_class_stats_by_hand(hand):
         2: (3, 3, 0, 0, 1, 2, 3, 3, 1, 2, 0),
         5: (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
     }
-    cols = ["boxes", "boxes_manual", "boxes_generated", "crowd", "tracks", "videos", "frames", "key_frames",
-            "small", "medium", "large"]
+    cols = [
+        "boxes",
+        "boxes_manual",
+        "boxes_generated",
+        "crowd",
+        "tracks",
+        "videos",
+        "frames",
+        "key_frames",
+        "small",
+        "medium",
+        "large",
+    ]
     for cid, row in want.items():
         got = s.loc[s["category_id"] == cid, cols].iloc[0].tolist()
         assert got == list(row), cid
@@ -75,7 +135,9 @@ def test_class_stats_by_hand(hand):
 
 def test_track_lengths_by_hand(hand):
     t = track_lengths(hand)
-    assert t[["video_id", "instance_id", "category_id", "length", "first_frame", "last_frame", "span"]].values.tolist() == [
+    assert t[
+        ["video_id", "instance_id", "category_id", "length", "first_frame", "last_frame", "span"]
+    ].values.tolist() == [
         [1, 1, 1, 3, 0, 2, 3],
         [1, 2, 2, 2, 0, 2, 3],
         [2, 1, 1, 2, 0, 1, 2],
@@ -107,7 +169,14 @@ def test_real_mmtracking_cocovid(external_data):
     s = class_stats(ds).set_index("name")
     # instance 1 (car) on images 2..5, instance 2 (person) on 5..7; 3 crowd cars on image 1
     assert s.loc["car", ["boxes", "crowd", "tracks", "videos", "frames", "key_frames"]].tolist() == [4, 3, 1, 1, 4, 4]
-    assert s.loc["person", ["boxes", "crowd", "tracks", "videos", "frames", "key_frames"]].tolist() == [3, 0, 1, 1, 3, 3]
+    assert s.loc["person", ["boxes", "crowd", "tracks", "videos", "frames", "key_frames"]].tolist() == [
+        3,
+        0,
+        1,
+        1,
+        3,
+        3,
+    ]
     # w*h: car 234.95 / 1179.9 / 8847.5 / 4518.5, person 125.6 / 25978.4 / 1367.4
     assert s.loc["car", ["small", "medium", "large"]].tolist() == [1, 3, 0]
     assert s.loc["person", ["small", "medium", "large"]].tolist() == [1, 1, 1]
@@ -125,14 +194,19 @@ def test_write_stats_writes_files_and_the_command_prints_them(tmp_path, capsys):
     ann = tmp_path / "hand.json"
     ann.write_text(json.dumps(HAND))
     r = write_stats(ann, tmp_path / "out")
-    assert r["paths"] == {"class_stats_csv": tmp_path / "out" / "class_stats.csv",
-                          "class_stats_json": tmp_path / "out" / "class_stats.json",
-                          "summary_json": tmp_path / "out" / "summary.json"}
+    assert r["paths"] == {
+        "class_stats_csv": tmp_path / "out" / "class_stats.csv",
+        "class_stats_json": tmp_path / "out" / "class_stats.json",
+        "summary_json": tmp_path / "out" / "summary.json",
+    }
     assert r["summary"]["tracks"] == 3 and r["stats"]["boxes"].tolist() == [5, 3, 0]
     csv = pd.read_csv(tmp_path / "out" / "class_stats.csv")
     assert csv.columns[:6].tolist() == ["category_id", "name", "boxes", "boxes_manual", "boxes_generated", "crowd"]
     assert csv[["category_id", "boxes", "tracks", "videos", "frames"]].values.tolist() == [
-        [1, 5, 2, 2, 5], [2, 3, 1, 2, 3], [5, 0, 0, 0, 0]]
+        [1, 5, 2, 2, 5],
+        [2, 3, 1, 2, 3],
+        [5, 0, 0, 0, 0],
+    ]
     records = json.loads((tmp_path / "out" / "class_stats.json").read_text())
     assert records[2]["name"] == "zebra" and records[2]["mean_track_length"] is None
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["tracks"] == 3

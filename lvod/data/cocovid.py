@@ -54,6 +54,7 @@ A file's ``area`` is kept even when its box is clipped (it may come from a mask)
 TAO extras are kept: ``CocoVid.tracks`` (raw list) and per-image ``img_neg_cat_ids`` /
 ``img_not_exhaustive_cat_ids`` (tuples; the image's own list, else its video's, else empty).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,6 @@ import numpy as np
 from lvod.data.sections import read_annotations, read_categories, read_images
 from lvod.data.validate import LoadReport
 from lvod.errors import DataError
-
 
 
 @dataclass(eq=False)
@@ -134,26 +134,29 @@ class CocoVid:
 
     def anns_of_image(self, row: int) -> np.ndarray:
         """Annotation rows of image row ``row`` (file order)."""
-        return self.ann_order[self.image_ann_ptr[row]:self.image_ann_ptr[row + 1]]
+        return self.ann_order[self.image_ann_ptr[row] : self.image_ann_ptr[row + 1]]
 
     def frame_rows(self, video_id: int) -> np.ndarray:
         """Image rows of video ``video_id`` in frame order."""
         try:
             return self.video_frames[int(video_id)]
         except KeyError:
-            raise DataError(self.path, f"video {video_id}", "is not in this file",
-                            "use one of the ids in CocoVid.videos") from None
+            raise DataError(
+                self.path, f"video {video_id}", "is not in this file", "use one of the ids in CocoVid.videos"
+            ) from None
 
     def labels_of(self, cat_ids) -> np.ndarray:
         """Contiguous labels (1..C) of category ids; DataError for an unknown id."""
         cat_ids = np.asarray(cat_ids, np.int64)
         pos = np.searchsorted(self.cat_ids, cat_ids)
-        ok = (pos < len(self.cat_ids)) & (self.cat_ids[np.minimum(pos, len(self.cat_ids) - 1)]
-                                          == cat_ids) if len(self.cat_ids) else pos < 0
+        ok = (
+            (pos < len(self.cat_ids)) & (self.cat_ids[np.minimum(pos, len(self.cat_ids) - 1)] == cat_ids)
+            if len(self.cat_ids)
+            else pos < 0
+        )
         if not np.all(ok):
             bad = int(cat_ids[~ok].ravel()[0])
-            raise DataError(self.path, f"category_id {bad}", "is not in categories",
-                            "map it to one of CocoVid.cat_ids")
+            raise DataError(self.path, f"category_id {bad}", "is not in categories", "map it to one of CocoVid.cat_ids")
         return pos + 1
 
     def image_path(self, row: int) -> Path:
@@ -179,39 +182,47 @@ def _read_json(path: Path):
     try:
         return _loads(raw)
     except ValueError as e:
-        raise DataError(path, "file", f"is not valid JSON ({e})",
-                        "re-export it (a truncated download is the usual cause)") from None
+        raise DataError(
+            path, "file", f"is not valid JSON ({e})", "re-export it (a truncated download is the usual cause)"
+        ) from None
 
 
 def _check_top(data, report: LoadReport) -> None:
     if isinstance(data, list):
         looks = bool(data) and isinstance(data[0], dict) and "score" in data[0]
-        report.add_fatal("top level", "is a JSON array, not an object" +
-                         (" (it looks like a detection results file)" if looks else ""),
-                         "pass a COCO/CocoVID annotation file with images, annotations and "
-                         "categories" + ("; give results files to evaluation instead" if looks else ""))
+        report.add_fatal(
+            "top level",
+            "is a JSON array, not an object" + (" (it looks like a detection results file)" if looks else ""),
+            "pass a COCO/CocoVID annotation file with images, annotations and "
+            "categories" + ("; give results files to evaluation instead" if looks else ""),
+        )
     elif not isinstance(data, dict):
-        report.add_fatal("top level", f"is a {type(data).__name__}",
-                         "pass a COCO/CocoVID annotation file")
+        report.add_fatal("top level", f"is a {type(data).__name__}", "pass a COCO/CocoVID annotation file")
     elif not {"images", "annotations", "categories"} & data.keys():
         keys = ", ".join(sorted(data)[:8]) or "none"
-        report.add_fatal("top level", f"has none of images/annotations/categories (keys: {keys}); "
-                         "this is not a COCO/CocoVID/TAO annotation file",
-                         "pass the annotation json (mmtracking/TAO/COCO format)")
+        report.add_fatal(
+            "top level",
+            f"has none of images/annotations/categories (keys: {keys}); this is not a COCO/CocoVID/TAO annotation file",
+            "pass the annotation json (mmtracking/TAO/COCO format)",
+        )
     elif "categories" not in data:
-        report.add_fatal("top level", "has no 'categories'",
-                         "add the category list [{id, name}, ...]")
+        report.add_fatal("top level", "has no 'categories'", "add the category list [{id, name}, ...]")
     elif "annotations" in data and "images" not in data:
-        report.add_fatal("top level", "has 'annotations' but no 'images'",
-                         "add the image list the annotations refer to")
+        report.add_fatal(
+            "top level", "has 'annotations' but no 'images'", "add the image list the annotations refer to"
+        )
     report.raise_if_fatal()
     if "images" not in data:
-        report.note("category_only", "loaded with 0 images",
-                    "the file holds only categories, so it cannot be trained or evaluated on",
-                    ["top level"])
+        report.note(
+            "category_only",
+            "loaded with 0 images",
+            "the file holds only categories, so it cannot be trained or evaluated on",
+            ["top level"],
+        )
     elif "annotations" not in data:
-        report.note("no_annotations", "loaded with 0 annotations",
-                    "no 'annotations' key (a test-set file?)", ["top level"])
+        report.note(
+            "no_annotations", "loaded with 0 annotations", "no 'annotations' key (a test-set file?)", ["top level"]
+        )
     if "tracks" in data and not isinstance(data["tracks"], list):
         report.add_fatal("'tracks'", "is not a list", "make 'tracks' a JSON array (TAO format)")
         report.raise_if_fatal()
@@ -234,7 +245,9 @@ def _check_files(report, root: Path, names, ids) -> None:
     if missing:
         report.set_missing_files(
             f"not found under {root}; pass the right --images-root or restore the files",
-            [f"image {ids[i]} ({names[i]})" for i in missing[:5]], len(missing))
+            [f"image {ids[i]} ({names[i]})" for i in missing[:5]],
+            len(missing),
+        )
 
 
 def load_cocovid(path, *, images_root=None, check_images=False, strict=False) -> CocoVid:
@@ -264,37 +277,62 @@ def load_cocovid(path, *, images_root=None, check_images=False, strict=False) ->
     ann_order = np.argsort(ann["image_idx"], kind="stable").astype(np.int64)
     inst = ann["instance_ids"]
     report.counts = {
-        "videos": len(img["videos"]), "images": n_img,
-        "key_frames": int(img["is_key"].sum()), "empty_frames": int((counts == 0).sum()),
-        "annotations": len(ann["ids"]), "crowd_annotations": int(ann["iscrowd"].sum()),
-        "instances": int(len(np.unique(inst[inst >= 0]))), "categories": len(categories),
-        "tracks": len(tracks)}
+        "videos": len(img["videos"]),
+        "images": n_img,
+        "key_frames": int(img["is_key"].sum()),
+        "empty_frames": int((counts == 0).sum()),
+        "annotations": len(ann["ids"]),
+        "crowd_annotations": int(ann["iscrowd"].sum()),
+        "instances": int(len(np.unique(inst[inst >= 0]))),
+        "categories": len(categories),
+        "tracks": len(tracks),
+    }
 
     root = Path(images_root) if images_root is not None else None
     if check_images or root is not None:
-        _check_files(report, root if root is not None else path.parent, img["file_names"],
-                     img["ids"])
+        _check_files(report, root if root is not None else path.parent, img["file_names"], img["ids"])
     if strict and report.repairs:
         issue = next(iter(report.repairs.values()))
-        err = DataError(path, issue.examples[0], f"{issue.kind}: {issue.message} "
-                        f"({issue.count} record(s))", "fix the file, or load without strict "
-                        "to let lvod repair it as documented")
+        err = DataError(
+            path,
+            issue.examples[0],
+            f"{issue.kind}: {issue.message} ({issue.count} record(s))",
+            "fix the file, or load without strict to let lvod repair it as documented",
+        )
         err.report = report
         raise err
     return CocoVid(
-        path=path, categories=categories, cat_ids=cat_ids,
-        cat_names=[c["name"] for c in categories], videos=img["videos"],
-        img_ids=img["ids"], img_video_ids=img["video_ids"], img_frame_ids=img["frame_ids"],
-        img_width=img["width"], img_height=img["height"], img_is_key=img["is_key"],
-        img_file_names=img["file_names"], img_neg_cat_ids=img["neg"],
+        path=path,
+        categories=categories,
+        cat_ids=cat_ids,
+        cat_names=[c["name"] for c in categories],
+        videos=img["videos"],
+        img_ids=img["ids"],
+        img_video_ids=img["video_ids"],
+        img_frame_ids=img["frame_ids"],
+        img_width=img["width"],
+        img_height=img["height"],
+        img_is_key=img["is_key"],
+        img_file_names=img["file_names"],
+        img_neg_cat_ids=img["neg"],
         img_not_exhaustive_cat_ids=img["not_exhaustive"],
-        ann_ids=ann["ids"], ann_image_idx=ann["image_idx"], ann_cat_ids=ann["cat_ids"],
+        ann_ids=ann["ids"],
+        ann_image_idx=ann["image_idx"],
+        ann_cat_ids=ann["cat_ids"],
         ann_labels=np.searchsorted(cat_ids, ann["cat_ids"]).astype(np.int64) + 1,
-        ann_boxes=ann["boxes"], ann_area=ann["area"], ann_iscrowd=ann["iscrowd"],
-        ann_instance_ids=inst, ann_occluded=ann["occluded"], ann_generated=ann["generated"],
+        ann_boxes=ann["boxes"],
+        ann_area=ann["area"],
+        ann_iscrowd=ann["iscrowd"],
+        ann_instance_ids=inst,
+        ann_occluded=ann["occluded"],
+        ann_generated=ann["generated"],
         video_frames=_video_index(img["video_ids"], img["frame_ids"], img["videos"]),
-        image_ann_ptr=ptr, ann_order=ann_order, tracks=tracks, images_root=root,
-        report=report)
+        image_ann_ptr=ptr,
+        ann_order=ann_order,
+        tracks=tracks,
+        images_root=root,
+        report=report,
+    )
 
 
 def check_file(ann_path, images_root=None) -> LoadReport:

@@ -14,6 +14,7 @@ holds every class in several tracks so that per-class AP means something. The sa
 and sizes give byte-identical files. Video ``k`` of a split depends only on
 ``(seed, split, k)`` and the size options.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,13 +44,25 @@ CLASSES = (
 # Train tracks per class for 40 train videos (scaled with the number of videos). The
 # rarest class gets one short track, so the head/tail box ratio is about 60.
 TRAIN_TRACKS = {
-    "blue_square": 32, "red_disk": 22, "green_triangle": 15, "yellow_star": 11,
-    "pink_heart": 8, "orange_diamond": 6, "magenta_cross": 5, "purple_hexagon": 4,
-    "lime_arrow": 3, "cyan_ring": 2, "white_crescent": 2, "striped_square": 1,
+    "blue_square": 32,
+    "red_disk": 22,
+    "green_triangle": 15,
+    "yellow_star": 11,
+    "pink_heart": 8,
+    "orange_diamond": 6,
+    "magenta_cross": 5,
+    "purple_hexagon": 4,
+    "lime_arrow": 3,
+    "cyan_ring": 2,
+    "white_crescent": 2,
+    "striped_square": 1,
 }
 VAL_TRACKS_PER_CLASS = 4  # for 12 val videos (scaled, at least 2)
-SPEEDS = {"slow": (0.0, 0.003, 0.0015), "medium": (0.007, 0.014, 0.005),
-          "fast": (0.03, 0.11, 0.02)}  # (min, max) speed in object sizes/frame, max |scale rate|
+SPEEDS = {
+    "slow": (0.0, 0.003, 0.0015),
+    "medium": (0.007, 0.014, 0.005),
+    "fast": (0.03, 0.11, 0.02),
+}  # (min, max) speed in object sizes/frame, max |scale rate|
 DEGRADATIONS = ("motion_blur", "defocus", "noise", "distractor")
 MIN_BOX_SIDE = 4  # a box clipped to the image narrower than this is dropped
 MAX_COVERED = 0.9  # an object with this share of its pixels covered gets no box
@@ -78,8 +91,9 @@ def _shape_mask(shape: str, w: int, h: int) -> Image.Image:
     elif shape == "diamond":
         d.polygon([(W / 2, 0), (W - 1, H / 2), (W / 2, H - 1), (0, H / 2)], fill=255)
     elif shape == "hexagon":
-        d.polygon([(W / 4, 0), (3 * W / 4, 0), (W - 1, H / 2), (3 * W / 4, H - 1),
-                   (W / 4, H - 1), (0, H / 2)], fill=255)
+        d.polygon(
+            [(W / 4, 0), (3 * W / 4, 0), (W - 1, H / 2), (3 * W / 4, H - 1), (W / 4, H - 1), (0, H / 2)], fill=255
+        )
     elif shape == "cross":
         d.rectangle([0, H / 3, W - 1, 2 * H / 3], fill=255)
         d.rectangle([W / 3, 0, 2 * W / 3, H - 1], fill=255)
@@ -127,8 +141,9 @@ def render_sprite(cls: int, w: int, h: int, tint: float) -> tuple[np.ndarray, np
         rgb = np.broadcast_to(np.asarray(fill, np.float32), (h, w, 3)).copy()
     shade = 1.12 - 0.24 * ((xx / max(w - 1, 1) + yy / max(h - 1, 1)) / 2)
     rgb = np.clip(rgb * (tint * shade)[..., None], 0, 255)
-    rim = np.asarray(Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(3)),
-                     np.float32) / 255.0
+    rim = (
+        np.asarray(Image.fromarray((alpha * 255).astype(np.uint8)).filter(ImageFilter.MinFilter(3)), np.float32) / 255.0
+    )
     rgb = rgb * (0.6 + 0.4 * rim[..., None])
     return rgb.astype(np.float32), alpha
 
@@ -158,8 +173,9 @@ def _background(rng: np.random.Generator, W: int, H: int) -> np.ndarray:
     return img
 
 
-def _plan_tracks(rng, cls_counts: dict[int, int], num_videos: int, num_frames: int,
-                 W: int, H: int, short: set[int]) -> list[list[dict]]:
+def _plan_tracks(
+    rng, cls_counts: dict[int, int], num_videos: int, num_frames: int, W: int, H: int, short: set[int]
+) -> list[list[dict]]:
     """Assign tracks to videos and draw their motion. Returns per video a list of tracks:
     ``{cls, t0, t1, cx, cy, vx, vy, s, rate, aspect, tint, z, speed}`` with ``t1`` exclusive."""
     tracks = [c for c, n in sorted(cls_counts.items()) for _ in range(n)]
@@ -186,12 +202,23 @@ def _plan_tracks(rng, cls_counts: dict[int, int], num_videos: int, num_frames: i
             elif u < 0.3:
                 t1 = int(rng.integers(max(t0 + 2, 2 * num_frames // 3), num_frames))
         margin = 0.15 if cls not in short else 0.35
-        per_video[slot % num_videos].append(dict(
-            cls=cls, t0=t0, t1=t1, speed=str(speed),
-            cx=rng.uniform(margin, 1 - margin) * W, cy=rng.uniform(margin, 1 - margin) * H,
-            vx=v * math.cos(ang), vy=v * math.sin(ang), s=s,
-            rate=rng.uniform(-max_rate, max_rate), aspect=CLASSES[cls][3] * rng.uniform(0.9, 1.1),
-            tint=rng.uniform(0.85, 1.1), z=rng.uniform()))
+        per_video[slot % num_videos].append(
+            dict(
+                cls=cls,
+                t0=t0,
+                t1=t1,
+                speed=str(speed),
+                cx=rng.uniform(margin, 1 - margin) * W,
+                cy=rng.uniform(margin, 1 - margin) * H,
+                vx=v * math.cos(ang),
+                vy=v * math.sin(ang),
+                s=s,
+                rate=rng.uniform(-max_rate, max_rate),
+                aspect=CLASSES[cls][3] * rng.uniform(0.9, 1.1),
+                tint=rng.uniform(0.85, 1.1),
+                z=rng.uniform(),
+            )
+        )
     return per_video
 
 
@@ -205,7 +232,7 @@ def _degrade(kind: str, frame: np.ndarray, rng) -> np.ndarray:
         acc = np.zeros_like(frame)
         for k in range(length):
             o = k - length // 2
-            acc += pad[length + o * dy:length + o * dy + H, length + o * dx:length + o * dx + W]
+            acc += pad[length + o * dy : length + o * dy + H, length + o * dx : length + o * dx + W]
         return acc / length
     if kind == "defocus":
         pil = Image.fromarray(np.clip(frame, 0, 255).astype(np.uint8))
@@ -215,8 +242,7 @@ def _degrade(kind: str, frame: np.ndarray, rng) -> np.ndarray:
     raise ValueError(kind)
 
 
-def _render_video(rng, tracks: list[dict], num_frames: int, W: int, H: int,
-                  degraded: dict[int, str]):
+def _render_video(rng, tracks: list[dict], num_frames: int, W: int, H: int, degraded: dict[int, str]):
     """Yield ``(frame uint8 (H, W, 3), boxes)`` per frame; boxes are
     ``(track index, [x, y, w, h] ints, occluded)`` for visible objects."""
     pan = rng.uniform(-1.0, 1.0, size=2) * rng.choice([0.0, 1.0], p=[0.4, 0.6])
@@ -226,7 +252,7 @@ def _render_video(rng, tracks: list[dict], num_frames: int, W: int, H: int,
     order = sorted(range(len(tracks)), key=lambda i: tracks[i]["z"])
     for t in range(num_frames):
         ox, oy = (M + np.round(pan * t)).astype(int)
-        frame = bg[oy:oy + H, ox:ox + W].copy() + rng.normal(0, 2, size=(H, W, 3)).astype(np.float32)
+        frame = bg[oy : oy + H, ox : ox + W].copy() + rng.normal(0, 2, size=(H, W, 3)).astype(np.float32)
         masks, boxes = [], []
         for i in order:
             tr = tracks[i]
@@ -248,8 +274,8 @@ def _render_video(rng, tracks: list[dict], num_frames: int, W: int, H: int,
             x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
             if x1 <= x0 or y1 <= y0:
                 continue
-            a = alpha[y0 - y:y1 - y, x0 - x:x1 - x, None]
-            frame[y0:y1, x0:x1] = a * rgb[y0 - y:y1 - y, x0 - x:x1 - x] + (1 - a) * frame[y0:y1, x0:x1]
+            a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None]
+            frame[y0:y1, x0:x1] = a * rgb[y0 - y : y1 - y, x0 - x : x1 - x] + (1 - a) * frame[y0:y1, x0:x1]
             m = np.zeros((H, W), bool)
             m[y0:y1, x0:x1] = a[..., 0] > 0.5
             bx = (max(x + bx0, 0), max(y + by0, 0), min(x + bx1, W), min(y + by1, H))
@@ -273,7 +299,7 @@ def _render_video(rng, tracks: list[dict], num_frames: int, W: int, H: int,
             if x1 - x0 < MIN_BOX_SIDE or y1 - y0 < MIN_BOX_SIDE:
                 continue
             own = masks[j].sum()
-            above = np.any(np.stack(masks[j + 1:]), axis=0) if j + 1 < len(masks) else None
+            above = np.any(np.stack(masks[j + 1 :]), axis=0) if j + 1 < len(masks) else None
             covered = 0 if above is None or own == 0 else (masks[j] & above).sum() / own
             if covered >= MAX_COVERED:  # hidden behind other objects: nothing to annotate
                 continue
@@ -300,21 +326,27 @@ def _scaled_counts(split: str, num_videos: int) -> dict[int, int]:
     names = [c[0] for c in CLASSES]
     if split == "train":
         f = num_videos / 40.0
-        return {names.index(n): (1 if n == "striped_square" else max(1, int(round(k * f))))
-                for n, k in TRAIN_TRACKS.items()}
+        return {
+            names.index(n): (1 if n == "striped_square" else max(1, int(round(k * f)))) for n, k in TRAIN_TRACKS.items()
+        }
     k = max(2, int(round(VAL_TRACKS_PER_CLASS * num_videos / 12.0)))
     return {i: k for i in range(len(CLASSES))}
 
 
-def _write_split(out_dir: Path, split: str, seed: int, num_videos: int, num_frames: int,
-                 W: int, H: int, quality: int) -> dict:
+def _write_split(
+    out_dir: Path, split: str, seed: int, num_videos: int, num_frames: int, W: int, H: int, quality: int
+) -> dict:
     """Render and write one split; returns the CocoVID dict (not yet saved)."""
     code = {"train": 1, "val": 2}[split]
     plan_rng = np.random.default_rng(np.random.SeedSequence([seed, code]))
     short = {[c[0] for c in CLASSES].index("striped_square")} if split == "train" else set()
     plan = _plan_tracks(plan_rng, _scaled_counts(split, num_videos), num_videos, num_frames, W, H, short)
-    data = {"categories": [{"id": i + 1, "name": c[0], "description": c[4]} for i, c in enumerate(CLASSES)],
-            "videos": [], "images": [], "annotations": []}
+    data = {
+        "categories": [{"id": i + 1, "name": c[0], "description": c[4]} for i, c in enumerate(CLASSES)],
+        "videos": [],
+        "images": [],
+        "annotations": [],
+    }
     degraded_log = []
     next_instance = 1
     for k, tracks in enumerate(plan):
@@ -333,22 +365,44 @@ def _write_split(out_dir: Path, split: str, seed: int, num_videos: int, num_fram
             Image.fromarray(frame).save(buf, "JPEG", quality=quality)
             with atomic_write(out_dir / "Data" / "VID" / file_name, "wb") as fh:
                 fh.write(buf.getvalue())
-            data["images"].append({"id": img_id, "file_name": file_name, "width": W, "height": H,
-                                   "video_id": vid_id, "frame_id": t, "is_vid_train_frame": t in keys})
+            data["images"].append(
+                {
+                    "id": img_id,
+                    "file_name": file_name,
+                    "width": W,
+                    "height": H,
+                    "video_id": vid_id,
+                    "frame_id": t,
+                    "is_vid_train_frame": t in keys,
+                }
+            )
             if t in degraded:
-                degraded_log.append({"image_id": img_id, "video_id": vid_id, "frame_id": t,
-                                     "kind": degraded[t]})
+                degraded_log.append({"image_id": img_id, "video_id": vid_id, "frame_id": t, "kind": degraded[t]})
             for i, bbox, occluded in boxes:
                 tr = tracks[i]
-                data["annotations"].append({
-                    "id": len(data["annotations"]) + 1, "image_id": img_id, "video_id": vid_id,
-                    "category_id": tr["cls"] + 1, "instance_id": instance[i], "bbox": bbox,
-                    "area": bbox[2] * bbox[3], "iscrowd": False, "occluded": occluded,
-                    "generated": False, "speed": tr["speed"]})
-    data["info"] = {"description": f"lvod demo dataset, {split} split (synthetic)",
-                    "generator": "lvod.data.demo.make_demo", "seed": seed,
-                    "image_size": [W, H], "frames_per_video": num_frames,
-                    "degraded_frames": degraded_log}
+                data["annotations"].append(
+                    {
+                        "id": len(data["annotations"]) + 1,
+                        "image_id": img_id,
+                        "video_id": vid_id,
+                        "category_id": tr["cls"] + 1,
+                        "instance_id": instance[i],
+                        "bbox": bbox,
+                        "area": bbox[2] * bbox[3],
+                        "iscrowd": False,
+                        "occluded": occluded,
+                        "generated": False,
+                        "speed": tr["speed"],
+                    }
+                )
+    data["info"] = {
+        "description": f"lvod demo dataset, {split} split (synthetic)",
+        "generator": "lvod.data.demo.make_demo",
+        "seed": seed,
+        "image_size": [W, H],
+        "frames_per_video": num_frames,
+        "degraded_frames": degraded_log,
+    }
     return data
 
 
@@ -359,9 +413,16 @@ def _class_counts(data: dict) -> list[int]:
     return counts
 
 
-def make_demo(out_dir, *, seed: int = 0, num_train_videos: int = 40, num_val_videos: int = 12,
-              frames_per_video: int = 24, image_size: tuple[int, int] = (160, 128),
-              jpeg_quality: int = 90) -> dict:
+def make_demo(
+    out_dir,
+    *,
+    seed: int = 0,
+    num_train_videos: int = 40,
+    num_val_videos: int = 12,
+    frames_per_video: int = 24,
+    image_size: tuple[int, int] = (160, 128),
+    jpeg_quality: int = 90,
+) -> dict:
     """Write the demo dataset under ``out_dir`` and return what was written.
 
     ``image_size`` is ``(width, height)``. Returned keys: ``out_dir``, ``images_root``
@@ -372,20 +433,23 @@ def make_demo(out_dir, *, seed: int = 0, num_train_videos: int = 40, num_val_vid
     """
     W, H = (int(v) for v in image_size)
     if W < 64 or H < 64 or frames_per_video < 4 or num_train_videos < 1 or num_val_videos < 1:
-        raise ValueError("make_demo needs images of at least 64x64, 4+ frames per video and "
-                         "at least one video per split")
+        raise ValueError(
+            "make_demo needs images of at least 64x64, 4+ frames per video and at least one video per split"
+        )
     out_dir = Path(out_dir)
-    result = {"out_dir": out_dir, "images_root": out_dir / "Data" / "VID",
-              "classes": [c[0] for c in CLASSES]}
+    result = {"out_dir": out_dir, "images_root": out_dir / "Data" / "VID", "classes": [c[0] for c in CLASSES]}
     for split, n in (("train", num_train_videos), ("val", num_val_videos)):
         data = _write_split(out_dir, split, seed, n, frames_per_video, W, H, jpeg_quality)
         path = save_json(data, out_dir / "annotations" / f"{split}.json", indent=None)
         result[f"{split}_json"] = path
-        result[split] = {"videos": len(data["videos"]), "images": len(data["images"]),
-                         "boxes": len(data["annotations"]),
-                         "key_frames": sum(im["is_vid_train_frame"] for im in data["images"]),
-                         "degraded_frames": len(data["info"]["degraded_frames"]),
-                         "per_class": _class_counts(data)}
+        result[split] = {
+            "videos": len(data["videos"]),
+            "images": len(data["images"]),
+            "boxes": len(data["annotations"]),
+            "key_frames": sum(im["is_vid_train_frame"] for im in data["images"]),
+            "degraded_frames": len(data["info"]["degraded_frames"]),
+            "per_class": _class_counts(data),
+        }
     tc = result["train"]["per_class"]
     result["head_tail_ratio"] = max(tc) / max(min(tc), 1)
     readme = out_dir / "README.md"
@@ -397,39 +461,50 @@ def make_demo(out_dir, *, seed: int = 0, num_train_videos: int = 40, num_val_vid
 
 def _readme_text(r: dict, seed: int, W: int, H: int, n: int) -> str:
     lines = [
-        "# lvod demo dataset (synthetic)", "",
+        "# lvod demo dataset (synthetic)",
+        "",
         f"Generated by `lvod.data.demo.make_demo(seed={seed})` (`lvod data demo --seed {seed}`): "
         f"{r['train']['videos']} train and {r['val']['videos']} val videos of {n} frames, "
-        f"{W}x{H} JPEG. The same seed and sizes give byte-identical files.", "",
+        f"{W}x{H} JPEG. The same seed and sizes give byte-identical files.",
+        "",
         "Layout (as mmtracking converts ImageNet VID): frames in `Data/VID/<split>/<video>/%06d.JPEG`, "
         "CocoVID annotations in `annotations/{train,val}.json` whose `file_name` is relative to "
         "`Data/VID`. Frame ids are 0-based; instance ids run over all videos of a file. Train "
         f"videos flag up to {KEY_FRAMES_PER_VIDEO} evenly spaced frames as `is_vid_train_frame` "
-        "(like FGFA's list); val frames are not flagged, as in mmtracking's val file.", "",
+        "(like FGFA's list); val frames are not flagged, as in mmtracking's val file.",
+        "",
         "Scenes: coloured shapes move at slow, medium or fast speed (each annotation carries a "
         "`speed` field), change scale, occlude one another (draw order; `occluded` is set when "
-        "20% or more of an object is covered; one 90% covered gets no box) and leave the frame (boxes are clipped to the "
+        "20% or more of an object is covered; one 90% covered gets no box) and leave the frame "
+        "(boxes are clipped to the "
         f"image; a clipped box narrower than {MIN_BOX_SIDE} px is dropped). Backgrounds are "
         "textured clutter that pans slowly. About 10% of the frames are degraded (motion blur, "
         "defocus, noise, or a distractor patch over part of an object); `info.degraded_frames` "
-        "in each json lists them.", "",
-        "| id | class | looks like | train boxes | val boxes |", "| --- | --- | --- | --- | --- |"]
+        "in each json lists them.",
+        "",
+        "| id | class | looks like | train boxes | val boxes |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for i, c in enumerate(CLASSES):
         lines.append(f"| {i + 1} | {c[0]} | {c[4]} | {r['train']['per_class'][i]} | {r['val']['per_class'][i]} |")
-    lines += ["", f"Train head/tail ratio (boxes of the most / least frequent class): "
-              f"{r['head_tail_ratio']:.1f}.", ""]
+    lines += ["", f"Train head/tail ratio (boxes of the most / least frequent class): {r['head_tail_ratio']:.1f}.", ""]
     return "\n".join(lines)
 
 
 def format_summary(r: dict) -> str:
     """The console summary of :func:`make_demo`'s result ``r`` (``lvod data demo``):
     where the files are, per split counts, the per-class box table and the head/tail ratio."""
-    lines = [f"demo dataset written to {r['out_dir']}", f"  images root: {r['images_root']}",
-             f"  annotations: {r['train_json']}, {r['val_json']}"]
+    lines = [
+        f"demo dataset written to {r['out_dir']}",
+        f"  images root: {r['images_root']}",
+        f"  annotations: {r['train_json']}, {r['val_json']}",
+    ]
     for split in ("train", "val"):
         s = r[split]
-        lines.append(f"  {split}: {s['videos']} videos, {s['images']} frames ({s['key_frames']} key), "
-                     f"{s['boxes']} boxes, {s['degraded_frames']} degraded frames")
+        lines.append(
+            f"  {split}: {s['videos']} videos, {s['images']} frames ({s['key_frames']} key), "
+            f"{s['boxes']} boxes, {s['degraded_frames']} degraded frames"
+        )
     lines.append(f"  {'class':<16} {'train':>6} {'val':>6}")
     for i, name in enumerate(r["classes"]):
         lines.append(f"  {name:<16} {r['train']['per_class'][i]:>6} {r['val']['per_class'][i]:>6}")

@@ -20,6 +20,7 @@ The XML files are read one at a time and the json is streamed to disk (annotatio
 through a temporary file), so memory stays small even for the 1.1M train frames. Every
 output is written atomically via ``lvod.io``.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,22 +36,40 @@ from lvod.io import atomic_write
 
 # (WordNet id, name) in the official map_vid.txt order; category id = position + 1.
 VID_CLASSES = (
-    ("n02691156", "airplane"), ("n02419796", "antelope"), ("n02131653", "bear"),
-    ("n02834778", "bicycle"), ("n01503061", "bird"), ("n02924116", "bus"),
-    ("n02958343", "car"), ("n02402425", "cattle"), ("n02084071", "dog"),
-    ("n02121808", "domestic_cat"), ("n02503517", "elephant"), ("n02118333", "fox"),
-    ("n02510455", "giant_panda"), ("n02342885", "hamster"), ("n02374451", "horse"),
-    ("n02129165", "lion"), ("n01674464", "lizard"), ("n02484322", "monkey"),
-    ("n03790512", "motorcycle"), ("n02324045", "rabbit"), ("n02509815", "red_panda"),
-    ("n02411705", "sheep"), ("n01726692", "snake"), ("n02355227", "squirrel"),
-    ("n02129604", "tiger"), ("n04468005", "train"), ("n01662784", "turtle"),
-    ("n04530566", "watercraft"), ("n02062744", "whale"), ("n02391049", "zebra"),
+    ("n02691156", "airplane"),
+    ("n02419796", "antelope"),
+    ("n02131653", "bear"),
+    ("n02834778", "bicycle"),
+    ("n01503061", "bird"),
+    ("n02924116", "bus"),
+    ("n02958343", "car"),
+    ("n02402425", "cattle"),
+    ("n02084071", "dog"),
+    ("n02121808", "domestic_cat"),
+    ("n02503517", "elephant"),
+    ("n02118333", "fox"),
+    ("n02510455", "giant_panda"),
+    ("n02342885", "hamster"),
+    ("n02374451", "horse"),
+    ("n02129165", "lion"),
+    ("n01674464", "lizard"),
+    ("n02484322", "monkey"),
+    ("n03790512", "motorcycle"),
+    ("n02324045", "rabbit"),
+    ("n02509815", "red_panda"),
+    ("n02411705", "sheep"),
+    ("n01726692", "snake"),
+    ("n02355227", "squirrel"),
+    ("n02129604", "tiger"),
+    ("n04468005", "train"),
+    ("n01662784", "turtle"),
+    ("n04530566", "watercraft"),
+    ("n02062744", "whale"),
+    ("n02391049", "zebra"),
 )
 WNID_TO_ID = {w: i + 1 for i, (w, _) in enumerate(VID_CLASSES)}
-LIST_FILES = {"train": "VID_train_15frames.txt", "val": "VID_val_videos.txt",
-              "det": "DET_train_30classes.txt"}
-OUT_FILES = {"train": "imagenet_vid_train.json", "val": "imagenet_vid_val.json",
-             "det": "imagenet_det_30cls.json"}
+LIST_FILES = {"train": "VID_train_15frames.txt", "val": "VID_val_videos.txt", "det": "DET_train_30classes.txt"}
+OUT_FILES = {"train": "imagenet_vid_train.json", "val": "imagenet_vid_val.json", "det": "imagenet_det_30cls.json"}
 
 
 def vid_categories() -> list[dict]:
@@ -59,6 +78,7 @@ def vid_categories() -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- lists
+
 
 def _rows(path: Path, ncols: int, fix: str):
     """Yield ``(line number, fields)`` of a space-separated list; blank lines skipped."""
@@ -79,8 +99,9 @@ def _int(path, n, value, what):
     try:
         return int(value)
     except ValueError:
-        raise DataError(path, f"line {n}", f"{what} {value!r} is not an integer",
-                        "use the FGFA ImageSets list files unchanged") from None
+        raise DataError(
+            path, f"line {n}", f"{what} {value!r} is not an integer", "use the FGFA ImageSets list files unchanged"
+        ) from None
 
 
 def parse_vid_train_list(path) -> dict[str, dict]:
@@ -96,7 +117,9 @@ def parse_vid_train_list(path) -> dict[str, dict]:
         frame, total = _int(path, n, frame, "frame index"), _int(path, n, total, "frame count")
         v = videos.setdefault(name, {"num_frames": total, "key_frames": []})
         if v["num_frames"] != total:
-            raise DataError(path, f"line {n}", f"{name} listed with {total} frames, earlier with {v['num_frames']}", fix)
+            raise DataError(
+                path, f"line {n}", f"{name} listed with {total} frames, earlier with {v['num_frames']}", fix
+            )
         if not 0 <= frame < total:
             raise DataError(path, f"line {n}", f"frame {frame} is outside 0..{total - 1} of {name}", fix)
         if frame in v["key_frames"]:
@@ -130,6 +153,7 @@ def parse_det_list(path) -> list[str]:
 
 # ----------------------------------------------------------------------------- XML
 
+
 def read_xml(path, *, video: bool) -> tuple[int, int, list[dict]]:
     """Read one ILSVRC annotation XML.
 
@@ -142,9 +166,13 @@ def read_xml(path, *, video: bool) -> tuple[int, int, list[dict]]:
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
-        raise DataError(path, "file", "annotation XML not found",
-                        "point --root at the ILSVRC2015 folder (it holds Annotations/VID and "
-                        "Annotations/DET) or pass --lists with lists that match it") from None
+        raise DataError(
+            path,
+            "file",
+            "annotation XML not found",
+            "point --root at the ILSVRC2015 folder (it holds Annotations/VID and "
+            "Annotations/DET) or pass --lists with lists that match it",
+        ) from None
     except ET.ParseError as e:
         raise DataError(path, "xml", f"malformed XML ({e})", fix_tree) from None
 
@@ -171,15 +199,20 @@ def read_xml(path, *, video: bool) -> tuple[int, int, list[dict]]:
         trackid = obj.findtext("trackid")
         if video and trackid is None:
             raise DataError(path, where, "VID object without <trackid>", fix_tree)
-        objects.append({
-            "wnid": name.strip(), "trackid": None if trackid is None else trackid.strip(),
-            "box": tuple(num(box, t, where) for t in ("xmin", "ymin", "xmax", "ymax")),
-            "occluded": (obj.findtext("occluded") or "0").strip() == "1",
-            "generated": (obj.findtext("generated") or "0").strip() == "1"})
+        objects.append(
+            {
+                "wnid": name.strip(),
+                "trackid": None if trackid is None else trackid.strip(),
+                "box": tuple(num(box, t, where) for t in ("xmin", "ymin", "xmax", "ymax")),
+                "occluded": (obj.findtext("occluded") or "0").strip() == "1",
+                "generated": (obj.findtext("generated") or "0").strip() == "1",
+            }
+        )
     return width, height, objects
 
 
 # ----------------------------------------------------------------------------- streaming
+
 
 class _CocoWriter:
     """Streams a COCO/CocoVID json: images go straight into the (atomic) output file,
@@ -223,16 +256,35 @@ class _CocoWriter:
 
 
 def _new_counts() -> dict:
-    return {"videos": 0, "images": 0, "key_frames": 0, "empty_images": 0, "boxes": 0,
-            "instances": 0, "generated_boxes": 0, "occluded_boxes": 0, "skipped_objects": 0,
-            "boxes_per_class": {n: 0 for _, n in VID_CLASSES}}
+    return {
+        "videos": 0,
+        "images": 0,
+        "key_frames": 0,
+        "empty_images": 0,
+        "boxes": 0,
+        "instances": 0,
+        "generated_boxes": 0,
+        "occluded_boxes": 0,
+        "skipped_objects": 0,
+        "boxes_per_class": {n: 0 for _, n in VID_CLASSES},
+    }
 
 
 def _add_box(w: _CocoWriter, counts: dict, image_id: int, cat: int, o: dict, extra: dict) -> None:
     x1, y1, x2, y2 = o["box"]
     bw, bh = x2 - x1, y2 - y1
-    w.ann({"image_id": image_id, **extra, "category_id": cat, "bbox": [x1, y1, bw, bh],
-           "area": bw * bh, "iscrowd": False, "occluded": o["occluded"], "generated": o["generated"]})
+    w.ann(
+        {
+            "image_id": image_id,
+            **extra,
+            "category_id": cat,
+            "bbox": [x1, y1, bw, bh],
+            "area": bw * bh,
+            "iscrowd": False,
+            "occluded": o["occluded"],
+            "generated": o["generated"],
+        }
+    )
     counts["boxes"] += 1
     counts["generated_boxes"] += o["generated"]
     counts["occluded_boxes"] += o["occluded"]
@@ -243,8 +295,13 @@ def _convert_vid(root: Path, videos: dict[str, dict], split: str, out: Path, pro
     counts = _new_counts()
     w = _CocoWriter(out)
     video_recs, next_instance = [], 1
-    bar = tqdm(total=sum(v["num_frames"] for v in videos.values()), desc=f"VID {split}",
-               unit="frame", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(v["num_frames"] for v in videos.values()),
+        desc=f"VID {split}",
+        unit="frame",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         for vid_id, (name, v) in enumerate(videos.items(), 1):
             keys = set(v.get("key_frames", ()))
@@ -253,24 +310,43 @@ def _convert_vid(root: Path, videos: dict[str, dict], split: str, out: Path, pro
             for f in range(v["num_frames"]):
                 xml = root / "Annotations" / "VID" / name / f"{f:06d}.xml"
                 width, height, objects = read_xml(xml, video=True)
-                img_id = w.image({"file_name": f"{name}/{f:06d}.JPEG", "width": width, "height": height,
-                                  "video_id": vid_id, "frame_id": f, "is_vid_train_frame": f in keys})
+                img_id = w.image(
+                    {
+                        "file_name": f"{name}/{f:06d}.JPEG",
+                        "width": width,
+                        "height": height,
+                        "video_id": vid_id,
+                        "frame_id": f,
+                        "is_vid_train_frame": f in keys,
+                    }
+                )
                 counts["key_frames"] += f in keys
                 counts["empty_images"] += not objects
                 for k, o in enumerate(objects):
                     cat = WNID_TO_ID.get(o["wnid"])
                     if cat is None:
-                        raise DataError(xml, f"object {k}", f"{o['wnid']!r} is not one of the 30 VID WordNet ids",
-                                        "check the file against map_vid.txt; VID annotations only hold the 30 classes")
+                        raise DataError(
+                            xml,
+                            f"object {k}",
+                            f"{o['wnid']!r} is not one of the 30 VID WordNet ids",
+                            "check the file against map_vid.txt; VID annotations only hold the 30 classes",
+                        )
                     if o["trackid"] not in instances:
                         instances[o["trackid"]] = next_instance
                         next_instance += 1
-                    _add_box(w, counts, img_id, cat, o,
-                             {"video_id": vid_id, "instance_id": instances[o["trackid"]]})
+                    _add_box(w, counts, img_id, cat, o, {"video_id": vid_id, "instance_id": instances[o["trackid"]]})
                 bar.update(1)
         counts["videos"], counts["images"], counts["instances"] = len(video_recs), w.num_images, next_instance - 1
-        w.close({"videos": video_recs, "info": {"description": f"ImageNet VID {split} (ILSVRC2015)",
-                                                 "converter": "lvod.data.imagenet_vid", "counts": counts}})
+        w.close(
+            {
+                "videos": video_recs,
+                "info": {
+                    "description": f"ImageNet VID {split} (ILSVRC2015)",
+                    "converter": "lvod.data.imagenet_vid",
+                    "counts": counts,
+                },
+            }
+        )
     except BaseException as e:
         w.abort(e)
         raise
@@ -297,8 +373,15 @@ def _convert_det(root: Path, names: list[str], out: Path, progress: bool) -> dic
                 _add_box(w, counts, img_id, cat, o, {})
             counts["empty_images"] += kept == 0
         counts["images"] = w.num_images
-        w.close({"info": {"description": "ImageNet DET train images of the 30 VID classes",
-                          "converter": "lvod.data.imagenet_vid", "counts": counts}})
+        w.close(
+            {
+                "info": {
+                    "description": "ImageNet DET train images of the 30 VID classes",
+                    "converter": "lvod.data.imagenet_vid",
+                    "counts": counts,
+                }
+            }
+        )
     except BaseException as e:
         w.abort(e)
         raise
@@ -312,12 +395,17 @@ def find_lists_dir(root: Path, lists_dir=None) -> Path:
     for cand in (root / "ImageSets", root / "Lists"):
         if cand.is_dir():
             return cand
-    raise DataError(root, "lists", "no ImageSets/ or Lists/ folder with the FGFA frame lists",
-                    "pass --lists DIR holding VID_train_15frames.txt, VID_val_videos.txt, DET_train_30classes.txt")
+    raise DataError(
+        root,
+        "lists",
+        "no ImageSets/ or Lists/ folder with the FGFA frame lists",
+        "pass --lists DIR holding VID_train_15frames.txt, VID_val_videos.txt, DET_train_30classes.txt",
+    )
 
 
-def convert_imagenet_vid(root, out_dir, *, lists_dir=None, splits=("train", "val", "det"),
-                         progress: bool = True) -> dict:
+def convert_imagenet_vid(
+    root, out_dir, *, lists_dir=None, splits=("train", "val", "det"), progress: bool = True
+) -> dict:
     """Convert the ILSVRC2015 tree under ``root`` for the given ``splits``.
 
     Returns ``{split: counts, "paths": {split: Path}}``; counts hold ``videos, images,
@@ -346,9 +434,11 @@ def convert_imagenet_vid(root, out_dir, *, lists_dir=None, splits=("train", "val
 
 def format_counts(split: str, c: dict) -> str:
     """Human-readable summary of one split's counts."""
-    head = (f"{split}: {c['videos']} videos, {c['images']} images ({c['key_frames']} key frames, "
-            f"{c['empty_images']} without objects), {c['boxes']} boxes ({c['generated_boxes']} generated, "
-            f"{c['occluded_boxes']} occluded), {c['instances']} instances")
+    head = (
+        f"{split}: {c['videos']} videos, {c['images']} images ({c['key_frames']} key frames, "
+        f"{c['empty_images']} without objects), {c['boxes']} boxes ({c['generated_boxes']} generated, "
+        f"{c['occluded_boxes']} occluded), {c['instances']} instances"
+    )
     if c["skipped_objects"]:
         head += f", {c['skipped_objects']} objects of other classes skipped"
     per = ", ".join(f"{n} {k}" for n, k in c["boxes_per_class"].items())

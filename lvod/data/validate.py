@@ -11,6 +11,7 @@ Holds:
 Record labels in messages are ``"<kind> <id>"`` (``"annotation 42"``) when the record has an
 id, else ``"<kind> #<position>"`` (0-based position in its list).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,8 +80,7 @@ class LoadReport:
 
     def set_missing_files(self, message, records, count):
         """Record image files that do not exist (kept; they make ``usable`` False)."""
-        self.missing_files = Issue("missing_image_file", "missing", message, count,
-                                   list(records[:MAX_EXAMPLES]))
+        self.missing_files = Issue("missing_image_file", "missing", message, count, list(records[:MAX_EXAMPLES]))
 
     def add_fatal(self, record, problem, fix):
         """Record a problem that makes the file unusable; ``raise_if_fatal`` raises it."""
@@ -92,8 +92,7 @@ class LoadReport:
             return
         first = self.fatal[0]
         more = len(self.fatal) - 1
-        fix = first.fix + (f" ({more} more fatal problem(s): run `lvod data check` to list them)"
-                           if more else "")
+        fix = first.fix + (f" ({more} more fatal problem(s): run `lvod data check` to list them)" if more else "")
         err = DataError(first.file, first.record, first.problem, fix)
         err.report = self
         raise err
@@ -107,10 +106,18 @@ class LoadReport:
         """Human-readable multi-line report."""
         lines = [f"annotation file: {self.path}"]
         if self.counts:
-            order = ["videos", "images", "key_frames", "empty_frames", "annotations",
-                     "crowd_annotations", "instances", "categories", "tracks"]
-            lines.append("counts: " + ", ".join(f"{k} {self.counts[k]:,}" for k in order
-                                                 if k in self.counts))
+            order = [
+                "videos",
+                "images",
+                "key_frames",
+                "empty_frames",
+                "annotations",
+                "crowd_annotations",
+                "instances",
+                "categories",
+                "tracks",
+            ]
+            lines.append("counts: " + ", ".join(f"{k} {self.counts[k]:,}" for k in order if k in self.counts))
         for title, table in (("repairs", self.repairs), ("notes", self.notes)):
             if table:
                 lines.append(f"{title}:")
@@ -144,15 +151,19 @@ def record_label(kind: str, ids, pos: int) -> str:
 def check_records(report, records, section, kind) -> bool:
     """Fatal unless ``records`` is a list of dicts. Returns True when it is."""
     if not isinstance(records, list):
-        report.add_fatal(f"'{section}'", f"is a {type(records).__name__}, not a list",
-                         f"make '{section}' a JSON array of objects")
+        report.add_fatal(
+            f"'{section}'", f"is a {type(records).__name__}, not a list", f"make '{section}' a JSON array of objects"
+        )
         return False
     if set(map(type, records)) <= {dict}:
         return True
     bad = [i for i, t in enumerate(map(type, records)) if t is not dict][:MAX_EXAMPLES]
     for i in bad:
-        report.add_fatal(f"{kind} #{i}", f"is a {type(records[i]).__name__}, not an object",
-                         f"make every entry of '{section}' a JSON object")
+        report.add_fatal(
+            f"{kind} #{i}",
+            f"is a {type(records[i]).__name__}, not an object",
+            f"make every entry of '{section}' a JSON object",
+        )
     return not bad
 
 
@@ -161,8 +172,7 @@ def take(records, key):
     return [r.get(key) for r in records]
 
 
-def typed_column(report, values, key, kind, ids, *, allowed, dtype, required, fix,
-                 default=None):
+def typed_column(report, values, key, kind, ids, *, allowed, dtype, required, fix, default=None):
     """Convert ``values`` to a numpy array of ``dtype`` (``None``: check types, return the list).
 
     ``allowed``: tuple of accepted Python types (``bool`` must be listed to be accepted; a
@@ -180,8 +190,7 @@ def typed_column(report, values, key, kind, ids, *, allowed, dtype, required, fi
     if not types <= set(allowed):
         bad = [i for i, v in enumerate(values) if v is not None and type(v) not in allowed]
         for i in bad[:MAX_EXAMPLES]:
-            report.add_fatal(record_label(kind, ids, i),
-                             f"'{key}' is {values[i]!r} ({type(values[i]).__name__})", fix)
+            report.add_fatal(record_label(kind, ids, i), f"'{key}' is {values[i]!r} ({type(values[i]).__name__})", fix)
         return None, n_absent
     if n_absent:
         values = [default if v is None else v for v in values]
@@ -205,8 +214,18 @@ def flag_column(report, values, key, kind, ids, default: bool):
     Returns ``(bool array or None, n_absent)``; anything else is fatal.
     """
     fix = f"write '{key}' as true/false or 0/1"
-    arr, n_absent = typed_column(report, values, key, kind, ids, allowed=(bool, int, float),
-                                 dtype=np.float64, required=False, fix=fix, default=default)
+    arr, n_absent = typed_column(
+        report,
+        values,
+        key,
+        kind,
+        ids,
+        allowed=(bool, int, float),
+        dtype=np.float64,
+        required=False,
+        fix=fix,
+        default=default,
+    )
     if arr is None:
         return None, n_absent
     bad = np.flatnonzero((arr != 0) & (arr != 1))
@@ -221,8 +240,7 @@ def bbox_column(report, values, kind, ids):
     n = len(values)
     try:  # numpy infers int/float only when every coordinate is a number (str -> "U")
         arr = np.array(values) if n else np.zeros((0, 4))
-        ok = (arr.shape == (n, 4) and arr.dtype.kind in "if"
-              and set(map(type, values)) <= {list, tuple})
+        ok = arr.shape == (n, 4) and arr.dtype.kind in "if" and set(map(type, values)) <= {list, tuple}
         arr = arr.astype(np.float64, copy=False)
         ok = ok and bool(np.isfinite(arr).all())
     except (TypeError, ValueError):
@@ -230,8 +248,7 @@ def bbox_column(report, values, kind, ids):
     if ok:
         return arr
     for i, b in enumerate(values):
-        good = (isinstance(b, (list, tuple)) and len(b) == 4
-                and all(type(x) in _NUM and math.isfinite(x) for x in b))
+        good = isinstance(b, (list, tuple)) and len(b) == 4 and all(type(x) in _NUM and math.isfinite(x) for x in b)
         if not good:
             problem = "has no 'bbox'" if b is None else f"'bbox' is {b!r}"
             report.add_fatal(record_label(kind, ids, i), problem, fix)

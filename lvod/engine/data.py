@@ -19,6 +19,7 @@ cannot be filled from the video is filled with a copy of the key frame. One-fram
 no non-crowd box are skipped in training (mmdet/mmtracking ``filter_empty_gt``): with no
 positive the RoI head learns only background from them, and the original skipped them.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,9 @@ REF_SAMPLERS = ("bilateral_uniform", "uniform", "key_copy")
 # ----------------------------------------------------------------------------- refs
 
 
-def sample_refs(pos: int, num_frames: int, method: str, frame_range, num_refs: int,
-                rng: np.random.Generator) -> list[int]:
+def sample_refs(
+    pos: int, num_frames: int, method: str, frame_range, num_refs: int, rng: np.random.Generator
+) -> list[int]:
     """Positions (0-based, in the video's frame order) of the reference frames of ``pos``.
 
     ``bilateral_uniform``: ``num_refs // 2`` distinct frames uniformly from
@@ -138,8 +140,7 @@ def load_image(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"))
     except (OSError, ValueError) as exc:
-        raise DataError(path, "image", f"cannot be read ({exc})",
-                        "check data.root / images_root and the file") from exc
+        raise DataError(path, "image", f"cannot be read ({exc})", "check data.root / images_root and the file") from exc
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
@@ -168,9 +169,12 @@ class TrainDataset(torch.utils.data.Dataset):
         self.cat_ids = self.sources[0].cat_ids
         for coco in self.sources[1:]:
             if not np.array_equal(coco.cat_ids, self.cat_ids):
-                raise DataError(coco.path, "categories", "differ from those of "
-                                f"{self.sources[0].path}", "use one category list for all "
-                                "training files (same ids, e.g. the 30 VID classes)")
+                raise DataError(
+                    coco.path,
+                    "categories",
+                    f"differ from those of {self.sources[0].path}",
+                    "use one category list for all training files (same ids, e.g. the 30 VID classes)",
+                )
         self.cfg = data
         self.mean, self.std = tuple(mean), tuple(std)
         self.videos: list[np.ndarray] = []  # frame rows of each clip
@@ -178,8 +182,9 @@ class TrainDataset(torch.utils.data.Dataset):
         self.num_skipped_empty = 0
         for s, (coco, as_video, key_only) in enumerate(sources):
             good = self._has_targets(coco)
-            clips = coco.video_frames.values() if as_video else (
-                np.array([r], np.int64) for r in range(coco.num_images))
+            clips = (
+                coco.video_frames.values() if as_video else (np.array([r], np.int64) for r in range(coco.num_images))
+            )
             for rows in clips:
                 clip = len(self.videos)
                 self.videos.append(np.asarray(rows, np.int64))
@@ -192,9 +197,12 @@ class TrainDataset(torch.utils.data.Dataset):
                     keys.append((s, clip, pos))
         self.keys = np.array(keys, dtype=np.int64).reshape(-1, 3)
         if len(self.keys) == 0:
-            raise DataError(self.sources[0].path, "key frames", "none left (no frame is a "
-                            "flagged key frame with a non-crowd box)",
-                            "check is_vid_train_frame and the annotations")
+            raise DataError(
+                self.sources[0].path,
+                "key frames",
+                "none left (no frame is a flagged key frame with a non-crowd box)",
+                "check is_vid_train_frame and the annotations",
+            )
 
     @staticmethod
     def _has_targets(coco) -> np.ndarray:
@@ -215,16 +223,17 @@ class TrainDataset(torch.utils.data.Dataset):
         keep = (xywh[:, 2] > 0) & (xywh[:, 3] > 0)
         xywh, anns = xywh[keep], anns[keep]
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        return (torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-                torch.as_tensor(coco.ann_labels[anns], dtype=torch.int64))
+        return (
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.as_tensor(coco.ann_labels[anns], dtype=torch.int64),
+        )
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, 0)
         s, clip, pos = (int(v) for v in self.keys[index])
         coco, rows, cfg = self.sources[s], self.videos[clip], self.cfg
         rng = np.random.default_rng(seed)
-        ref_pos = sample_refs(pos, len(rows), cfg.ref_sampler, cfg.ref_frame_range,
-                              cfg.num_ref_frames, rng)
+        ref_pos = sample_refs(pos, len(rows), cfg.ref_sampler, cfg.ref_frame_range, cfg.num_ref_frames, rng)
         flip = bool(rng.random() < cfg.flip_prob)
         frame_rows = [int(rows[pos])] + [int(rows[p]) for p in ref_pos]
         cache: dict[int, torch.Tensor] = {}
@@ -247,9 +256,15 @@ class TrainDataset(torch.utils.data.Dataset):
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
         if flip:
             boxes = flip_boxes(boxes, w)
-        return {"frames": frames, "img_size": (int(h), int(w)), "boxes": boxes,
-                "labels": labels, "img_id": int(coco.img_ids[key_row]), "flip": flip,
-                "frame_rows": frame_rows}
+        return {
+            "frames": frames,
+            "img_size": (int(h), int(w)),
+            "boxes": boxes,
+            "labels": labels,
+            "img_id": int(coco.img_ids[key_row]),
+            "flip": flip,
+            "frame_rows": frame_rows,
+        }
 
 
 def collate(batch: list[dict], size_divisor: int = 16) -> dict:
@@ -260,10 +275,12 @@ def collate(batch: list[dict], size_divisor: int = 16) -> dict:
     ``targets`` list of ``{"boxes": [N, 4], "labels": [N]}``, ``img_ids`` LongTensor ``[B]``.
     """
     frames = [pad_batch(item["frames"], 1) for item in batch]  # each [T, 3, h_max, w_max]
-    return {"images": pad_batch(frames, size_divisor),
-            "image_sizes": [item["img_size"] for item in batch],
-            "targets": [{"boxes": item["boxes"], "labels": item["labels"]} for item in batch],
-            "img_ids": torch.tensor([item["img_id"] for item in batch], dtype=torch.int64)}
+    return {
+        "images": pad_batch(frames, size_divisor),
+        "image_sizes": [item["img_size"] for item in batch],
+        "targets": [{"boxes": item["boxes"], "labels": item["labels"]} for item in batch],
+        "img_ids": torch.tensor([item["img_id"] for item in batch], dtype=torch.int64),
+    }
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -280,8 +297,16 @@ class ResumableSampler(torch.utils.data.Sampler):
     ``(seed, epoch, position in the epoch)``.
     """
 
-    def __init__(self, num_samples: int, batch_size: int = 1, *, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, shuffle: bool = True):
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int = 1,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+    ):
         if num_samples < 1:
             raise ValueError("ResumableSampler needs at least one sample")
         self.n, self.batch_size, self.seed = num_samples, batch_size, seed
@@ -310,15 +335,23 @@ class ResumableSampler(torch.utils.data.Sampler):
         order = self.epoch_order(self.epoch)
         positions = np.arange(self.rank, len(order), self.world_size)
         seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(order), np.uint64)
-        for p in positions[self.start_batch * self.batch_size:]:
+        for p in positions[self.start_batch * self.batch_size :]:
             yield int(order[p]), int(seeds[p] >> np.uint64(1))
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def build_train_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0,
-                       sources=None, *, mean=ModelConfig.image_mean, std=ModelConfig.image_std):
+def build_train_loader(
+    data,
+    rank: int = 0,
+    world_size: int = 1,
+    seed: int = 0,
+    sources=None,
+    *,
+    mean=ModelConfig.image_mean,
+    std=ModelConfig.image_std,
+):
     """``(dataset, sampler, loader)`` for ``data`` (a ``DataConfig``), normalising with the
     model's ``mean``/``std``.
 
@@ -335,13 +368,18 @@ def build_train_loader(data, rank: int = 0, world_size: int = 1, seed: int = 0,
             coco = load_cocovid(root / src.ann_file, images_root=images_root)
             sources.append((coco, src.load_as_video, src.key_frames_only))
     dataset = TrainDataset(sources, data, mean=mean, std=std)
-    sampler = ResumableSampler(len(dataset), data.imgs_per_gpu, seed=seed, rank=rank,
-                               world_size=world_size)
+    sampler = ResumableSampler(len(dataset), data.imgs_per_gpu, seed=seed, rank=rank, world_size=world_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=data.imgs_per_gpu, sampler=sampler, drop_last=False,
-        num_workers=data.workers_per_gpu, persistent_workers=False,
-        collate_fn=_Collate(data.size_divisor), pin_memory=torch.cuda.is_available(),
-        generator=torch.Generator().manual_seed(seed))  # keeps the global torch RNG untouched
+        dataset,
+        batch_size=data.imgs_per_gpu,
+        sampler=sampler,
+        drop_last=False,
+        num_workers=data.workers_per_gpu,
+        persistent_workers=False,
+        collate_fn=_Collate(data.size_divisor),
+        pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(seed),
+    )  # keeps the global torch RNG untouched
     return dataset, sampler, loader
 
 

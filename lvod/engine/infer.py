@@ -21,13 +21,14 @@ detector's ``detect_video`` (with its test-time window and feature cache) and wr
   (``video=True``, mp4v codec, the input's frame rate; 25 fps for frame folders).
 
 Class names: a checkpoint's ``"classes"`` entry (``{"cat_ids": [...], "names": [...]}``)
-when it has one, an mmtracking checkpoint's ``meta.CLASSES``, else the categories of the config's ``data.val.ann_file`` when that file
-exists, else ``class_1..class_C``.
+when it has one, an mmtracking checkpoint's ``meta.CLASSES``, else the categories of the
+config's ``data.val.ann_file`` when that file exists, else ``class_1..class_C``.
 
 Without ``--checkpoint`` the detector keeps its random initialisation, which only makes
 sense for smoke tests; it therefore needs an explicit ``random_weights=True``
 (``--random-weights``).
 """
+
 from __future__ import annotations
 
 import json
@@ -66,23 +67,39 @@ def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
     return list(range(1, num + 1)), [f"class_{k}" for k in range(1, num + 1)], "none"
 
 
-def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str],
-                  score_thr: float) -> dict:
+def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str], score_thr: float) -> dict:
     """One ``frames`` entry of detections.json (detections at or above ``score_thr``)."""
     scores = det["scores"].float().cpu().numpy()
     keep = scores >= score_thr
     boxes = det["boxes"].float().cpu().numpy()[keep]
     labels = det["labels"].cpu().numpy()[keep]
-    return {"index": index, "file": name, "width": int(size_hw[1]), "height": int(size_hw[0]),
-            "boxes": np.round(boxes.astype(np.float64), 2).tolist(),
-            "scores": np.round(scores[keep].astype(np.float64), 4).tolist(),
-            "labels": labels.astype(int).tolist(),
-            "names": [names[int(lb) - 1] for lb in labels]}
+    return {
+        "index": index,
+        "file": name,
+        "width": int(size_hw[1]),
+        "height": int(size_hw[0]),
+        "boxes": np.round(boxes.astype(np.float64), 2).tolist(),
+        "scores": np.round(scores[keep].astype(np.float64), 4).tolist(),
+        "labels": labels.astype(int).tolist(),
+        "names": [names[int(lb) - 1] for lb in labels],
+    }
 
 
-def infer_video(config, checkpoint, input, out_dir, *, draw: bool = False, video: bool = False,
-                score_thr: float = 0.3, device: str = "auto", random_weights: bool = False,
-                max_frames: int | None = None, overrides=(), progress: bool = True) -> dict:
+def infer_video(
+    config,
+    checkpoint,
+    input,
+    out_dir,
+    *,
+    draw: bool = False,
+    video: bool = False,
+    score_thr: float = 0.3,
+    device: str = "auto",
+    random_weights: bool = False,
+    max_frames: int | None = None,
+    overrides=(),
+    progress: bool = True,
+) -> dict:
     """Detect objects in ``input`` and write ``out_dir/detections.json`` (+ drawings).
 
     Returns a summary: ``{"input": str, "kind": "video" | "frames" | "image",
@@ -120,15 +137,22 @@ def infer_video(config, checkpoint, input, out_dir, *, draw: bool = False, video
     drawn = source.frames() if (draw or video) else None
     frame_writer = video_io.FrameDirWriter(out / "frames") if draw else None
     mp4 = None
-    header = {"input": str(source.path), "kind": source.kind, "num_frames": source.num_frames,
-              "total_frames": source.total_frames, "fps": source.fps, "score_thr": score_thr,
-              "config": str(config), "checkpoint": None if checkpoint is None else str(checkpoint),
-              "random_weights": checkpoint is None,
-              "classes": [{"label": i + 1, "category_id": c, "name": n}
-                          for i, (c, n) in enumerate(zip(cat_ids, names))]}
+    header = {
+        "input": str(source.path),
+        "kind": source.kind,
+        "num_frames": source.num_frames,
+        "total_frames": source.total_frames,
+        "fps": source.fps,
+        "score_thr": score_thr,
+        "config": str(config),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "random_weights": checkpoint is None,
+        "classes": [{"label": i + 1, "category_id": c, "name": n} for i, (c, n) in enumerate(zip(cat_ids, names))],
+    }
     count = kept = 0
-    bar = tqdm(total=source.num_frames, unit="frame", desc="infer", disable=not progress,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=source.num_frames, unit="frame", desc="infer", disable=not progress, leave=False, dynamic_ncols=True
+    )
     try:
         with atomic_write(out / "detections.json", "w", encoding="utf-8") as fh:
             fh.write(json.dumps(header)[:-1] + ', "frames": [\n')
@@ -143,18 +167,21 @@ def infer_video(config, checkpoint, input, out_dir, *, draw: bool = False, video
                     kept += len(rec["scores"])
                     bar.update(1)
                     if drawn is not None:
-                        image = video_io.draw_detections(next(drawn).image, rec["boxes"],
-                                                         rec["scores"], rec["labels"], names)
+                        image = video_io.draw_detections(
+                            next(drawn).image, rec["boxes"], rec["scores"], rec["labels"], names
+                        )
                         if frame_writer is not None:
                             frame_writer.write(index, image)
                         if video:
                             if mp4 is None:
-                                mp4 = video_io.Mp4Writer(out / "video.mp4", source.fps,
-                                                         (image.shape[1], image.shape[0]))
+                                mp4 = video_io.Mp4Writer(
+                                    out / "video.mp4", source.fps, (image.shape[1], image.shape[0])
+                                )
                             mp4.write(image)
             if count != source.num_frames:
-                raise RuntimeError(f"the detector yielded {count} results for {source.num_frames} "
-                                   "frames; it must yield one per frame")
+                raise RuntimeError(
+                    f"the detector yielded {count} results for {source.num_frames} frames; it must yield one per frame"
+                )
             fh.write("\n]}\n")
         if mp4 is not None:
             mp4.close()
@@ -165,9 +192,18 @@ def infer_video(config, checkpoint, input, out_dir, *, draw: bool = False, video
             mp4.abort()
         if drawn is not None:
             drawn.close()
-    logger.info("%s %s: %d frames, %d detections with score >= %s", source.kind, source.path, count, kept,
-                score_thr)
-    return {"input": str(source.path), "kind": source.kind, "frames": count, "total_frames": source.total_frames,
-            "detections": kept, "score_thr": score_thr, "class_names_from": names_from,
-            "files": {"detections": out / "detections.json", "frames": out / "frames" if draw else None,
-                      "video": out / "video.mp4" if video else None}}
+    logger.info("%s %s: %d frames, %d detections with score >= %s", source.kind, source.path, count, kept, score_thr)
+    return {
+        "input": str(source.path),
+        "kind": source.kind,
+        "frames": count,
+        "total_frames": source.total_frames,
+        "detections": kept,
+        "score_thr": score_thr,
+        "class_names_from": names_from,
+        "files": {
+            "detections": out / "detections.json",
+            "frames": out / "frames" if draw else None,
+            "video": out / "video.mp4" if video else None,
+        },
+    }

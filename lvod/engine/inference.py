@@ -18,6 +18,7 @@ Also here: ``load_model(cfg, checkpoint)`` (lvod and mmtracking checkpoints, str
 normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
 ``resolve_device("auto" | "cpu" | "cuda[:i]")``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,16 +50,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DataError("--device", device, "CUDA is not available on this machine",
-                        "pass --device cpu (or auto)")
+        raise DataError("--device", device, "CUDA is not available on this machine", "pass --device cpu (or auto)")
     return dev
 
 
 MM_CLS_KEY = "detector.roi_head.bbox_head.fc_cls.weight"  # only mmtracking checkpoints have it
 
 
-def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None,
-               groups=None):
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None, groups=None):
     """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
 
     ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
@@ -75,9 +74,13 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
     from lvod.models import build_model
 
     if checkpoint is None and not random_weights:
-        raise DataError("--checkpoint", "model weights", "no checkpoint given",
-                        "pass --checkpoint CKPT (a .pth written by lvod train), or "
-                        "--random-weights to smoke-test with an untrained detector")
+        raise DataError(
+            "--checkpoint",
+            "model weights",
+            "no checkpoint given",
+            "pass --checkpoint CKPT (a .pth written by lvod train), or "
+            "--random-weights to smoke-test with an untrained detector",
+        )
     torch.manual_seed(0)
     model = build_model(cfg.model, cat_ids, groups=groups)
     ckpt: dict = {}
@@ -88,32 +91,48 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
             from lvod.models.checkpoint import import_mmtracking
 
             if cfg.model.kind not in ("fgfa", "selsa"):
-                raise DataError(checkpoint, "state_dict", "is an mmtracking checkpoint, which lvod "
-                                f"imports into FGFA or SELSA only, not model.kind = {cfg.model.kind!r}",
-                                "use an fgfa or selsa config")
+                raise DataError(
+                    checkpoint,
+                    "state_dict",
+                    "is an mmtracking checkpoint, which lvod "
+                    f"imports into FGFA or SELSA only, not model.kind = {cfg.model.kind!r}",
+                    "use an fgfa or selsa config",
+                )
             report = import_mmtracking(ckpt, model, kind=cfg.model.kind)
             missing, unexpected = report.missing, report.unexpected
             if cfg.model.kind == "fgfa" and cfg.model.flow_warp != "mmtracking":
-                warnings.warn(f"{checkpoint}: mmtracking FGFA weights were trained with mmtracking's "
-                              "warp grid, which lvod's default 'aligned' grid corrects (up to one "
-                              "feature cell apart at the right and bottom edges); set "
-                              "model.flow_warp=mmtracking to reproduce mmtracking's detections",
-                              stacklevel=2)
+                warnings.warn(
+                    f"{checkpoint}: mmtracking FGFA weights were trained with mmtracking's "
+                    "warp grid, which lvod's default 'aligned' grid corrects (up to one "
+                    "feature cell apart at the right and bottom edges); set "
+                    "model.flow_warp=mmtracking to reproduce mmtracking's detections",
+                    stacklevel=2,
+                )
         else:
             own = model.state_dict()
-            wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in weights.items()
-                     if k in own and torch.is_tensor(v) and v.shape != own[k].shape]
+            wrong = [
+                f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+                for k, v in weights.items()
+                if k in own and torch.is_tensor(v) and v.shape != own[k].shape
+            ]
             if wrong:
-                raise DataError(checkpoint, "model weights", f"{len(wrong)} tensors have another "
-                                f"shape than the config's model (checkpoint vs model: {wrong[:3]})",
-                                "use the config the checkpoint was trained with")
+                raise DataError(
+                    checkpoint,
+                    "model weights",
+                    f"{len(wrong)} tensors have another "
+                    f"shape than the config's model (checkpoint vs model: {wrong[:3]})",
+                    "use the config the checkpoint was trained with",
+                )
             result = model.load_state_dict(weights, strict=False)
             missing, unexpected = result.missing_keys, result.unexpected_keys
         if missing or unexpected:
-            raise DataError(checkpoint, "model weights",
-                            f"do not fit the config's model ({len(missing)} missing, e.g. "
-                            f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})",
-                            "use the config the checkpoint was trained with")
+            raise DataError(
+                checkpoint,
+                "model weights",
+                f"do not fit the config's model ({len(missing)} missing, e.g. "
+                f"{missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]})",
+                "use the config the checkpoint was trained with",
+            )
     return model.to(resolve_device(device)).eval(), ckpt
 
 
@@ -138,12 +157,15 @@ def to_coco_columns(det: dict, cat_ids: np.ndarray) -> tuple[np.ndarray, np.ndar
     scores = _numpy(det["scores"], np.float32).reshape(-1)
     labels = _numpy(det["labels"], np.int64).reshape(-1)
     if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"detector output has {len(boxes)} boxes, {len(scores)} scores and "
-                         f"{len(labels)} labels; they must match")
+        raise ValueError(
+            f"detector output has {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels; they must match"
+        )
     if len(labels) and (labels.min() < 1 or labels.max() > len(cat_ids)):
-        raise ValueError(f"detector label {int(labels.max() if labels.max() > len(cat_ids) else labels.min())} "
-                         f"is outside 1..{len(cat_ids)}: the model's class count does not match "
-                         "the dataset's categories")
+        raise ValueError(
+            f"detector label {int(labels.max() if labels.max() > len(cat_ids) else labels.min())} "
+            f"is outside 1..{len(cat_ids)}: the model's class count does not match "
+            "the dataset's categories"
+        )
     xywh = np.empty_like(boxes)
     xywh[:, :2] = boxes[:, :2]
     xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
@@ -207,31 +229,44 @@ def prefetch(fn: Callable, items, workers: int = 0, depth: int | None = None) ->
                 fut.cancel()
 
 
-def _video_frames(ds, rows: np.ndarray, images_root: Path | None, transform: Transform,
-                  device: torch.device, workers: int) -> Iterator[tuple[Tensor, dict]]:
+def _video_frames(
+    ds, rows: np.ndarray, images_root: Path | None, transform: Transform, device: torch.device, workers: int
+) -> Iterator[tuple[Tensor, dict]]:
     """Read, check and transform the frames ``rows`` of one video, lazily and in order."""
     from lvod.engine.data import load_image
 
     def load(row: int) -> tuple[Tensor, dict]:
-        path = (Path(images_root) / ds.img_file_names[row] if images_root is not None
-                else ds.image_path(row))
+        path = Path(images_root) / ds.img_file_names[row] if images_root is not None else ds.image_path(row)
         image = load_image(path)  # uint8 [3, H0, W0], the decoder training uses
         h0, w0 = int(image.shape[1]), int(image.shape[2])
         want = (int(ds.img_height[row]), int(ds.img_width[row]))
         if (h0, w0) != want:
-            raise DataError(ds.path, f"image {int(ds.img_ids[row])} ({ds.img_file_names[row]})",
-                            f"the file is {w0}x{h0} but the annotation says {want[1]}x{want[0]}; "
-                            "detections would not line up with the ground truth",
-                            "fix width/height in the annotation file or use the matching images")
+            raise DataError(
+                ds.path,
+                f"image {int(ds.img_ids[row])} ({ds.img_file_names[row]})",
+                f"the file is {w0}x{h0} but the annotation says {want[1]}x{want[0]}; "
+                "detections would not line up with the ground truth",
+                "fix width/height in the annotation file or use the matching images",
+            )
         return transform(image)
 
     for tensor, meta in prefetch(load, (int(r) for r in rows), workers):
         yield tensor.to(device, non_blocking=True), meta
 
 
-def run_inference(model, ds, images_root, transform: Transform, *, writer, device="auto",
-                  progress: bool = True, video_ids=None, workers: int = 0,
-                  as_video: bool = True) -> dict:
+def run_inference(
+    model,
+    ds,
+    images_root,
+    transform: Transform,
+    *,
+    writer,
+    device="auto",
+    progress: bool = True,
+    video_ids=None,
+    workers: int = 0,
+    as_video: bool = True,
+) -> dict:
     """Detect every frame of ``ds`` video by video and stream the results into ``writer``.
 
     Args:
@@ -265,16 +300,15 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
 
     device = resolve_device(device)
     model.eval()
-    order = ([v["id"] for v in ds.videos] if video_ids is None else list(video_ids))
+    order = [v["id"] for v in ds.videos] if video_ids is None else list(video_ids)
     clips = [(v, ds.frame_rows(v)) for v in order]
     if not as_video:
-        clips = [(v, rows[i:i + 1]) for v, rows in clips for i in range(len(rows))]
+        clips = [(v, rows[i : i + 1]) for v, rows in clips for i in range(len(rows))]
     total = int(sum(len(rows) for _, rows in clips))
     cat_ids = np.asarray(ds.cat_ids, np.int64)
     n_frames = n_dets = n_videos = 0
     start = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="inference", disable=not progress,
-               dynamic_ncols=True, leave=False)
+    bar = tqdm(total=total, unit="frame", desc="inference", disable=not progress, dynamic_ncols=True, leave=False)
     try:
         for vid, rows in clips:
             if len(rows) == 0:
@@ -284,20 +318,26 @@ def run_inference(model, ds, images_root, transform: Transform, *, writer, devic
             with torch.inference_mode(), contextlib.closing(frames):
                 for k, det in enumerate(model.detect_video(frames, len(rows))):
                     if k >= len(rows):
-                        raise RuntimeError(f"detector yielded more than {len(rows)} frames for "
-                                           f"video {vid}")
+                        raise RuntimeError(f"detector yielded more than {len(rows)} frames for video {vid}")
                     cats, xywh, scores = to_coco_columns(det, cat_ids)
                     image_ids = np.full(len(cats), ds.img_ids[rows[k]], np.int64)
                     writer.add(Detections(image_ids, cats, xywh, scores))
                     n_dets += len(cats)
                     bar.update(1)
             if k + 1 != len(rows):
-                raise RuntimeError(f"detector yielded {k + 1} results for video {vid} with "
-                                   f"{len(rows)} frames; it must yield one per frame")
+                raise RuntimeError(
+                    f"detector yielded {k + 1} results for video {vid} with "
+                    f"{len(rows)} frames; it must yield one per frame"
+                )
             n_frames += len(rows)
             n_videos += 1
     finally:
         bar.close()
     seconds = time.perf_counter() - start
-    return {"videos": n_videos, "frames": n_frames, "detections": n_dets,
-            "seconds": seconds, "frames_per_second": n_frames / seconds if seconds > 0 else 0.0}
+    return {
+        "videos": n_videos,
+        "frames": n_frames,
+        "detections": n_dets,
+        "seconds": seconds,
+        "frames_per_second": n_frames / seconds if seconds > 0 else 0.0,
+    }

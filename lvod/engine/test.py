@@ -31,6 +31,7 @@ Results files (``--out``):
 Per-group AP uses ``groups`` (a ``groups.json`` from ``lvod groups``), else the config's
 ``model.groups_file`` when set. The function returns the metrics; ``lvod/cli.py`` prints them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,12 @@ def results_paths(out, checkpoint=None) -> tuple[Path, Path | None, str | None]:
     """``(npz path, COCO json path or None, note for the user or None)`` for ``--out``."""
     if out is None:
         if checkpoint is None:
-            raise DataError("--out", "results file", "is needed when there is no checkpoint "
-                            "folder to put the results in", "pass --out results.json")
+            raise DataError(
+                "--out",
+                "results file",
+                "is needed when there is no checkpoint folder to put the results in",
+                "pass --out results.json",
+            )
         return Path(checkpoint).parent / "test" / "results.npz", None, None
     out = Path(out)
     suffix = out.suffix.lower()
@@ -59,19 +64,30 @@ def results_paths(out, checkpoint=None) -> tuple[Path, Path | None, str | None]:
         return out.with_suffix(".npz"), out, None
     if suffix == ".pkl":
         npz = out.with_suffix(".npz")
-        return npz, None, (f"note: lvod does not write pickles (reading one can run code); "
-                           f"the results are in {npz} (numpy columns: image_id, category_id, "
-                           "bbox xywh, score). Pass --out NAME.json for COCO results JSON.")
-    raise DataError("--out", str(out), f"unknown results format {out.suffix!r}",
-                    "use NAME.json (COCO results + .npz), NAME.npz, or NAME.pkl (written as .npz)")
+        return (
+            npz,
+            None,
+            (
+                f"note: lvod does not write pickles (reading one can run code); "
+                f"the results are in {npz} (numpy columns: image_id, category_id, "
+                "bbox xywh, score). Pass --out NAME.json for COCO results JSON."
+            ),
+        )
+    raise DataError(
+        "--out",
+        str(out),
+        f"unknown results format {out.suffix!r}",
+        "use NAME.json (COCO results + .npz), NAME.npz, or NAME.pkl (written as .npz)",
+    )
 
 
 def _check_eval(metrics) -> tuple[str, ...]:
     metrics = tuple(metrics or ())
     bad = [m for m in metrics if m not in EVAL_METRICS]
     if bad:
-        raise DataError("--eval", ", ".join(bad), "unknown metric",
-                        f"use one of: {', '.join(EVAL_METRICS)} (or leave --eval empty)")
+        raise DataError(
+            "--eval", ", ".join(bad), "unknown metric", f"use one of: {', '.join(EVAL_METRICS)} (or leave --eval empty)"
+        )
     return metrics
 
 
@@ -81,20 +97,37 @@ def load_split(cfg):
 
     val = cfg.data.val
     if not val.ann_file:
-        raise DataError(cfg.name or "<config>", "data.val.ann_file", "is empty",
-                        "set [data.val] ann_file to the test split's annotation file")
+        raise DataError(
+            cfg.name or "<config>",
+            "data.val.ann_file",
+            "is empty",
+            "set [data.val] ann_file to the test split's annotation file",
+        )
     root = Path(cfg.data.root)
     images_root = root / val.images_root if val.images_root else None
     ds = load_cocovid(root / val.ann_file, images_root=images_root)
     if ds.num_classes != cfg.model.num_classes:
-        raise DataError(ds.path, "categories", f"{ds.num_classes} classes, but the model has "
-                        f"model.num_classes = {cfg.model.num_classes}",
-                        "evaluate on the split the model was trained for, or fix num_classes")
+        raise DataError(
+            ds.path,
+            "categories",
+            f"{ds.num_classes} classes, but the model has model.num_classes = {cfg.model.num_classes}",
+            "evaluate on the split the model was trained for, or fix num_classes",
+        )
     return ds, images_root
 
 
-def test_model(config, checkpoint, eval=("bbox",), out=None, groups=None, device="auto",
-               overrides=(), *, random_weights: bool = False, progress: bool = True) -> dict:
+def test_model(
+    config,
+    checkpoint,
+    eval=("bbox",),
+    out=None,
+    groups=None,
+    device="auto",
+    overrides=(),
+    *,
+    random_weights: bool = False,
+    progress: bool = True,
+) -> dict:
     """``lvod test``: run inference on ``config``'s test split, write the results, evaluate.
 
     ``config``: a config file (plus ``overrides``) or a loaded ``Config``. ``groups``: a
@@ -125,30 +158,49 @@ def test_model(config, checkpoint, eval=("bbox",), out=None, groups=None, device
     npz, coco_json, note = results_paths(out, checkpoint)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     if groups is not None and not Path(groups).is_file():
-        raise DataError(groups, "groups file", "does not exist",
-                        "write it with `lvod groups` or leave --groups out")
+        raise DataError(groups, "groups file", "does not exist", "write it with `lvod groups` or leave --groups out")
     ds, images_root = load_split(cfg)
     model_table = read_group_table(cfg.model, ds.cat_ids)
     eval_table = load_groups(groups) if groups is not None else model_table
     dev = resolve_device(device)
-    model, _ = load_model(cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids,
-                          groups=model_table)
+    model, _ = load_model(
+        cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids, groups=model_table
+    )
     transform = build_test_transform(cfg.data, cfg.model.image_mean, cfg.model.image_std)
     t0 = time.perf_counter()
     with ResultsWriter(npz) as writer:
-        stats = run_inference(model, ds, images_root, transform, writer=writer, device=dev,
-                              progress=progress, workers=cfg.test.workers,
-                              as_video=cfg.data.val.load_as_video)
-    logger.info("inference: %d frames in %d videos, %d detections, %.2f frames/s on %s", stats["frames"],
-                stats["videos"], stats["detections"], stats["frames_per_second"], dev)
+        stats = run_inference(
+            model,
+            ds,
+            images_root,
+            transform,
+            writer=writer,
+            device=dev,
+            progress=progress,
+            workers=cfg.test.workers,
+            as_video=cfg.data.val.load_as_video,
+        )
+    logger.info(
+        "inference: %d frames in %d videos, %d detections, %.2f frames/s on %s",
+        stats["frames"],
+        stats["videos"],
+        stats["detections"],
+        stats["frames_per_second"],
+        dev,
+    )
     files: dict = {"results": npz, "coco_json": None}
     dets = None
     if coco_json is not None:
         dets = load_results(npz)
         files["coco_json"] = write_coco_json(dets, coco_json)
-    inference = {**stats, "device": str(dev), "config": cfg.name if isinstance(config, Config) else str(config),
-                 "checkpoint": None if checkpoint is None else str(checkpoint),
-                 "results": str(npz), "wall_seconds": time.perf_counter() - t0}
+    inference = {
+        **stats,
+        "device": str(dev),
+        "config": cfg.name if isinstance(config, Config) else str(config),
+        "checkpoint": None if checkpoint is None else str(checkpoint),
+        "results": str(npz),
+        "wall_seconds": time.perf_counter() - t0,
+    }
     result: dict = {"inference": inference}
     if "bbox" in metrics:
         dets = dets if dets is not None else load_results(npz)

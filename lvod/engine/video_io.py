@@ -20,6 +20,7 @@ Frame counts come from decoding (``VideoCapture.grab`` until it fails), not from
 container header, whose ``CAP_PROP_FRAME_COUNT`` is an estimate for many files; the
 streaming detectors need the true count to pad their window at the end of the video.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("lvod's video input/output needs OpenCV: "
-                          "pip install opencv-python-headless") from exc
+        raise ImportError("lvod's video input/output needs OpenCV: pip install opencv-python-headless") from exc
     return cv2
 
 
@@ -64,8 +64,7 @@ def read_image(path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None:
-        raise DataError(path, "image", "OpenCV cannot decode this file",
-                        "re-save it as JPEG or PNG, or remove it")
+        raise DataError(path, "image", "OpenCV cannot decode this file", "re-save it as JPEG or PNG, or remove it")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -115,9 +114,12 @@ class VideoSource:
             for i in range(self.num_frames):
                 ok, bgr = cap.read()
                 if not ok or bgr is None:
-                    raise DataError(self.path, f"frame {i}",
-                                    f"decoding stopped after {i} of {self.num_frames} frames",
-                                    "the file changed or is damaged; re-encode it with ffmpeg")
+                    raise DataError(
+                        self.path,
+                        f"frame {i}",
+                        f"decoding stopped after {i} of {self.num_frames} frames",
+                        "the file changed or is damaged; re-encode it with ffmpeg",
+                    )
                 yield Frame(i, self.frame_name(i), cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         finally:
             cap.release()
@@ -129,10 +131,13 @@ def count_video_frames(path) -> int:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise DataError(path, "video", "OpenCV cannot open this file (unknown container "
-                            "or codec, or not a video)",
-                            "re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4, or extract "
-                            "its frames into a folder and pass the folder")
+            raise DataError(
+                path,
+                "video",
+                "OpenCV cannot open this file (unknown container or codec, or not a video)",
+                "re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4, or extract "
+                "its frames into a folder and pass the folder",
+            )
         n = 0
         while cap.grab():
             n += 1
@@ -153,19 +158,23 @@ def open_source(path, *, max_frames: int | None = None) -> VideoSource:
     """
     path = Path(path)
     if max_frames is not None and max_frames < 1:
-        raise DataError(path, "max_frames", f"must be at least 1, got {max_frames}",
-                        "pass a positive --max-frames or leave it out")
+        raise DataError(
+            path, "max_frames", f"must be at least 1, got {max_frames}", "pass a positive --max-frames or leave it out"
+        )
     if not path.exists():
-        raise DataError(path, "input", "does not exist",
-                        "pass a video file, a folder of frame images or an image")
+        raise DataError(path, "input", "does not exist", "pass a video file, a folder of frame images or an image")
     if path.is_dir():
-        files = sorted((p for p in path.iterdir()
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-                       key=lambda p: _natural_key(p.name))
+        files = sorted(
+            (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+            key=lambda p: _natural_key(p.name),
+        )
         if not files:
-            raise DataError(path, "folder", "holds no image files "
-                            f"(looked for {', '.join(IMAGE_SUFFIXES)})",
-                            "pass the folder that holds the frames themselves")
+            raise DataError(
+                path,
+                "folder",
+                f"holds no image files (looked for {', '.join(IMAGE_SUFFIXES)})",
+                "pass the folder that holds the frames themselves",
+            )
         kind, total, fps = "frames", len(files), DEFAULT_FPS
     elif path.suffix.lower() in IMAGE_SUFFIXES:
         files, kind, total, fps = [path], "image", 1, DEFAULT_FPS
@@ -174,16 +183,16 @@ def open_source(path, *, max_frames: int | None = None) -> VideoSource:
         files, kind = [], "video"
         total = count_video_frames(path)
         if total == 0:
-            raise DataError(path, "video", "OpenCV decodes no frame from it",
-                            "re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4")
+            raise DataError(
+                path, "video", "OpenCV decodes no frame from it", "re-encode it: ffmpeg -i IN -c:v libx264 OUT.mp4"
+            )
         cap = cv2.VideoCapture(str(path))
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         cap.release()
         if not np.isfinite(fps) or fps <= 0:
             fps = DEFAULT_FPS
     num = total if max_frames is None else min(total, int(max_frames))
-    return VideoSource(path=path, kind=kind, num_frames=num, total_frames=total, fps=fps,
-                       files=files)
+    return VideoSource(path=path, kind=kind, num_frames=num, total_frames=total, fps=fps, files=files)
 
 
 def label_color(label: int) -> tuple[int, int, int]:
@@ -195,8 +204,9 @@ def label_color(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: list[str], *,
-                    thickness: int | None = None) -> np.ndarray:
+def draw_detections(
+    image: np.ndarray, boxes, scores, labels, class_names: list[str], *, thickness: int | None = None
+) -> np.ndarray:
     """Return a copy of ``image`` with each box drawn and captioned ``"name 0.87"``.
 
     Args:
@@ -212,8 +222,11 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: list[
     h, w = out.shape[:2]
     thick = thickness or max(1, round(max(h, w) / 500))
     font_scale = max(0.4, max(h, w) / 2000)
-    for box, score, label in zip(np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                                 np.asarray(scores).reshape(-1), np.asarray(labels).reshape(-1)):
+    for box, score, label in zip(
+        np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+        np.asarray(scores).reshape(-1),
+        np.asarray(labels).reshape(-1),
+    ):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         color = label_color(int(label))
         cv2.rectangle(out, (x1, y1), (x2, y2), color, thick)
@@ -222,8 +235,7 @@ def draw_detections(image: np.ndarray, boxes, scores, labels, class_names: list[
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
         ty = y1 - 2 if y1 - th - base - 2 >= 0 else min(h - 1, y1 + th + base + 2)
         cv2.rectangle(out, (x1, ty - th - base), (x1 + tw, ty), color, -1)
-        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(out, text, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 1, cv2.LINE_AA)
     return out
 
 
@@ -239,8 +251,7 @@ class FrameDirWriter:
     def write(self, index: int, image: np.ndarray) -> Path:
         """Encode ``image`` (RGB ``(H, W, 3)``) and write it as frame ``index``."""
         cv2 = _cv2()
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise RuntimeError(f"OpenCV could not encode frame {index} as JPEG")
         path = self.folder / f"{index:06d}.jpg"
@@ -262,16 +273,17 @@ class Mp4Writer:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.size_wh = (int(size_wh[0]), int(size_wh[1]))
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4",
-                                   dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=self.path.suffix or ".mp4", dir=self.path.parent
+        )
         os.close(fd)
         self._tmp = Path(tmp)
-        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"),
-                                       float(fps), self.size_wh)
+        self._writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), self.size_wh)
         if not self._writer.isOpened():
             self.abort()
-            raise RuntimeError(f"OpenCV cannot write an mp4v video to {self.path}; "
-                               "use --draw to write JPEG frames instead")
+            raise RuntimeError(
+                f"OpenCV cannot write an mp4v video to {self.path}; use --draw to write JPEG frames instead"
+            )
         self.count = 0
 
     def write(self, image: np.ndarray) -> None:
@@ -279,10 +291,13 @@ class Mp4Writer:
         cv2 = _cv2()
         h, w = image.shape[:2]
         if (w, h) != self.size_wh:
-            raise DataError(self.path, f"frame {self.count}",
-                            f"size {w}x{h} differs from the first frame's "
-                            f"{self.size_wh[0]}x{self.size_wh[1]}; a video has one size",
-                            "write JPEG frames (--draw) for inputs of mixed sizes")
+            raise DataError(
+                self.path,
+                f"frame {self.count}",
+                f"size {w}x{h} differs from the first frame's "
+                f"{self.size_wh[0]}x{self.size_wh[1]}; a video has one size",
+                "write JPEG frames (--draw) for inputs of mixed sizes",
+            )
         self._writer.write(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
         self.count += 1
 

@@ -8,6 +8,7 @@ shapes lvod needs:
 
 A pair whose union is empty (two zero-area boxes) has IoU 0.
 """
+
 from __future__ import annotations
 
 import numpy as np

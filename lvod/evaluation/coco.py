@@ -43,15 +43,16 @@ The matching is vectorised over "pairs" (detection, GT of the same image and cat
 whose IoU reaches the lowest threshold; the greedy order is kept by stepping over the
 detection rank within (image, category) - at most ``max_dets`` steps per chunk.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-IOU_THRS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
-REC_THRS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-AREA_ALL = (0.0, 1e5 ** 2)
+IOU_THRS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
+REC_THRS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
+AREA_ALL = (0.0, 1e5**2)
 
 
 @dataclass
@@ -133,8 +134,9 @@ class ChunkPairs:
     p_iou: np.ndarray
 
 
-def chunk_pairs(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, max_dets: int = 100, min_iou: float = 0.5,
-                iou_fn=pair_iou) -> ChunkPairs:
+def chunk_pairs(
+    gt: ChunkGT, dets: ChunkDets, num_cats: int, *, max_dets: int = 100, min_iou: float = 0.5, iou_fn=pair_iou
+) -> ChunkPairs:
     """Rank detections per (image, category), cap at ``max_dets``, list candidate pairs.
 
     ``iou_fn(det_boxes, gt_boxes, crowd)`` computes row-paired IoU (ILSVRC swaps in its
@@ -162,8 +164,16 @@ def chunk_pairs(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, max_dets: int = 
     return ChunkPairs(keep, rank, det_area, p_det[ok], p_gt[ok], p_iou[ok])
 
 
-def greedy_pass(cp: ChunkPairs, gt: ChunkGT, num_cats: int, *, iou_thrs=IOU_THRS, area_rng=AREA_ALL,
-                ties: str = "last", prefer_unignored: bool = True):
+def greedy_pass(
+    cp: ChunkPairs,
+    gt: ChunkGT,
+    num_cats: int,
+    *,
+    iou_thrs=IOU_THRS,
+    area_rng=AREA_ALL,
+    ties: str = "last",
+    prefer_unignored: bool = True,
+):
     """Greedy COCO matching of one chunk for one set of GT ignore flags (``gt.ignore``).
 
     Returns ``(matched, ignored, npig)``: bool (T, M) per IoU threshold for the kept
@@ -185,24 +195,50 @@ def greedy_pass(cp: ChunkPairs, gt: ChunkGT, num_cats: int, *, iou_thrs=IOU_THRS
         g_pos[np.lexsort((g_ign,)) if prefer_unignored else np.arange(len(g_ign))] = np.arange(len(g_ign))
         o = np.lexsort((g_pos[cp.p_gt], cp.p_det))
         g_thr = None if gt.thr is None else np.minimum(gt.thr, 1 - 1e-10)
-        _greedy(cp.p_det[o], cp.p_gt[o], cp.p_iou[o], cp.rank[cp.p_det[o]], thrs, g_thr, g_ign, gt.crowd,
-                gt.ann_id == 0, matched, ignored, len(g_ign), ties == "first", prefer_unignored)
+        _greedy(
+            cp.p_det[o],
+            cp.p_gt[o],
+            cp.p_iou[o],
+            cp.rank[cp.p_det[o]],
+            thrs,
+            g_thr,
+            g_ign,
+            gt.crowd,
+            gt.ann_id == 0,
+            matched,
+            ignored,
+            len(g_ign),
+            ties == "first",
+            prefer_unignored,
+        )
     out = (cp.det_area < area_rng[0]) | (cp.det_area > area_rng[1])
     ignored |= ~matched & out[None, :]
     return matched, ignored, npig
 
 
-def match_chunk(gt: ChunkGT, dets: ChunkDets, num_cats: int, *, iou_thrs=IOU_THRS, max_dets: int = 100,
-                area_rng=AREA_ALL, iou_fn=pair_iou, ties: str = "last", prefer_unignored: bool = True):
+def match_chunk(
+    gt: ChunkGT,
+    dets: ChunkDets,
+    num_cats: int,
+    *,
+    iou_thrs=IOU_THRS,
+    max_dets: int = 100,
+    area_rng=AREA_ALL,
+    iou_fn=pair_iou,
+    ties: str = "last",
+    prefer_unignored: bool = True,
+):
     """:func:`chunk_pairs` then :func:`greedy_pass`; returns ``(keep, matched, ignored, npig)``."""
     cp = chunk_pairs(gt, dets, num_cats, max_dets=max_dets, min_iou=float(np.min(iou_thrs)), iou_fn=iou_fn)
-    m, ig, npig = greedy_pass(cp, gt, num_cats, iou_thrs=iou_thrs, area_rng=area_rng, ties=ties,
-                              prefer_unignored=prefer_unignored)
+    m, ig, npig = greedy_pass(
+        cp, gt, num_cats, iou_thrs=iou_thrs, area_rng=area_rng, ties=ties, prefer_unignored=prefer_unignored
+    )
     return cp.keep, m, ig, npig
 
 
-def _greedy(p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matched, ignored, n_gt, first,
-            prefer_unignored=True):
+def _greedy(
+    p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matched, ignored, n_gt, first, prefer_unignored=True
+):
     """Sequential greedy matching, vectorised over all (image, category) groups at once.
 
     Pairs are sorted by (detection, GT order). Step r handles every group's r-th detection;
@@ -214,15 +250,15 @@ def _greedy(p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matc
     bounds = np.searchsorted(p_rank[by_rank], np.arange(p_rank.max() + 2 if len(p_rank) else 1))
     cls_of_gt = np.where(g_ign & prefer_unignored, 1, 2).astype(np.int8)
     for r in range(len(bounds) - 1):
-        idx = by_rank[bounds[r]:bounds[r + 1]]
+        idx = by_rank[bounds[r] : bounds[r + 1]]
         if len(idx) == 0:
             continue
         det, g, iou = p_det[idx], p_gt[idx], p_iou[idx]
         starts, seg = _segments(det)
         thr = thrs[:, None] if g_thr is None else g_thr[g][None, :]
-        elig = (iou[None, :] >= thr) & (~taken[:, g] | g_crowd[g][None, :])     # (T, P_r)
+        elig = (iou[None, :] >= thr) & (~taken[:, g] | g_crowd[g][None, :])  # (T, P_r)
         cls = np.where(elig, cls_of_gt[g][None, :], 0).astype(np.int8)
-        best_cls = np.maximum.reduceat(cls, starts, axis=1)                      # (T, S)
+        best_cls = np.maximum.reduceat(cls, starts, axis=1)  # (T, S)
         top = (cls == best_cls[:, seg]) & (cls > 0)
         val = np.where(top, iou[None, :], -1.0)
         best_iou = np.maximum.reduceat(val, starts, axis=1)
@@ -233,7 +269,7 @@ def _greedy(p_det, p_gt, p_iou, p_rank, thrs, g_thr, g_ign, g_crowd, g_id0, matc
             best[best == len(idx)] = -1
         else:
             pos = np.where(at_best, np.arange(len(idx))[None, :], -1)
-            best = np.maximum.reduceat(pos, starts, axis=1)                      # (T, S), -1 none
+            best = np.maximum.reduceat(pos, starts, axis=1)  # (T, S), -1 none
         t_i, s_i = np.nonzero(best >= 0)
         if len(t_i) == 0:
             continue
@@ -251,14 +287,15 @@ def score_order(cat: np.ndarray, score: np.ndarray, num_cats: int):
     mergesort per category. Returns ``(order int64 (M,), bounds int64 (K+1,))``.
     """
     o = np.argsort(-np.asarray(score, np.float64), kind="stable")
-    small = np.asarray(cat)[o].astype(np.int16 if num_cats < 2 ** 15 else np.int64)
+    small = np.asarray(cat)[o].astype(np.int16 if num_cats < 2**15 else np.int64)
     o = o[np.argsort(small, kind="stable")]  # int16: radix sort
     bounds = np.searchsorted(np.asarray(cat)[o], np.arange(num_cats + 1))
     return o, bounds
 
 
-def accumulate(order: np.ndarray, bounds: np.ndarray, matched: np.ndarray, ignored: np.ndarray,
-               npig: np.ndarray) -> np.ndarray:
+def accumulate(
+    order: np.ndarray, bounds: np.ndarray, matched: np.ndarray, ignored: np.ndarray, npig: np.ndarray
+) -> np.ndarray:
     """COCOeval.accumulate for one area range and one maxDets.
 
     ``order``/``bounds`` from :func:`score_order`; ``matched``/``ignored`` bool (T, M) over
@@ -270,7 +307,7 @@ def accumulate(order: np.ndarray, bounds: np.ndarray, matched: np.ndarray, ignor
     for k in range(K):
         if npig[k] == 0:
             continue
-        rows = order[bounds[k]:bounds[k + 1]]
+        rows = order[bounds[k] : bounds[k + 1]]
         precision[:, :, k] = precision_table(matched[:, rows], ignored[:, rows], int(npig[k]))
     return precision
 
@@ -301,6 +338,7 @@ def summarize(precision: np.ndarray, iou_thrs=IOU_THRS) -> dict:
     Returns ``{"ap": AP@[.5:.95], "ap50": AP@.5 (or NaN if .5 is not a threshold),
     "ap_per_class": (K,), "ap50_per_class": (K,)}``; -1 where nothing has GT, as COCOeval.
     """
+
     def mean(s):
         s = s[s > -1]
         return float(np.mean(s)) if len(s) else -1.0
@@ -308,7 +346,10 @@ def summarize(precision: np.ndarray, iou_thrs=IOU_THRS) -> dict:
     t50 = np.flatnonzero(np.isclose(iou_thrs, 0.5))
     K = precision.shape[2]
     ap_k = np.array([mean(precision[:, :, k]) for k in range(K)])
-    ap50_k = (np.array([mean(precision[t50[0], :, k]) for k in range(K)]) if len(t50)
-              else np.full(K, np.nan))
-    return {"ap": mean(precision), "ap50": mean(precision[t50[0]]) if len(t50) else float("nan"),
-            "ap_per_class": ap_k, "ap50_per_class": ap50_k}
+    ap50_k = np.array([mean(precision[t50[0], :, k]) for k in range(K)]) if len(t50) else np.full(K, np.nan)
+    return {
+        "ap": mean(precision),
+        "ap50": mean(precision[t50[0]]) if len(t50) else float("nan"),
+        "ap_per_class": ap_k,
+        "ap50_per_class": ap50_k,
+    }

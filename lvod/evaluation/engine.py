@@ -15,6 +15,7 @@ Backends (who matches detections to GT inside a chunk; accumulation is always lv
 - ``"pycocotools"``: the library's own ``COCOeval.evaluate`` per chunk
   (:mod:`lvod.evaluation.library`), 24-37 s per million detections; COCO protocol only.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,13 +81,20 @@ def prepare(gt, dets, *, results_file="<detections>") -> Prepared:
     img_ptr = np.concatenate([[0], np.cumsum(np.bincount(g_img, minlength=n_img))])
 
     d_img = np.searchsorted(sorted_ids, dets.image_id)
-    bad = (d_img >= n_img) | (sorted_ids[np.minimum(d_img, n_img - 1)] != dets.image_id) if n_img else \
-        np.ones(len(dets), bool)
+    bad = (
+        (d_img >= n_img) | (sorted_ids[np.minimum(d_img, n_img - 1)] != dets.image_id)
+        if n_img
+        else np.ones(len(dets), bool)
+    )
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(results_file, f"detection {i}", f"{int(bad.sum())} detections name image ids not in the "
-                        f"ground truth (first: image_id {int(dets.image_id[i])})",
-                        "evaluate against the annotation file the detections were made for")
+        raise DataError(
+            results_file,
+            f"detection {i}",
+            f"{int(bad.sum())} detections name image ids not in the "
+            f"ground truth (first: image_id {int(dets.image_id[i])})",
+            "evaluate against the annotation file the detections were made for",
+        )
     d_cat = np.searchsorted(cat_ids, dets.category_id)
     known = (d_cat < len(cat_ids)) & (cat_ids[np.minimum(d_cat, len(cat_ids) - 1)] == dets.category_id)
     rows = np.flatnonzero(known)
@@ -99,12 +107,25 @@ def prepare(gt, dets, *, results_file="<detections>") -> Prepared:
     n_gen = np.bincount(g_img[generated], minlength=n_img)
     n_all = np.bincount(g_img, minlength=n_img)
     return Prepared(
-        num_cats=len(cat_ids), cat_ids=cat_ids, g_img=g_img, g_cat=g_cat, g_box=box,
-        g_area=np.asarray(gt.ann_area, np.float64), g_crowd=np.asarray(gt.ann_iscrowd, bool),
-        g_ann_id=np.asarray(gt.ann_ids, np.int64), g_thr=ilsvrc.small_object_thr(w, h),
-        g_order=g_order, img_ptr=img_ptr, d_rows=rows, d_img=d_img[rows], d_cat=d_cat[rows], det_ptr=det_ptr,
-        img_excluded=(n_all > 0) & (n_gen == n_all), dropped_unknown_category=int(len(dets) - len(rows)),
-        img_ids=np.asarray(sorted_ids, np.int64))
+        num_cats=len(cat_ids),
+        cat_ids=cat_ids,
+        g_img=g_img,
+        g_cat=g_cat,
+        g_box=box,
+        g_area=np.asarray(gt.ann_area, np.float64),
+        g_crowd=np.asarray(gt.ann_iscrowd, bool),
+        g_ann_id=np.asarray(gt.ann_ids, np.int64),
+        g_thr=ilsvrc.small_object_thr(w, h),
+        g_order=g_order,
+        img_ptr=img_ptr,
+        d_rows=rows,
+        d_img=d_img[rows],
+        d_cat=d_cat[rows],
+        det_ptr=det_ptr,
+        img_excluded=(n_all > 0) & (n_gen == n_all),
+        dropped_unknown_category=int(len(dets) - len(rows)),
+        img_ids=np.asarray(sorted_ids, np.int64),
+    )
 
 
 def _chunks(det_ptr: np.ndarray, chunk_dets: int):
@@ -118,11 +139,21 @@ def _chunks(det_ptr: np.ndarray, chunk_dets: int):
         i0 = i1
 
 
-def run_protocol(p: Prepared, dets, *, protocol="coco", gt_ignore=None, iou_thrs=None, max_dets=100,
-                 chunk_dets: int | None = None, backend="lvod") -> dict:
+def run_protocol(
+    p: Prepared,
+    dets,
+    *,
+    protocol="coco",
+    gt_ignore=None,
+    iou_thrs=None,
+    max_dets=100,
+    chunk_dets: int | None = None,
+    backend="lvod",
+) -> dict:
     """One pass of :func:`run_passes`."""
-    return run_passes(p, dets, [(gt_ignore, iou_thrs)], protocol=protocol, max_dets=max_dets,
-                      chunk_dets=chunk_dets, backend=backend)[0]
+    return run_passes(
+        p, dets, [(gt_ignore, iou_thrs)], protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets, backend=backend
+    )[0]
 
 
 def check_backend(backend: str, protocol: str) -> None:
@@ -130,12 +161,15 @@ def check_backend(backend: str, protocol: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "pycocotools" and protocol != "coco":
-        raise ValueError(f"backend 'pycocotools' runs COCOeval, which has no {protocol!r} protocol (ILSVRC devkit "
-                         "matching and +1-pixel IoU); use backend='lvod' for it")
+        raise ValueError(
+            f"backend 'pycocotools' runs COCOeval, which has no {protocol!r} protocol (ILSVRC devkit "
+            "matching and +1-pixel IoU); use backend='lvod' for it"
+        )
 
 
-def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets: int | None = None,
-               backend="lvod") -> list:
+def run_passes(
+    p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets: int | None = None, backend="lvod"
+) -> list:
     """Match and accumulate several passes that differ only in GT ignore flags / thresholds.
 
     ``passes``: list of ``(gt_ignore bool (A,) or None, iou_thrs or None)``; ``gt_ignore``
@@ -162,11 +196,19 @@ def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chun
     flags = [([], []) for _ in passes]
     npig = [np.zeros(p.num_cats, np.int64) for _ in passes]
     for i0, i1 in _chunks(p.det_ptr, chunk_dets):
-        g = p.g_order[p.img_ptr[i0]:p.img_ptr[i1]]
+        g = p.g_order[p.img_ptr[i0] : p.img_ptr[i1]]
         d = slice(p.det_ptr[i0], p.det_ptr[i1])
         rows = p.d_rows[d]
-        cg = coco.ChunkGT(img=p.g_img[g], cat=p.g_cat[g], box=p.g_box[g], area=p.g_area[g], crowd=p.g_crowd[g],
-                          ignore=extras[0][g], ann_id=p.g_ann_id[g], thr=p.g_thr[g] if il else None)
+        cg = coco.ChunkGT(
+            img=p.g_img[g],
+            cat=p.g_cat[g],
+            box=p.g_box[g],
+            area=p.g_area[g],
+            crowd=p.g_crowd[g],
+            ignore=extras[0][g],
+            ann_id=p.g_ann_id[g],
+            thr=p.g_thr[g] if il else None,
+        )
         cd = coco.ChunkDets(img=p.d_img[d], cat=p.d_cat[d], box=dets.bbox[rows], score=dets.score[rows])
         if backend == "pycocotools":
             lib_passes = [(x[g], t) for x, t in zip(extras, thrs)]
@@ -184,14 +226,21 @@ def run_passes(p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chun
         if il:
             kept = ~p.img_excluded[cg.img]
             cg, cd = ilsvrc.drop_unscored(cg, cd, p.img_excluded)
-        cp = coco.chunk_pairs(cg, cd, p.num_cats, max_dets=np.iinfo(np.int64).max if il else max_dets,
-                              min_iou=min_iou, iou_fn=ilsvrc.pair_iou_plus1 if il else coco.pair_iou)
+        cp = coco.chunk_pairs(
+            cg,
+            cd,
+            p.num_cats,
+            max_dets=np.iinfo(np.int64).max if il else max_dets,
+            min_iou=min_iou,
+            iou_fn=ilsvrc.pair_iou_plus1 if il else coco.pair_iou,
+        )
         cats.append(cd.cat[cp.keep])
         scores.append(cd.score[cp.keep])
         for j, (extra, t) in enumerate(zip(extras, thrs)):
             cg.ignore = extra[g][kept] if il else extra[g]
-            m, ig, n = coco.greedy_pass(cp, cg, p.num_cats, iou_thrs=t, ties="first" if il else "last",
-                                        prefer_unignored=not il)
+            m, ig, n = coco.greedy_pass(
+                cp, cg, p.num_cats, iou_thrs=t, ties="first" if il else "last", prefer_unignored=not il
+            )
             flags[j][0].append(m)
             flags[j][1].append(ig)
             npig[j] += n

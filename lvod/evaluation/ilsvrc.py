@@ -17,6 +17,7 @@ ignore regions: a detection matched to one is neither TP nor FP. FGFA additional
 *unmatched* detections by which bucket they overlap most (fractional false positives);
 lvod counts them as plain false positives, as COCO ignore regions do.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,16 @@ def drop_unscored(gt: ChunkGT, dets: ChunkDets, img_excluded: np.ndarray):
     """Remove GT and detections on frames the devkit does not score (all boxes generated)."""
     g = ~img_excluded[gt.img]
     d = ~img_excluded[dets.img]
-    gt2 = ChunkGT(img=gt.img[g], cat=gt.cat[g], box=gt.box[g], area=gt.area[g], crowd=gt.crowd[g],
-                  ignore=gt.ignore[g], ann_id=gt.ann_id[g], thr=None if gt.thr is None else gt.thr[g])
+    gt2 = ChunkGT(
+        img=gt.img[g],
+        cat=gt.cat[g],
+        box=gt.box[g],
+        area=gt.area[g],
+        crowd=gt.crowd[g],
+        ignore=gt.ignore[g],
+        ann_id=gt.ann_id[g],
+        thr=None if gt.thr is None else gt.thr[g],
+    )
     return gt2, ChunkDets(img=dets.img[d], cat=dets.cat[d], box=dets.box[d], score=dets.score[d])
 
 
@@ -76,7 +85,7 @@ def accumulate_voc(order, bounds, matched, ignored, npig) -> np.ndarray:
     for k in range(len(npig)):
         if npig[k] == 0:
             continue
-        rows = order[bounds[k]:bounds[k + 1]]
+        rows = order[bounds[k] : bounds[k + 1]]
         rows = rows[~ignored[rows]]
         tp = matched[rows]
         t = np.cumsum(tp).astype(np.float64)

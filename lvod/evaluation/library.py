@@ -21,7 +21,8 @@ keep a dict per detection and per (image, category), ~3 GB per million detection
 chunking (250 k detections a chunk, ``engine.CHUNK_DETS["pycocotools"]``; 0.5-0.7 GB peak
 RSS) fixes the memory but not the time:
 ``COCOeval.evaluate`` loops in Python over every (image, category, detection, GT) and
-``loadRes`` builds a dict per detection. Measured (whole :func:`~lvod.evaluation.evaluate`, motion buckets off) on the 2-core
+``loadRes`` builds a dict per detection. Measured (whole :func:`~lvod.evaluation.evaluate`,
+motion buckets off) on the 2-core
 development machine (shared, load 3-6; benchmarks/README.md, "Evaluation"), real VID val
 GT, first 28 / 56 / 111 videos, 0.64 / 1.08 / 2.56 M generated detections: this backend
 24-37 s per million detections over four runs (76 s for 2.56 M; ~430-650 s extrapolated
@@ -38,6 +39,7 @@ making it crowd (crowd changes the IoU's union). COCOeval's bbox mode reads a GT
 range): ignored, matchable once, IoU unchanged - exactly lvod's ``ChunkGT.ignore``.
 The ILSVRC protocol (devkit matching, +1-pixel IoU) is not COCO's; it stays lvod-only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -58,21 +60,32 @@ def _coco_objects(gt, dets, img_ids, cat_ids, chunk_ids):
     cats = [{"id": int(c)} for c in cat_ids]
     img_of = np.asarray(img_ids, np.int64)
     cat_of = np.asarray(cat_ids, np.int64)
-    anns = [{"id": a, "image_id": i, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
-            for a, i, c, b, ar, cr in zip(gt.ann_id.tolist(), img_of[gt.img].tolist(), cat_of[gt.cat].tolist(),
-                                          np.asarray(gt.box, np.float64).tolist(),
-                                          np.asarray(gt.area, np.float64).tolist(),
-                                          gt.crowd.astype(int).tolist())]
+    anns = [
+        {"id": a, "image_id": i, "category_id": c, "bbox": b, "area": ar, "iscrowd": cr}
+        for a, i, c, b, ar, cr in zip(
+            gt.ann_id.tolist(),
+            img_of[gt.img].tolist(),
+            cat_of[gt.cat].tolist(),
+            np.asarray(gt.box, np.float64).tolist(),
+            np.asarray(gt.area, np.float64).tolist(),
+            gt.crowd.astype(int).tolist(),
+        )
+    ]
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = {"images": images, "categories": cats, "annotations": anns}
         coco_gt.createIndex()
         coco_dt = None
         if len(dets.img):
-            res = [{"image_id": i, "category_id": c, "bbox": b, "score": s}
-                   for i, c, b, s in zip(img_of[dets.img].tolist(), cat_of[dets.cat].tolist(),
-                                         np.asarray(dets.box, np.float64).tolist(),
-                                         np.asarray(dets.score, np.float64).tolist())]
+            res = [
+                {"image_id": i, "category_id": c, "bbox": b, "score": s}
+                for i, c, b, s in zip(
+                    img_of[dets.img].tolist(),
+                    cat_of[dets.cat].tolist(),
+                    np.asarray(dets.box, np.float64).tolist(),
+                    np.asarray(dets.score, np.float64).tolist(),
+                )
+            ]
             coco_dt = coco_gt.loadRes(res)
     return coco_gt, coco_dt, anns
 
@@ -83,8 +96,11 @@ def _empty_dt(coco_gt):
 
     with contextlib.redirect_stdout(io.StringIO()):
         c = COCO()
-        c.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
-                     "annotations": []}
+        c.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "categories": list(coco_gt.dataset["categories"]),
+            "annotations": [],
+        }
         c.createIndex()
     return c
 
@@ -98,7 +114,7 @@ def _run_cocoeval(coco_gt, coco_dt, img_ids, cat_ids, iou_thrs, max_dets):
     e.params.catIds = [int(c) for c in cat_ids]
     e.params.iouThrs = np.asarray(iou_thrs, np.float64)
     e.params.maxDets = [int(max_dets)]
-    e.params.areaRng = [[0.0, 1e5 ** 2]]
+    e.params.areaRng = [[0.0, 1e5**2]]
     e.params.areaRngLbl = ["all"]
     with contextlib.redirect_stdout(io.StringIO()):
         e.evaluate()
@@ -143,8 +159,15 @@ def match_chunk_passes(gt, dets, img_ids, cat_ids, passes, *, max_dets: int = 10
     """
     chunk_imgs = np.unique(gt.img) if len(dets.img) == 0 else np.unique(np.concatenate([gt.img, dets.img]))
     if len(chunk_imgs) == 0:
-        return [(np.zeros(0, np.int64), np.zeros((len(t), 0), bool), np.zeros((len(t), 0), bool),
-                 np.zeros(len(cat_ids), np.int64)) for _, t in passes]
+        return [
+            (
+                np.zeros(0, np.int64),
+                np.zeros((len(t), 0), bool),
+                np.zeros((len(t), 0), bool),
+                np.zeros(len(cat_ids), np.int64),
+            )
+            for _, t in passes
+        ]
     ids = np.asarray(img_ids, np.int64)[chunk_imgs]
     coco_gt, coco_dt, anns = _coco_objects(gt, dets, img_ids, cat_ids, ids)
     coco_dt = coco_dt if coco_dt is not None else _empty_dt(coco_gt)

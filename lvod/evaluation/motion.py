@@ -9,6 +9,7 @@ Buckets follow FGFA's ``motion_ranges`` with inclusive ends: fast [0, 0.7], medi
 [0.7, 0.9], slow [0.9, 1]. An object without a value (no track id, or no box of its track
 10 frames away) is in no bucket: it is an ignore region in every bucket's AP.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,12 +77,17 @@ def load_official_motion_iou(path, gt) -> np.ndarray:
     try:
         cells = loadmat(path)["motion_iou"].reshape(-1)
     except (OSError, ValueError, KeyError) as e:
-        raise DataError(path, "variable motion_iou", f"cannot read it ({e})",
-                        "pass FGFA's imagenet_vid_groundtruth_motion_iou.mat") from None
+        raise DataError(
+            path, "variable motion_iou", f"cannot read it ({e})", "pass FGFA's imagenet_vid_groundtruth_motion_iou.mat"
+        ) from None
     n_img = len(gt.img_ids)
     if len(cells) != n_img:
-        raise DataError(path, "motion_iou", f"has {len(cells)} frames, the annotation file {n_img}",
-                        "use the full ImageNet VID val annotation file, or compute motion IoU from tracks")
+        raise DataError(
+            path,
+            "motion_iou",
+            f"has {len(cells)} frames, the annotation file {n_img}",
+            "use the full ImageNet VID val annotation file, or compute motion IoU from tracks",
+        )
     img_rank = np.empty(n_img, np.int64)
     img_rank[np.argsort(gt.img_ids, kind="stable")] = np.arange(n_img)
     counts = np.array([np.asarray(c).size for c in cells], np.int64)
@@ -89,9 +95,12 @@ def load_official_motion_iou(path, gt) -> np.ndarray:
     gt_counts = np.bincount(rank_of_ann, minlength=n_img)
     if not np.array_equal(counts, gt_counts):
         i = int(np.flatnonzero(counts != gt_counts)[0])
-        raise DataError(path, f"frame {i} (0-based, image id {int(np.sort(gt.img_ids)[i])})",
-                        f"has {counts[i]} objects, the annotation file {gt_counts[i]}",
-                        "annotations must be in XML order with image ids in VID_val_videos.txt order")
+        raise DataError(
+            path,
+            f"frame {i} (0-based, image id {int(np.sort(gt.img_ids)[i])})",
+            f"has {counts[i]} objects, the annotation file {gt_counts[i]}",
+            "annotations must be in XML order with image ids in VID_val_videos.txt order",
+        )
     flat = np.concatenate([np.asarray(c, np.float64).reshape(-1) for c in cells]) if len(cells) else np.zeros(0)
     # ann j is the k-th object of its frame, k = position among that frame's anns in file order
     order = np.argsort(rank_of_ann, kind="stable")

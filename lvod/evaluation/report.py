@@ -13,6 +13,7 @@
   ``None`` when the ground truth has no tracks and no motion file was given.
 - ``num_images``, ``num_detections``, ``dropped_unknown_category``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,8 +59,9 @@ def group_means(cat_ids, ap50, ap, groups) -> list:
             return float(np.mean(vals)) if vals else None
 
         n = sum(1 for i in rows if _defined(ap50[i]))
-        out.append({"group": name, "category_ids": list(members), "ap50": mean(ap50), "ap": mean(ap),
-                    "num_classes_with_gt": n})
+        out.append(
+            {"group": name, "category_ids": list(members), "ap50": mean(ap50), "ap": mean(ap), "num_classes_with_gt": n}
+        )
     return out
 
 
@@ -71,14 +73,28 @@ def _class_aps(res: dict, protocol: str):
     """(ap50 per class, ap per class or None) as lists with None where undefined."""
     if protocol == "coco":
         s = coco.summarize(res["precision"], res["iou_thrs"])
-        return ([v if v > -1 else None for v in s["ap50_per_class"].tolist()],
-                [v if v > -1 else None for v in s["ap_per_class"].tolist()], s)
+        return (
+            [v if v > -1 else None for v in s["ap50_per_class"].tolist()],
+            [v if v > -1 else None for v in s["ap_per_class"].tolist()],
+            s,
+        )
     return [v if v > -1 else None for v in res["ap_voc"].tolist()], None, None
 
 
-def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_names=None, motion: bool = True,
-             max_dets: int = 100, chunk_dets: int | None = None, results_file="<detections>",
-             backend: str = "lvod") -> dict:
+def evaluate(
+    gt,
+    dets,
+    *,
+    groups=None,
+    protocol="coco",
+    motion_iou=None,
+    class_names=None,
+    motion: bool = True,
+    max_dets: int = 100,
+    chunk_dets: int | None = None,
+    results_file="<detections>",
+    backend: str = "lvod",
+) -> dict:
     """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
 
     ``motion_iou``: None (from tracks when the GT has them), a path to FGFA's ``.mat``, or a
@@ -91,11 +107,13 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
     """
     check_backend(backend, protocol)
     p = prepare(gt, dets, results_file=results_file)
-    masks, mot = _motion_masks(gt, p, motion_iou) if motion else ({}, {"motion": None, "motion_counts": None,
-                                                                        "motion_source": "not requested"})
+    masks, mot = (
+        _motion_masks(gt, p, motion_iou)
+        if motion
+        else ({}, {"motion": None, "motion_counts": None, "motion_source": "not requested"})
+    )
     passes = [(None, None)] + [(~inside, [0.5]) for inside in masks.values()]
-    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets,
-                         backend=backend)
+    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets, backend=backend)
     main = results[0]
     ap50, ap, summ = _class_aps(main, protocol)
     cat_ids = [int(c) for c in p.cat_ids]
@@ -106,12 +124,21 @@ def evaluate(gt, dets, *, groups=None, protocol="coco", motion_iou=None, class_n
     else:
         vals = [v for v in ap50 if v is not None]
         m50, m = (float(np.mean(vals)) if vals else None), None
-    classwise = [{"category_id": c, "name": n, "ap50": a50, "ap": a, "num_gt": int(g)}
-                 for c, n, a50, a, g in zip(cat_ids, names, ap50, ap if ap else [None] * len(cat_ids), main["npig"])]
-    out = {"protocol": protocol, "backend": backend, "bbox_mAP_50": m50, "bbox_mAP": m, "classwise": classwise,
-           "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
-           "num_images": int(len(gt.img_ids)), "num_detections": int(len(dets)),
-           "dropped_unknown_category": p.dropped_unknown_category}
+    classwise = [
+        {"category_id": c, "name": n, "ap50": a50, "ap": a, "num_gt": int(g)}
+        for c, n, a50, a, g in zip(cat_ids, names, ap50, ap if ap else [None] * len(cat_ids), main["npig"])
+    ]
+    out = {
+        "protocol": protocol,
+        "backend": backend,
+        "bbox_mAP_50": m50,
+        "bbox_mAP": m,
+        "classwise": classwise,
+        "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
+        "num_images": int(len(gt.img_ids)),
+        "num_detections": int(len(dets)),
+        "dropped_unknown_category": p.dropped_unknown_category,
+    }
     out.update(mot)
     if masks:
         out["motion"] = {}
@@ -150,18 +177,29 @@ def _fmt(v) -> str:
 
 def format_tables(m: dict) -> str:
     """Markdown: overall, per group, motion, per class (AP in percent)."""
-    lines = [f"## Detection AP ({m['protocol']})", "", "| metric | value |", "| --- | --- |",
-             f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'])} |", f"| bbox_mAP | {_fmt(m['bbox_mAP'])} |"]
+    lines = [
+        f"## Detection AP ({m['protocol']})",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'])} |",
+        f"| bbox_mAP | {_fmt(m['bbox_mAP'])} |",
+    ]
     if m["groups"]:
         lines += ["", "| group | classes with GT | AP50 | AP |", "| --- | --- | --- | --- |"]
-        lines += [f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} | {_fmt(g['ap50'])} "
-                  f"| {_fmt(g['ap'])} |" for g in m["groups"]]
+        lines += [
+            f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} | {_fmt(g['ap50'])} "
+            f"| {_fmt(g['ap'])} |"
+            for g in m["groups"]
+        ]
     if m.get("motion"):
         lines += ["", "| motion | GT objects | AP50 |", "| --- | --- | --- |"]
         lines += [f"| {k} | {m['motion_counts'][k]} | {_fmt(v)} |" for k, v in m["motion"].items()]
     lines += ["", "| id | class | GT | AP50 | AP |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {c['category_id']} | {c['name']} | {c['num_gt']} | {_fmt(c['ap50'])} | {_fmt(c['ap'])} |"
-              for c in m["classwise"]]
+    lines += [
+        f"| {c['category_id']} | {c['name']} | {c['num_gt']} | {_fmt(c['ap50'])} | {_fmt(c['ap'])} |"
+        for c in m["classwise"]
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -170,8 +208,12 @@ def _csv_text(rows: list, fields: list) -> str:
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: (" ".join(map(str, r[k])) if isinstance(r[k], list) else ("" if r[k] is None else r[k]))
-                    for k in fields})
+        w.writerow(
+            {
+                k: (" ".join(map(str, r[k])) if isinstance(r[k], list) else ("" if r[k] is None else r[k]))
+                for k in fields
+            }
+        )
     return buf.getvalue()
 
 
@@ -180,8 +222,10 @@ def write_metrics(m: dict, out) -> dict:
     out = Path(out)
     save_json(m, out)
     paths = {"metrics": out}
-    for kind, fields in (("classwise", ["category_id", "name", "num_gt", "ap50", "ap"]),
-                         ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap"])):
+    for kind, fields in (
+        ("classwise", ["category_id", "name", "num_gt", "ap50", "ap"]),
+        ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap"]),
+    ):
         path = out.with_name(f"{out.stem}_{kind}.csv")
         with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
             fh.write(_csv_text(m[kind], fields))
@@ -202,5 +246,6 @@ def evaluate_files(ann, results, *, groups=None, protocol="coco", motion_iou=Non
     check_backend(backend, protocol)
     gt = load_cocovid(ann)
     dets = load_results(results)
-    return evaluate(gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=str(results),
-                    backend=backend)
+    return evaluate(
+        gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=str(results), backend=backend
+    )

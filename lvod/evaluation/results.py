@@ -21,6 +21,7 @@ Precision: JSON numbers are read as float64 and kept so, so lvod sees the same n
 pycocotools does. Float32 columns written to JSON are written as the exact decimal of the
 float32 value, so a float32 file and its JSON evaluate identically.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,42 +58,46 @@ class Detections:
         self.score = score.astype(float_dt, copy=False).reshape(-1)
         n = len(self.image_id)
         if not (len(self.category_id) == len(self.bbox) == len(self.score) == n):
-            raise ValueError(f"Detections columns differ in length: image_id {n}, category_id "
-                             f"{len(self.category_id)}, bbox {len(self.bbox)}, score {len(self.score)}")
+            raise ValueError(
+                f"Detections columns differ in length: image_id {n}, category_id "
+                f"{len(self.category_id)}, bbox {len(self.bbox)}, score {len(self.score)}"
+            )
 
     def __len__(self) -> int:
         return len(self.image_id)
 
     @classmethod
-    def empty(cls) -> "Detections":
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32),
-                   np.zeros(0, np.float32))
+    def empty(cls) -> Detections:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32))
 
     @classmethod
-    def concat(cls, parts) -> "Detections":
+    def concat(cls, parts) -> Detections:
         parts = list(parts)
         if not parts:
             return cls.empty()
         return cls(*(np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS))
 
-    def subset(self, mask_or_index) -> "Detections":
+    def subset(self, mask_or_index) -> Detections:
         return Detections(*(getattr(self, c)[mask_or_index] for c in COLUMNS))
 
-    def check(self, file="<detections>") -> "Detections":
+    def check(self, file="<detections>") -> Detections:
         """Raise DataError on NaN/inf scores or boxes, or negative widths/heights."""
         bad = ~np.isfinite(self.score)
         bad |= ~np.isfinite(self.bbox).all(axis=1)
         bad |= (self.bbox[:, 2] < 0) | (self.bbox[:, 3] < 0)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise DataError(file, f"detection {i} (image_id {self.image_id[i]})",
-                            f"{int(bad.sum())} detections have a non-finite score/box or a negative "
-                            f"width or height (first: bbox {self.bbox[i].tolist()}, score {self.score[i]})",
-                            "write boxes as finite [x, y, w, h] with w, h >= 0 and finite scores")
+            raise DataError(
+                file,
+                f"detection {i} (image_id {self.image_id[i]})",
+                f"{int(bad.sum())} detections have a non-finite score/box or a negative "
+                f"width or height (first: bbox {self.bbox[i].tolist()}, score {self.score[i]})",
+                "write boxes as finite [x, y, w, h] with w, h >= 0 and finite scores",
+            )
         return self
 
     @classmethod
-    def from_xyxy(cls, image_id, boxes_xyxy, scores, category_ids) -> "Detections":
+    def from_xyxy(cls, image_id, boxes_xyxy, scores, category_ids) -> Detections:
         """Build from corner boxes (K, 4) ``[x1, y1, x2, y2]``; ``image_id`` scalar or (K,)."""
         b = np.asarray(boxes_xyxy).reshape(-1, 4)
         xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
@@ -120,8 +125,12 @@ class ResultsWriter:
             raise ValueError(f"{self.path}: ResultsWriter writes .npz files")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.float_dtype = np.dtype(float_dtype)
-        self.dtypes = {"image_id": np.dtype(np.int64), "category_id": np.dtype(np.int64),
-                       "bbox": self.float_dtype, "score": self.float_dtype}
+        self.dtypes = {
+            "image_id": np.dtype(np.int64),
+            "category_id": np.dtype(np.int64),
+            "bbox": self.float_dtype,
+            "score": self.float_dtype,
+        }
         self.tmpdir = self.path.parent / f".{self.path.name}.parts"
         shutil.rmtree(self.tmpdir, ignore_errors=True)
         self.tmpdir.mkdir()
@@ -145,8 +154,11 @@ class ResultsWriter:
                 with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                     for c in COLUMNS:
                         shape = (self.count, 4) if c == "bbox" else (self.count,)
-                        header = {"descr": np.lib.format.dtype_to_descr(self.dtypes[c]),
-                                  "fortran_order": False, "shape": shape}
+                        header = {
+                            "descr": np.lib.format.dtype_to_descr(self.dtypes[c]),
+                            "fortran_order": False,
+                            "shape": shape,
+                        }
                         with zf.open(f"{c}.npy", "w", force_zip64=True) as member:
                             np.lib.format.write_array_header_2_0(member, header)
                             with open(self.tmpdir / c, "rb") as src:
@@ -176,15 +188,20 @@ def load_npz(path) -> Detections:
     with np.load(path, allow_pickle=False) as z:
         missing = [c for c in COLUMNS if c not in z.files]
         if missing:
-            raise DataError(path, "columns", f"missing {missing} (has {z.files})",
-                            "write results with lvod.evaluation.results.ResultsWriter")
+            raise DataError(
+                path,
+                "columns",
+                f"missing {missing} (has {z.files})",
+                "write results with lvod.evaluation.results.ResultsWriter",
+            )
         return Detections(*(z[c] for c in COLUMNS)).check(path)
 
 
 def _bad_record(recs: list) -> int:
     for k, r in enumerate(recs):
-        if not (isinstance(r, dict) and all(c in r for c in COLUMNS) and isinstance(r["bbox"], list)
-                and len(r["bbox"]) == 4):
+        if not (
+            isinstance(r, dict) and all(c in r for c in COLUMNS) and isinstance(r["bbox"], list) and len(r["bbox"]) == 4
+        ):
             return k
     return 0
 
@@ -199,8 +216,12 @@ def _records_to_columns(recs: list, path, first: int) -> Detections:
             raise ValueError(f"bbox column has shape {bbox.shape}")
     except (KeyError, TypeError, ValueError) as e:
         i = _bad_record(recs)
-        raise DataError(path, f"record {first + i}", f"not a COCO bbox result ({e}): {str(recs[i])[:200]}",
-                        "each record needs image_id, category_id, bbox [x, y, w, h] and score") from None
+        raise DataError(
+            path,
+            f"record {first + i}",
+            f"not a COCO bbox result ({e}): {str(recs[i])[:200]}",
+            "each record needs image_id, category_id, bbox [x, y, w, h] and score",
+        ) from None
     return Detections(img, cat, bbox, score)
 
 
@@ -208,9 +229,11 @@ def read_coco_json(path, *, block_bytes: int = _JSON_BLOCK) -> Detections:
     """Read a COCO results JSON list into columns, one block of records at a time."""
     try:
         import orjson
+
         loads = orjson.loads
     except ImportError:  # pragma: no cover - orjson is a dependency; json is the slow fallback
         import json
+
         loads = json.loads
     path = Path(path)
     parts, carry, n, started = [], b"", 0, False
@@ -223,22 +246,27 @@ def read_coco_json(path, *, block_bytes: int = _JSON_BLOCK) -> Detections:
                 if not text:
                     raise DataError(path, "file", "is empty", "write a JSON list of detections")
                 if text[:1] != b"[":
-                    raise DataError(path, "top level", "is not a JSON list",
-                                    "write COCO results: [{image_id, category_id, bbox, score}, ...]")
+                    raise DataError(
+                        path,
+                        "top level",
+                        "is not a JSON list",
+                        "write COCO results: [{image_id, category_id, bbox, score}, ...]",
+                    )
                 text, started = text[1:], True
             if block:
                 cut = None
-                for cut in _BOUNDARY.finditer(text):
+                for cut in _BOUNDARY.finditer(text):  # noqa: B007 - keeps the last boundary
                     pass
                 if cut is None:
                     carry = text
                     continue
-                body, carry = text[:cut.start() + 1], text[cut.end() - 1:]
+                body, carry = text[: cut.start() + 1], text[cut.end() - 1 :]
             else:
                 body, carry = text.rstrip(), b""
                 if not body.endswith(b"]"):
-                    raise DataError(path, "end of file", "the JSON list is not closed",
-                                    "the file is truncated; write it again")
+                    raise DataError(
+                        path, "end of file", "the JSON list is not closed", "the file is truncated; write it again"
+                    )
                 body = body[:-1]
             if not body.strip():
                 if not block:
@@ -247,8 +275,9 @@ def read_coco_json(path, *, block_bytes: int = _JSON_BLOCK) -> Detections:
             try:
                 recs = loads(b"[" + body + b"]")
             except ValueError as e:
-                raise DataError(path, f"records from {n}", f"invalid JSON ({e})",
-                                "write a valid COCO results JSON list") from None
+                raise DataError(
+                    path, f"records from {n}", f"invalid JSON ({e})", "write a valid COCO results JSON list"
+                ) from None
             parts.append(_records_to_columns(recs, path, n))
             n += len(recs)
             del recs
@@ -259,8 +288,10 @@ def read_coco_json(path, *, block_bytes: int = _JSON_BLOCK) -> Detections:
 
 def _fmt_block(d: Detections) -> str:
     rows = zip(d.image_id.tolist(), d.category_id.tolist(), d.bbox.tolist(), d.score.tolist())
-    return ",\n".join(f'{{"image_id": {i}, "category_id": {c}, "bbox": [{b[0]!r}, {b[1]!r}, {b[2]!r}, '
-                      f'{b[3]!r}], "score": {s!r}}}' for i, c, b, s in rows)
+    return ",\n".join(
+        f'{{"image_id": {i}, "category_id": {c}, "bbox": [{b[0]!r}, {b[1]!r}, {b[2]!r}, {b[3]!r}], "score": {s!r}}}'
+        for i, c, b, s in rows
+    )
 
 
 def write_coco_json(dets: Detections, path, *, block: int = 200_000) -> Path:
@@ -284,5 +315,6 @@ def load_results(path) -> Detections:
         return load_npz(path)
     if path.suffix == ".json":
         return read_coco_json(path)
-    raise DataError(path, "file name", f"unknown results format {path.suffix!r}",
-                    "use .npz (lvod columns) or .json (COCO results)")
+    raise DataError(
+        path, "file name", f"unknown results format {path.suffix!r}", "use .npz (lvod columns) or .json (COCO results)"
+    )

@@ -7,6 +7,7 @@
   jittered copies of its boxes (mostly the right class, high scores) and random boxes (any
   class, low scores). Vectorised: 17.6 M detections over ImageNet VID val in seconds.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,9 @@ import numpy as np
 from lvod.evaluation.results import Detections
 
 
-def synthetic_cocovid(*, num_videos=20, frames=100, num_cats=12, cats_unused=2, seed=0, size=(640, 480),
-                      crowd_frac=0.05, empty_frac=0.05) -> dict:
+def synthetic_cocovid(
+    *, num_videos=20, frames=100, num_cats=12, cats_unused=2, seed=0, size=(640, 480), crowd_frac=0.05, empty_frac=0.05
+) -> dict:
     """CocoVID dict (``categories``, ``videos``, ``images``, ``annotations``).
 
     Category ids are ``1..num_cats``; the last ``cats_unused`` never get GT. Each video has
@@ -38,22 +40,42 @@ def synthetic_cocovid(*, num_videos=20, frames=100, num_cats=12, cats_unused=2, 
         ids = np.arange(inst_id, inst_id + ntrack)
         inst_id += ntrack
         for f in range(frames):
-            images.append({"id": img_id, "file_name": f"video{v}/{f:06d}.JPEG", "width": W, "height": H,
-                           "video_id": v, "frame_id": f})
+            images.append(
+                {
+                    "id": img_id,
+                    "file_name": f"video{v}/{f:06d}.JPEG",
+                    "width": W,
+                    "height": H,
+                    "video_id": v,
+                    "frame_id": f,
+                }
+            )
             if rng.random() >= empty_frac:
                 for t in range(ntrack):
                     w, h = np.minimum(wh[t] * grow[t] ** f, [W / 2, H / 2])
                     x, y = np.clip(xy[t] + vel[t] * f, 0, [W - w, H - h])
                     box = [round(float(x), 2), round(float(y), 2), round(float(w), 2), round(float(h), 2)]
-                    anns.append({"id": len(anns), "image_id": img_id, "video_id": v, "category_id": int(cat[t]),
-                                 "instance_id": int(ids[t]), "bbox": box, "area": box[2] * box[3],
-                                 "iscrowd": int(crowd[t]), "occluded": False, "generated": False})
+                    anns.append(
+                        {
+                            "id": len(anns),
+                            "image_id": img_id,
+                            "video_id": v,
+                            "category_id": int(cat[t]),
+                            "instance_id": int(ids[t]),
+                            "bbox": box,
+                            "area": box[2] * box[3],
+                            "iscrowd": int(crowd[t]),
+                            "occluded": False,
+                            "generated": False,
+                        }
+                    )
             img_id += 1
     return {"categories": cats, "videos": videos, "images": images, "annotations": anns}
 
 
-def synthetic_detections(gt, *, per_frame=100, seed=0, copies=(0, 3), right_class=0.9,
-                         score_decimals=None) -> Detections:
+def synthetic_detections(
+    gt, *, per_frame=100, seed=0, copies=(0, 3), right_class=0.9, score_decimals=None
+) -> Detections:
     """Exactly ``per_frame`` detections per image of ``gt`` (a ``CocoVid``), image-sorted.
 
     Every GT gets ``copies`` (low, high exclusive) jittered copies (scores 0.3-1.0, right
@@ -70,8 +92,7 @@ def synthetic_detections(gt, *, per_frame=100, seed=0, copies=(0, 3), right_clas
     wh = jit[:, 2:]
     jit[:, :2] += rng.normal(0, 0.08, (len(src), 2)) * wh
     jit[:, 2:] = wh * np.exp(rng.normal(0, 0.1, (len(src), 2)))
-    j_cat = np.where(rng.random(len(src)) < right_class, np.asarray(gt.ann_cat_ids)[src],
-                     rng.choice(cat_ids, len(src)))
+    j_cat = np.where(rng.random(len(src)) < right_class, np.asarray(gt.ann_cat_ids)[src], rng.choice(cat_ids, len(src)))
     j_img = np.asarray(gt.ann_image_idx)[src]
     j_score = 0.3 + 0.7 * rng.random(len(src))
     # cap the jittered copies at per_frame per image (keep the first ones of each image)
@@ -94,5 +115,9 @@ def synthetic_detections(gt, *, per_frame=100, seed=0, copies=(0, 3), right_clas
     score = np.concatenate([j_score, r_score])[order]
     if score_decimals is not None:
         score = np.round(score, score_decimals)
-    return Detections(np.asarray(gt.img_ids)[img[order]], np.concatenate([j_cat, r_cat])[order],
-                      np.concatenate([jit, rnd])[order].astype(np.float32), score.astype(np.float32))
+    return Detections(
+        np.asarray(gt.img_ids)[img[order]],
+        np.concatenate([j_cat, r_cat])[order],
+        np.concatenate([jit, rnd])[order].astype(np.float32),
+        score.astype(np.float32),
+    )

@@ -25,13 +25,13 @@ get ``requires_grad=False`` (mmdet ``frozen_stages``, 1 in mmtracking):
 ``ChannelMapperNeck``: mmdet ``ChannelMapper`` with one 3x3 conv + ReLU, key
 ``convs.0.conv.{weight,bias}`` as in mmtracking checkpoints.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 from torchvision.models import resnet
 from torchvision.ops.misc import FrozenBatchNorm2d
-
 
 _ARCH = {
     18: (resnet.BasicBlock, [2, 2, 2, 2]),
@@ -53,7 +53,7 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
         super().__init__(*args, **kwargs)
         self.training = False  # from construction on, not only after the first train()/eval()
 
-    def train(self, mode: bool = True) -> "EvalBatchNorm2d":
+    def train(self, mode: bool = True) -> EvalBatchNorm2d:
         return super().train(False)
 
 
@@ -82,8 +82,9 @@ class ResNetDC5(resnet.ResNet):
                 blk.downsample[0].stride = (1, 1)
             blk.stride = 1
         self.frozen_stages = frozen_stages
-        frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else []) + \
-            [getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)]
+        frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else []) + [
+            getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)
+        ]
         for m in frozen:
             for p in m.parameters():
                 p.requires_grad_(False)

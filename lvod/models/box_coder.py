@@ -15,6 +15,7 @@ to follow mmdet 2.x conventions so that mmtracking checkpoints behave the same h
 - ``sample``: mmdet ``RandomSampler`` (at most ``num * pos_fraction`` positives, negatives
   fill the rest).
 """
+
 from __future__ import annotations
 
 import math
@@ -58,8 +59,12 @@ def inside_image(anchors: Tensor, img_h: int, img_w: int, border: float) -> Tens
     """
     if border < 0:
         return torch.ones(anchors.shape[0], dtype=torch.bool, device=anchors.device)
-    return ((anchors[:, 0] >= -border) & (anchors[:, 1] >= -border)
-            & (anchors[:, 2] < img_w + border) & (anchors[:, 3] < img_h + border))
+    return (
+        (anchors[:, 0] >= -border)
+        & (anchors[:, 1] >= -border)
+        & (anchors[:, 2] < img_w + border)
+        & (anchors[:, 3] < img_h + border)
+    )
 
 
 def encode(boxes: Tensor, gt: Tensor, stds: tuple[float, ...]) -> Tensor:
@@ -72,13 +77,11 @@ def encode(boxes: Tensor, gt: Tensor, stds: tuple[float, ...]) -> Tensor:
     gh = gt[:, 3] - gt[:, 1]
     gx = gt[:, 0] + 0.5 * gw
     gy = gt[:, 1] + 0.5 * gh
-    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph,
-                          torch.log(gw / pw), torch.log(gh / ph)], dim=1)
+    deltas = torch.stack([(gx - px) / pw, (gy - py) / ph, torch.log(gw / pw), torch.log(gh / ph)], dim=1)
     return deltas / deltas.new_tensor(stds)
 
 
-def decode(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...],
-           img_size: tuple[int, int] | None = None) -> Tensor:
+def decode(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...], img_size: tuple[int, int] | None = None) -> Tensor:
     """Apply ``deltas (N, 4k)`` (times ``stds``) to ``boxes (N, 4)``: ``(N, 4k)`` x1y1x2y2.
 
     ``k`` > 1 decodes class-specific deltas of one box at once. ``img_size = (h, w)`` clips
@@ -104,8 +107,9 @@ def decode(boxes: Tensor, deltas: Tensor, stds: tuple[float, ...],
     return out.reshape(n, -1)
 
 
-def assign(boxes: Tensor, gt: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float,
-           low_quality: bool) -> tuple[Tensor, Tensor]:
+def assign(
+    boxes: Tensor, gt: Tensor, pos_iou: float, neg_iou: float, min_pos_iou: float, low_quality: bool
+) -> tuple[Tensor, Tensor]:
     """Match ``boxes (N, 4)`` to ``gt (M, 4)``.
 
     Returns ``(matched (N,) int64, max_iou (N,))``: ``matched`` is ``-1`` ignore,
@@ -129,8 +133,9 @@ def assign(boxes: Tensor, gt: Tensor, pos_iou: float, neg_iou: float, min_pos_io
     return matched, max_iou
 
 
-def sample(matched: Tensor, num: int, pos_fraction: float,
-           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def sample(
+    matched: Tensor, num: int, pos_fraction: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Random positive/negative subsets of an assignment: ``(pos_idx, neg_idx)`` int64."""
     pos_all = torch.nonzero(matched > 0).flatten()
     neg_all = torch.nonzero(matched == 0).flatten()

@@ -16,6 +16,7 @@ Adding a detector is one module plus one entry in :data:`DETECTORS` (and its nam
 Parts are created in a fixed order (backbone, neck, RPN, predictor, box head, RoI head,
 then the video parts), so the same seed gives the same initial weights as before.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -23,8 +24,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from torch import nn
 
-from lvod.config import DETECTOR_KINDS, ModelConfig
 from lvod import bags_io
+from lvod.config import DETECTOR_KINDS, ModelConfig
 from lvod.errors import DataError
 from lvod.groups import GroupTable
 from lvod.models.backbone import ChannelMapperNeck, ResNetDC5
@@ -37,7 +38,6 @@ from lvod.models.roi_head import BBoxHead, RoIHead
 from lvod.models.rpn import ProposalSettings, RPNHead
 from lvod.models.selsa import SELSA, SelsaAggregator
 
-
 # A predictor factory: called where the old code built the head (after the RPN), so the
 # random initialisation order of every part stays what it was.
 PredictorFactory = Callable[[], nn.Module]
@@ -48,9 +48,12 @@ def read_group_table(cfg: ModelConfig, cat_ids: Sequence[int] | None = None) -> 
     given), or None when no file is set. A ``bags`` head without a file is a DataError."""
     if not cfg.groups_file:
         if HEADS[cfg.head].uses_groups:
-            raise DataError("<config>", "model.groups_file", f"is empty but model.head = {cfg.head!r} "
-                            "needs the frequency-group table",
-                            "run `lvod groups` and set model.groups_file to its groups.json")
+            raise DataError(
+                "<config>",
+                "model.groups_file",
+                f"is empty but model.head = {cfg.head!r} needs the frequency-group table",
+                "run `lvod groups` and set model.groups_file to its groups.json",
+            )
         return None
     table = bags_io.load_groups(cfg.groups_file)
     check_group_table(table, cfg.num_classes, cat_ids, source=cfg.groups_file)
@@ -69,33 +72,40 @@ def check_group_table(groups, num_classes: int, cat_ids=None, *, source: str | N
     table_ids = [int(c) for c in getattr(groups, "cat_ids", [])]
     fix = "rebuild the table for this dataset with lvod.groups.build_groups(dataset counts)"
     if len(table_ids) != num_classes:
-        raise DataError(source, "cat_ids", f"group table has {len(table_ids)} classes, the "
-                        f"detector {num_classes}", fix)
+        raise DataError(source, "cat_ids", f"group table has {len(table_ids)} classes, the detector {num_classes}", fix)
     if cat_ids is not None and [int(c) for c in cat_ids] != table_ids:
         diff = sorted(set(map(int, cat_ids)) ^ set(table_ids))[:5]
-        raise DataError(source, "cat_ids", "group table's category ids differ from the "
-                        f"dataset's (first differences {diff} or a different order)", fix)
+        raise DataError(
+            source,
+            "cat_ids",
+            f"group table's category ids differ from the dataset's (first differences {diff} or a different order)",
+            fix,
+        )
     counts, edges = getattr(groups, "counts", None), getattr(groups, "edges", None)
     if counts is None or edges is None or len(edges) == 0:
         return
-    bins = np.searchsorted(np.asarray(edges, dtype=np.float64),
-                           np.asarray(counts, dtype=np.float64), side="right")
+    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), np.asarray(counts, dtype=np.float64), side="right")
     from_edges: dict[int, list[int]] = {}
     for cid, b in zip(table_ids, bins):
         from_edges.setdefault(int(b), []).append(cid)
     derived = [sorted(v) for _, v in sorted(from_edges.items())]
     claimed = [sorted(int(c) for c in g) for g in groups.groups]
     if derived != claimed:
-        raise DataError(source, "edges", f"the table's edges {list(edges)} put this dataset's "
-                        f"classes into {len(derived)} group(s) of sizes "
-                        f"{[len(g) for g in derived]}, but it claims {len(claimed)} group(s) of "
-                        f"sizes {[len(g) for g in claimed]}: its groups cannot come from these "
-                        "counts", "derive the edges from the data (method='quantiles' or "
-                        "'log') and rebuild the table")
+        raise DataError(
+            source,
+            "edges",
+            f"the table's edges {list(edges)} put this dataset's "
+            f"classes into {len(derived)} group(s) of sizes "
+            f"{[len(g) for g in derived]}, but it claims {len(claimed)} group(s) of "
+            f"sizes {[len(g) for g in claimed]}: its groups cannot come from these "
+            "counts",
+            "derive the edges from the data (method='quantiles' or 'log') and rebuild the table",
+        )
 
 
-def build_faster_rcnn(cfg: ModelConfig, predictor: PredictorFactory,
-                      aggregators: list[nn.Module] | None = None) -> FasterRCNN:
+def build_faster_rcnn(
+    cfg: ModelConfig, predictor: PredictorFactory, aggregators: list[nn.Module] | None = None
+) -> FasterRCNN:
     """The shared parts, with the ResNet weights of ``cfg.backbone_weights`` when set.
     ``predictor()`` makes the box predictor (the head) once the RPN exists."""
     backbone = ResNetDC5(cfg.depth, cfg.frozen_stages, cfg.backbone_norm)
@@ -103,25 +113,45 @@ def build_faster_rcnn(cfg: ModelConfig, predictor: PredictorFactory,
         load_torchvision_resnet(backbone, cfg.backbone_weights)
     neck = ChannelMapperNeck(backbone.out_channels, cfg.neck_channels)
     rpn_head = RPNHead(
-        cfg.neck_channels, cfg.rpn_channels, anchor_base=cfg.anchor_base,
-        anchor_scales=cfg.anchor_scales, anchor_ratios=cfg.anchor_ratios,
-        pos_iou=cfg.rpn_pos_iou, neg_iou=cfg.rpn_neg_iou, min_pos_iou=cfg.rpn_min_pos_iou,
-        num_samples=cfg.rpn_num_samples, pos_fraction=cfg.rpn_pos_fraction,
-        allowed_border=cfg.rpn_allowed_border)
-    bbox_head = BBoxHead(cfg.neck_channels * cfg.roi_size ** 2, cfg.fc_channels, predictor(), aggregators)
+        cfg.neck_channels,
+        cfg.rpn_channels,
+        anchor_base=cfg.anchor_base,
+        anchor_scales=cfg.anchor_scales,
+        anchor_ratios=cfg.anchor_ratios,
+        pos_iou=cfg.rpn_pos_iou,
+        neg_iou=cfg.rpn_neg_iou,
+        min_pos_iou=cfg.rpn_min_pos_iou,
+        num_samples=cfg.rpn_num_samples,
+        pos_fraction=cfg.rpn_pos_fraction,
+        allowed_border=cfg.rpn_allowed_border,
+    )
+    bbox_head = BBoxHead(cfg.neck_channels * cfg.roi_size**2, cfg.fc_channels, predictor(), aggregators)
     roi_head = RoIHead(
-        bbox_head, roi_size=cfg.roi_size, sampling_ratio=cfg.roi_sampling_ratio,
-        pos_iou=cfg.roi_pos_iou, neg_iou=cfg.roi_neg_iou, min_pos_iou=cfg.roi_pos_iou,
+        bbox_head,
+        roi_size=cfg.roi_size,
+        sampling_ratio=cfg.roi_sampling_ratio,
+        pos_iou=cfg.roi_pos_iou,
+        neg_iou=cfg.roi_neg_iou,
+        min_pos_iou=cfg.roi_pos_iou,
         low_quality=cfg.roi_match_low_quality,
-        num_samples=cfg.roi_num_samples, pos_fraction=cfg.roi_pos_fraction,
-        add_gt_as_proposals=cfg.roi_add_gt, target_stds=cfg.roi_target_stds,
-        score_thr=cfg.test_score_thr, nms_iou=cfg.test_nms_iou, max_dets=cfg.test_max_dets)
+        num_samples=cfg.roi_num_samples,
+        pos_fraction=cfg.roi_pos_fraction,
+        add_gt_as_proposals=cfg.roi_add_gt,
+        target_stds=cfg.roi_target_stds,
+        score_thr=cfg.test_score_thr,
+        nms_iou=cfg.test_nms_iou,
+        max_dets=cfg.test_max_dets,
+    )
     return FasterRCNN(
-        backbone, neck, rpn_head, roi_head,
-        train_proposals=ProposalSettings(cfg.rpn_train_pre_nms, cfg.rpn_train_post_nms,
-                                         cfg.rpn_nms_iou, cfg.rpn_min_size),
-        test_proposals=ProposalSettings(cfg.rpn_test_pre_nms, cfg.rpn_test_post_nms,
-                                        cfg.rpn_nms_iou, cfg.rpn_min_size))
+        backbone,
+        neck,
+        rpn_head,
+        roi_head,
+        train_proposals=ProposalSettings(
+            cfg.rpn_train_pre_nms, cfg.rpn_train_post_nms, cfg.rpn_nms_iou, cfg.rpn_min_size
+        ),
+        test_proposals=ProposalSettings(cfg.rpn_test_pre_nms, cfg.rpn_test_post_nms, cfg.rpn_nms_iou, cfg.rpn_min_size),
+    )
 
 
 def _single(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
@@ -130,12 +160,10 @@ def _single(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
 
 def _fgfa(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
     detector = build_faster_rcnn(cfg, predictor)
-    motion = FlowNetSimple(cfg.flow_img_scale, cfg.flow_scale_factor, cfg.image_mean,
-                           cfg.image_std, cfg.flownet_width)
+    motion = FlowNetSimple(cfg.flow_img_scale, cfg.flow_scale_factor, cfg.image_mean, cfg.image_std, cfg.flownet_width)
     if cfg.flownet_weights:
         load_flownet_weights(motion, cfg.flownet_weights)
-    return FGFA(detector, motion, EmbedAggregator(cfg.neck_channels), window=cfg.fgfa_window,
-                warp_grid=cfg.flow_warp)
+    return FGFA(detector, motion, EmbedAggregator(cfg.neck_channels), window=cfg.fgfa_window, warp_grid=cfg.flow_warp)
 
 
 def _selsa(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
@@ -151,8 +179,9 @@ DETECTORS: dict[str, Callable[[ModelConfig, PredictorFactory], nn.Module]] = {
 assert tuple(DETECTORS) == DETECTOR_KINDS, "lvod.config.DETECTOR_KINDS and DETECTORS disagree"
 
 
-def build_model(cfg: ModelConfig, cat_ids: Sequence[int] | None = None, *,
-                groups: GroupTable | None = None) -> nn.Module:
+def build_model(
+    cfg: ModelConfig, cat_ids: Sequence[int] | None = None, *, groups: GroupTable | None = None
+) -> nn.Module:
     """The detector of ``cfg`` (``SingleFrameDetector``, ``FGFA`` or ``SELSA``).
 
     ``cat_ids``: the data's sorted category ids (None where there is no annotation file,
@@ -162,8 +191,12 @@ def build_model(cfg: ModelConfig, cat_ids: Sequence[int] | None = None, *,
     it is checked against ``cat_ids`` once, here.
     """
     if cat_ids is not None and cfg.num_classes != len(cat_ids):
-        raise DataError("<config>", "model.num_classes", f"is {cfg.num_classes} but the data has "
-                        f"{len(cat_ids)} categories", f"set model.num_classes={len(cat_ids)}")
+        raise DataError(
+            "<config>",
+            "model.num_classes",
+            f"is {cfg.num_classes} but the data has {len(cat_ids)} categories",
+            f"set model.num_classes={len(cat_ids)}",
+        )
     if HEADS[cfg.head].uses_groups:
         if groups is None:
             groups = read_group_table(cfg, cat_ids)

@@ -12,6 +12,7 @@ FlowNetSimple weights, and the decoupled-training freeze.
 Every file is read with ``torch.load(weights_only=True)``; ``{"state_dict": ...}`` and bare
 state dicts are both accepted. A shape mismatch is refused before anything is copied.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -30,6 +31,7 @@ from lvod.models.heads import BagsHead, BoxPredictor, SeesawHead, SoftmaxHead
 class KeyRule:
     """mmtracking keys matching ``mm`` (fnmatch pattern) go to ``lvod`` (same ``*`` text
     substituted; ``None`` = dropped on purpose), with ``transform`` applied to the tensor."""
+
     mm: str
     lvod: str | None
     transform: str = "copy"
@@ -38,17 +40,27 @@ class KeyRule:
 
 _CLS = "detector.roi_head.bbox_head"
 KEY_RULES: tuple[KeyRule, ...] = (
-    KeyRule(f"{_CLS}.fc_cls.*", f"{_CLS}.predictor.fc_cls.*", "cls_rows",
-            "softmax head: rows [cls 0..C-1, bg] -> [bg, cls 1..C]; BAGS / Seesaw: as is"),
-    KeyRule(f"{_CLS}.fc_reg.*", f"{_CLS}.predictor.fc_reg.*", "copy",
-            "4 rows per class in class order, no background rows in either"),
-    KeyRule("detector.backbone.*num_batches_tracked", "detector.backbone.*num_batches_tracked", "counter",
-            "BatchNorm batch counter: copied into model.backbone_norm = \"eval\" (mmtracking's "
-            "norm_eval BatchNorm); dropped for \"frozen\" (FrozenBatchNorm2d has none)"),
-    KeyRule(f"{_CLS}.aggregator.*", f"{_CLS}.aggregator.*", "copy",
-            "SELSA: SelsaAggregator after each shared FC"),
-    KeyRule("detector.*", "detector.*", "copy",
-            "backbone (torchvision ResNet names), neck, rpn_head, shared_fcs"),
+    KeyRule(
+        f"{_CLS}.fc_cls.*",
+        f"{_CLS}.predictor.fc_cls.*",
+        "cls_rows",
+        "softmax head: rows [cls 0..C-1, bg] -> [bg, cls 1..C]; BAGS / Seesaw: as is",
+    ),
+    KeyRule(
+        f"{_CLS}.fc_reg.*",
+        f"{_CLS}.predictor.fc_reg.*",
+        "copy",
+        "4 rows per class in class order, no background rows in either",
+    ),
+    KeyRule(
+        "detector.backbone.*num_batches_tracked",
+        "detector.backbone.*num_batches_tracked",
+        "counter",
+        'BatchNorm batch counter: copied into model.backbone_norm = "eval" (mmtracking\'s '
+        'norm_eval BatchNorm); dropped for "frozen" (FrozenBatchNorm2d has none)',
+    ),
+    KeyRule(f"{_CLS}.aggregator.*", f"{_CLS}.aggregator.*", "copy", "SELSA: SelsaAggregator after each shared FC"),
+    KeyRule("detector.*", "detector.*", "copy", "backbone (torchvision ResNet names), neck, rpn_head, shared_fcs"),
     KeyRule("motion.*", "motion.*", "copy", "FGFA: FlowNetSimple"),
     KeyRule("aggregator.*", "aggregator.*", "copy", "FGFA: embedding convs"),
 )
@@ -64,7 +76,7 @@ def map_key(mm_key: str) -> tuple[str | None, KeyRule | None]:
             if rule.lvod is None:
                 return None, rule
             head = rule.mm.split("*")[0]
-            return rule.lvod.split("*")[0] + mm_key[len(head):], rule
+            return rule.lvod.split("*")[0] + mm_key[len(head) :], rule
     return None, None
 
 
@@ -72,8 +84,7 @@ def mapping_table_markdown() -> str:
     """The mapping as a markdown table (first matching row wins), as in the docs."""
     rows = ["| mmtracking key | lvod key | tensor | note |", "| --- | --- | --- | --- |"]
     for r in KEY_RULES:
-        rows.append(f"| `{r.mm}` | {'(dropped)' if r.lvod is None else f'`{r.lvod}`'} | "
-                    f"{r.transform} | {r.note} |")
+        rows.append(f"| `{r.mm}` | {'(dropped)' if r.lvod is None else f'`{r.lvod}`'} | {r.transform} | {r.note} |")
     return "\n".join(rows) + "\n"
 
 
@@ -87,8 +98,12 @@ def _convert_cls_rows(t: Tensor, head: BoxPredictor | None, key: str, source) ->
         return bg_last_to_first(t)
     if head is None or isinstance(head, (BagsHead, SeesawHead)) or t.shape[0] != head.num_logits:
         return t  # BAGS rows follow the checkpoint's tables; seesaw is already mmdet's layout
-    raise DataError(source, key, f"unknown classifier layout for {type(head).__name__}",
-                    "import into a softmax, bags or seesaw head")
+    raise DataError(
+        source,
+        key,
+        f"unknown classifier layout for {type(head).__name__}",
+        "import into a softmax, bags or seesaw head",
+    )
 
 
 # ------------------------------------------------------------------------ reading files
@@ -103,13 +118,21 @@ def read_state_dict(src) -> tuple[dict[str, Tensor], str]:
         try:
             src = torch.load(src, map_location="cpu", weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unpickling failure means "not usable"
-            raise DataError(name, "file", f"cannot be read as a weights-only checkpoint ({err})",
-                            "re-save it as a plain state dict of tensors") from None
+            raise DataError(
+                name,
+                "file",
+                f"cannot be read as a weights-only checkpoint ({err})",
+                "re-save it as a plain state dict of tensors",
+            ) from None
     if isinstance(src, dict) and isinstance(src.get("state_dict"), dict):
         src = src["state_dict"]
     if not isinstance(src, dict) or not all(isinstance(v, Tensor) for v in src.values()):
-        raise DataError(name, "state_dict", "is not a mapping of names to tensors",
-                        "pass a state dict or a checkpoint with a 'state_dict' entry")
+        raise DataError(
+            name,
+            "state_dict",
+            "is not a mapping of names to tensors",
+            "pass a state dict or a checkpoint with a 'state_dict' entry",
+        )
     return dict(src), name
 
 
@@ -119,6 +142,7 @@ class ImportReport:
     lvod keys whose rows were reordered; ``dropped``: source keys left out on purpose;
     ``unexpected``: source keys with no place in the model; ``missing``: model keys the
     source did not fill (they keep their current values)."""
+
     source: str
     loaded: list[tuple[str, str]] = field(default_factory=list)
     permuted: list[str] = field(default_factory=list)
@@ -127,9 +151,11 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)
 
     def format(self, max_keys: int = 10) -> str:
-        lines = [f"{self.source}: loaded {len(self.loaded)} tensors ({len(self.permuted)} "
-                 f"row-permuted), dropped {len(self.dropped)}, unexpected "
-                 f"{len(self.unexpected)}, missing {len(self.missing)}"]
+        lines = [
+            f"{self.source}: loaded {len(self.loaded)} tensors ({len(self.permuted)} "
+            f"row-permuted), dropped {len(self.dropped)}, unexpected "
+            f"{len(self.unexpected)}, missing {len(self.missing)}"
+        ]
         for what in ("unexpected", "missing"):
             keys = getattr(self, what)
             if keys:
@@ -143,9 +169,12 @@ def _load_checked(model: nn.Module, mapped: dict[str, Tensor], report: ImportRep
     own = model.state_dict()
     for key, t in mapped.items():
         if tuple(own[key].shape) != tuple(t.shape):
-            raise DataError(report.source, key, f"checkpoint shape {tuple(t.shape)} != model shape "
-                            f"{tuple(own[key].shape)}", "build the model with the checkpoint's "
-                            "settings (num_classes, head, depth) or drop this key")
+            raise DataError(
+                report.source,
+                key,
+                f"checkpoint shape {tuple(t.shape)} != model shape {tuple(own[key].shape)}",
+                "build the model with the checkpoint's settings (num_classes, head, depth) or drop this key",
+            )
     model.load_state_dict(mapped, strict=False)
     report.missing = sorted(k for k in own if k not in mapped)
 
@@ -172,9 +201,13 @@ def import_mmtracking(state_dict_or_path, model: nn.Module, *, kind: str) -> Imp
     state, source = read_state_dict(state_dict_or_path)
     if not any(k.startswith(KIND_SIGNATURE[kind]) for k in state):
         other = [k for k, sig in KIND_SIGNATURE.items() if any(s.startswith(sig) for s in state)]
-        raise DataError(source, "state_dict", f"has no '{KIND_SIGNATURE[kind]}*' keys, so it is "
-                        f"not an mmtracking {kind} checkpoint (looks like: {other or 'neither'})",
-                        f"pass kind={other[0]!r}" if other else "pass an FGFA or SELSA checkpoint")
+        raise DataError(
+            source,
+            "state_dict",
+            f"has no '{KIND_SIGNATURE[kind]}*' keys, so it is "
+            f"not an mmtracking {kind} checkpoint (looks like: {other or 'neither'})",
+            f"pass kind={other[0]!r}" if other else "pass an FGFA or SELSA checkpoint",
+        )
     own = model.state_dict()
     try:
         head = _find_predictor(model)[1]
@@ -212,12 +245,15 @@ def load_flownet_weights(motion: nn.Module, path) -> ImportReport:
     needs ``flownet_width = 1.0``."""
     width = getattr(motion, "width", 1.0)
     if width != 1.0:
-        raise DataError(path if isinstance(path, (str, Path)) else "<state dict>", "flownet_width",
-                        f"pretrained FlowNetSimple weights need width 1.0, got {width}",
-                        "set model.flownet_width = 1.0 or drop model.flownet_weights")
+        raise DataError(
+            path if isinstance(path, (str, Path)) else "<state dict>",
+            "flownet_width",
+            f"pretrained FlowNetSimple weights need width 1.0, got {width}",
+            "set model.flownet_width = 1.0 or drop model.flownet_weights",
+        )
     state, source = read_state_dict(path)
     if any(k.startswith("motion.") for k in state):
-        state = {k[len("motion."):]: v for k, v in state.items() if k.startswith("motion.")}
+        state = {k[len("motion.") :]: v for k, v in state.items() if k.startswith("motion.")}
     own = motion.state_dict()
     report = ImportReport(source)
     mapped = {}
@@ -228,12 +264,20 @@ def load_flownet_weights(motion: nn.Module, path) -> ImportReport:
         else:
             report.unexpected.append(k)
     if not mapped:
-        raise DataError(source, "state_dict", "no key matches the FlowNetSimple module",
-                        "pass mmtracking's flownet_simple weights or an FGFA checkpoint")
+        raise DataError(
+            source,
+            "state_dict",
+            "no key matches the FlowNetSimple module",
+            "pass mmtracking's flownet_simple weights or an FGFA checkpoint",
+        )
     missing = [k for k in own if k not in mapped]
     if missing:
-        raise DataError(source, missing[0], f"{len(missing)} FlowNetSimple parameters are not in "
-                        "the file", "pass mmtracking's flownet_simple.pth (Flying Chairs)")
+        raise DataError(
+            source,
+            missing[0],
+            f"{len(missing)} FlowNetSimple parameters are not in the file",
+            "pass mmtracking's flownet_simple.pth (Flying Chairs)",
+        )
     _load_checked(motion, mapped, report)
     return report
 
@@ -246,14 +290,19 @@ def load_torchvision_resnet(backbone: nn.Module, spec) -> ImportReport:
     are refused."""
     if isinstance(spec, str) and spec.startswith("torchvision://"):
         import torchvision.models as tvm
+
         depth = getattr(backbone, "depth", 50)
         enum = tvm.get_model_weights(f"resnet{depth}")
-        name = spec[len("torchvision://"):]
+        name = spec[len("torchvision://") :]
         try:
             weights = enum[name]
         except KeyError:
-            raise DataError(spec, "weights", f"unknown {enum.__name__} entry {name!r}",
-                            f"use one of {', '.join(w.name for w in enum)}") from None
+            raise DataError(
+                spec,
+                "weights",
+                f"unknown {enum.__name__} entry {name!r}",
+                f"use one of {', '.join(w.name for w in enum)}",
+            ) from None
         state, source = weights.get_state_dict(progress=False), spec
     else:
         state, source = read_state_dict(spec)
@@ -270,14 +319,20 @@ def load_torchvision_resnet(backbone: nn.Module, spec) -> ImportReport:
         else:
             report.unexpected.append(k)
     if report.unexpected:
-        raise DataError(source, report.unexpected[0], f"{len(report.unexpected)} keys are not "
-                        "torchvision ResNet keys of this backbone", "pass a torchvision ResNet "
-                        "state dict of the same depth")
+        raise DataError(
+            source,
+            report.unexpected[0],
+            f"{len(report.unexpected)} keys are not torchvision ResNet keys of this backbone",
+            "pass a torchvision ResNet state dict of the same depth",
+        )
     missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
     if missing:  # a half-loaded backbone is worse than an error
-        raise DataError(source, missing[0], f"{len(missing)} keys of this backbone are not in the file "
-                        "(weights of another ResNet depth?)", f"use ResNet-{getattr(backbone, 'depth', '?')} "
-                        "weights or set model.depth to match the file")
+        raise DataError(
+            source,
+            missing[0],
+            f"{len(missing)} keys of this backbone are not in the file (weights of another ResNet depth?)",
+            f"use ResNet-{getattr(backbone, 'depth', '?')} weights or set model.depth to match the file",
+        )
     _load_checked(backbone, mapped, report)
     return report
 
@@ -286,6 +341,7 @@ def load_torchvision_resnet(backbone: nn.Module, spec) -> ImportReport:
 def _stay_in_eval(module: nn.Module, args) -> None:
     """Forward pre-hook of a frozen BatchNorm: undo any ``train()`` before it runs."""
     module.training = False
+
 
 def freeze_all_but_classifier(model: nn.Module) -> list[str]:
     """BAGS' decoupled protocol: only the box predictor's ``fc_cls`` keeps training.

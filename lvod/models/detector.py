@@ -17,9 +17,10 @@ Interface (docs/DESIGN.md, "Detectors"): ``forward(images (B,T,3,H,W), image_siz
 targets) -> losses`` and ``detect_video(frames, num_frames) -> iterator of per-frame
 results`` in original image pixels.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -33,9 +34,16 @@ class FasterRCNN(nn.Module):
     """The shared parts: ``backbone``, ``neck``, ``rpn_head``, ``roi_head``, and the RPN's
     proposal settings for training and for test (pre/post-NMS counts, NMS IoU, min size)."""
 
-    def __init__(self, backbone: ResNetDC5, neck: ChannelMapperNeck, rpn_head: RPNHead,
-                 roi_head: RoIHead, *, train_proposals: ProposalSettings,
-                 test_proposals: ProposalSettings):
+    def __init__(
+        self,
+        backbone: ResNetDC5,
+        neck: ChannelMapperNeck,
+        rpn_head: RPNHead,
+        roi_head: RoIHead,
+        *,
+        train_proposals: ProposalSettings,
+        test_proposals: ProposalSettings,
+    ):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
@@ -56,21 +64,18 @@ class FasterRCNN(nn.Module):
         feats = self.extract_feat(images.flatten(0, 1))
         return feats.view(b, t, *feats.shape[1:])
 
-    def rpn_train(self, feats: Tensor, image_sizes, gt_boxes: list[Tensor]
-                  ) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def rpn_train(self, feats: Tensor, image_sizes, gt_boxes: list[Tensor]) -> tuple[dict[str, Tensor], list[Tensor]]:
         """RPN losses of the batch and its training proposals (detached)."""
         logits, deltas = self.rpn_head(feats)
         anchors = self.rpn_head.anchors(feats)
         losses = self.rpn_head.losses(logits, deltas, anchors, image_sizes, gt_boxes)
-        props = self.rpn_head.proposals(logits.detach(), deltas.detach(), anchors, image_sizes,
-                                        self.train_proposals)
+        props = self.rpn_head.proposals(logits.detach(), deltas.detach(), anchors, image_sizes, self.train_proposals)
         return losses, props
 
     def rpn_test(self, feats: Tensor, image_sizes) -> list[Tensor]:
         """Test-time proposals (``rpn_test_post_nms`` per image at most)."""
         logits, deltas = self.rpn_head(feats)
-        return self.rpn_head.proposals(logits, deltas, self.rpn_head.anchors(feats), image_sizes,
-                                       self.test_proposals)
+        return self.rpn_head.proposals(logits, deltas, self.rpn_head.anchors(feats), image_sizes, self.test_proposals)
 
 
 def check_inputs(images: Tensor, image_sizes, targets, min_frames: int = 1) -> None:
@@ -80,8 +85,7 @@ def check_inputs(images: Tensor, image_sizes, targets, min_frames: int = 1) -> N
     if images.shape[1] < min_frames:
         raise ValueError(f"this detector needs T >= {min_frames} frames, got {images.shape[1]}")
     if len(image_sizes) != images.shape[0] or len(targets) != images.shape[0]:
-        raise ValueError(f"batch of {images.shape[0]} images but {len(image_sizes)} sizes "
-                         f"and {len(targets)} targets")
+        raise ValueError(f"batch of {images.shape[0]} images but {len(image_sizes)} sizes and {len(targets)} targets")
 
 
 def to_original(det: dict, meta: dict) -> dict:
@@ -101,8 +105,7 @@ class SingleFrameDetector(nn.Module):
         super().__init__()
         self.detector = detector
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, Tensor]:
         """Training losses: ``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
         (+ head extras), each a scalar. ``images (B, T, 3, H, W)``, only ``[:, 0]`` used."""
         check_inputs(images, image_sizes, targets)

@@ -20,10 +20,11 @@ edge copies are then warped by the flow of (key, key) exactly as mmtracking does
 FlowNet pair, in the first and last ``window // 2`` frames of a video only); the
 centre slot keeps the unwarped key, as in mmtracking.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -76,9 +77,9 @@ class EmbedAggregator(nn.Module):
         embedding and weight each time, so its weights are summed before the weighted sum.
         """
         emb = self.embed(feats)
-        sim = (emb * emb[key:key + 1]).sum(dim=1, keepdim=True)  # (U, 1, h, w)
-        w = sim.index_select(0, index).softmax(dim=0)            # (T, 1, h, w)
-        w = torch.zeros_like(sim).index_add_(0, index, w)        # (U, 1, h, w)
+        sim = (emb * emb[key : key + 1]).sum(dim=1, keepdim=True)  # (U, 1, h, w)
+        w = sim.index_select(0, index).softmax(dim=0)  # (T, 1, h, w)
+        w = torch.zeros_like(sim).index_add_(0, index, w)  # (U, 1, h, w)
         return (feats.float() * w).sum(dim=0, keepdim=True).to(feats.dtype)
 
 
@@ -96,8 +97,15 @@ class FGFA(nn.Module):
     ``warp_grid``: ``"aligned"`` or ``"mmtracking"`` (``lvod.models.flownet.warp``).
     """
 
-    def __init__(self, detector: FasterRCNN, motion: FlowNetSimple, aggregator: EmbedAggregator, *,
-                 window: int = 31, warp_grid: str = "aligned"):
+    def __init__(
+        self,
+        detector: FasterRCNN,
+        motion: FlowNetSimple,
+        aggregator: EmbedAggregator,
+        *,
+        window: int = 31,
+        warp_grid: str = "aligned",
+    ):
         super().__init__()
         if window < 1 or window % 2 == 0:
             raise ValueError(f"window must be odd and >= 1, got {window}")
@@ -107,19 +115,23 @@ class FGFA(nn.Module):
         self.window = int(window)
         self.warp_grid = warp_grid
 
-    def aggregate(self, key_img: Tensor, ref_imgs: Tensor, key_feat: Tensor, ref_feats: Tensor,
-                  img_size: tuple[int, int]) -> Tensor:
+    def aggregate(
+        self, key_img: Tensor, ref_imgs: Tensor, key_feat: Tensor, ref_feats: Tensor, img_size: tuple[int, int]
+    ) -> Tensor:
         """Warp ``ref_feats (T, C, h, w)`` to the key and aggregate them: ``(1, C, h, w)``."""
         flows = self.motion(key_img[None], ref_imgs, img_size)
         return self.aggregator(key_feat[None], warp(ref_feats, flows, self.warp_grid))
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, Tensor]:
         """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
         + head extras). ``images (B, T, 3, H, W)``: ``[:, 0]`` key, ``[:, 1:]`` refs (T >= 2)."""
         feats = self.detector.extract_clip_feats(images, image_sizes, targets)  # (B, T, C, h, w)
-        agg = torch.cat([self.aggregate(images[i, 0], images[i, 1:], feats[i, 0], feats[i, 1:],
-                                        image_sizes[i]) for i in range(len(feats))])
+        agg = torch.cat(
+            [
+                self.aggregate(images[i, 0], images[i, 1:], feats[i, 0], feats[i, 1:], image_sizes[i])
+                for i in range(len(feats))
+            ]
+        )
         losses, props = self.detector.rpn_train(agg, image_sizes, [x["boxes"] for x in targets])
         losses.update(self.detector.roi_head.losses(agg, props, targets))
         return losses
@@ -137,8 +149,7 @@ class FGFA(nn.Module):
             while read <= idx[-1]:
                 item = next(it, None)
                 if item is None:
-                    raise ValueError(f"detect_video: num_frames={num_frames} but the frames ran out "
-                                     f"after {read}")
+                    raise ValueError(f"detect_video: num_frames={num_frames} but the frames ran out after {read}")
                 img, meta = item
                 cache[read] = [img, meta, self.detector.extract_feat(img[None])[0], None]
                 read += 1
@@ -162,8 +173,7 @@ class FGFA(nn.Module):
             pos = {f: j for j, f in enumerate(units)}
             slots = [pos[i] for i in idx]
             if warped_key:  # the key's edge copies read the warped key, the last unit
-                slots = [len(units) if i == t and j != centre else s
-                         for j, (i, s) in enumerate(zip(idx, slots))]
+                slots = [len(units) if i == t and j != centre else s for j, (i, s) in enumerate(zip(idx, slots))]
             index = torch.tensor(slots, dtype=torch.int64, device=key_feat.device)
             agg = self.aggregator.aggregate_window(feats, index, key=0)
             props = self.detector.rpn_test(agg, [meta["img_size"]])

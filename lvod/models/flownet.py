@@ -24,8 +24,8 @@ a pull towards the top-left that grows to one feature cell (16 input pixels) at 
 bottom edges, even at zero flow. Its model-zoo FGFA weights were trained so; use that grid to
 reproduce their numbers (``model.flow_warp = "mmtracking"``).
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -65,9 +65,14 @@ class FlowNetSimple(nn.Module):
         width: channel multiplier; 1.0 is the only width pretrained weights exist for.
     """
 
-    def __init__(self, img_scale: float = 0.5, flow_scale_factor: float = 5.0,
-                 image_mean=(123.675, 116.28, 103.53), image_std=(58.395, 57.12, 57.375),
-                 width: float = 1.0):
+    def __init__(
+        self,
+        img_scale: float = 0.5,
+        flow_scale_factor: float = 5.0,
+        image_mean=(123.675, 116.28, 103.53),
+        image_std=(58.395, 57.12, 57.375),
+        width: float = 1.0,
+    ):
         super().__init__()
         self.img_scale, self.flow_scale_factor, self.width = img_scale, flow_scale_factor, width
         ch = [max(2, int(round(c * width))) for c in _CONV_CH]
@@ -137,7 +142,7 @@ class FlowNetSimple(nn.Module):
 
 
 def _crop_like(x: Tensor, target: Tensor) -> Tensor:
-    return x[:, :, :target.shape[2], :target.shape[3]]
+    return x[:, :, : target.shape[2], : target.shape[3]]
 
 
 def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
@@ -150,8 +155,6 @@ def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
     return out * scale
 
 
-
-
 def warp(feats: Tensor, flow: Tensor, grid: str = "aligned") -> Tensor:
     """Sample ``feats (N, C, h, w)`` at ``position + flow``: ``(N, C, h, w)``.
 
@@ -162,11 +165,15 @@ def warp(feats: Tensor, flow: Tensor, grid: str = "aligned") -> Tensor:
         raise ValueError(f"grid must be one of {WARP_GRIDS}, got {grid!r}")
     n, _, h, w = feats.shape
     flow = resize_flow(flow.float(), (h, w))
-    ys, xs = torch.meshgrid(torch.arange(h, device=feats.device, dtype=torch.float32),
-                            torch.arange(w, device=feats.device, dtype=torch.float32), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.arange(h, device=feats.device, dtype=torch.float32),
+        torch.arange(w, device=feats.device, dtype=torch.float32),
+        indexing="ij",
+    )
     dw, dh = (w, h) if grid == "mmtracking" else (max(w - 1, 1), max(h - 1, 1))
     gx = (xs[None] + flow[:, 0]) * (2.0 / dw) - 1.0
     gy = (ys[None] + flow[:, 1]) * (2.0 / dh) - 1.0
     grid = torch.stack([gx, gy], dim=-1)  # (N, h, w, 2)
-    return F.grid_sample(feats.float(), grid, mode="bilinear", padding_mode="border",
-                         align_corners=True).to(feats.dtype)
+    return F.grid_sample(feats.float(), grid, mode="bilinear", padding_mode="border", align_corners=True).to(
+        feats.dtype
+    )

@@ -28,11 +28,11 @@ Conventions shared with the RoI head (lvod/models/roi_head.py):
 Adding a head = one ``BoxPredictor`` subclass + one entry in ``HEADS`` (+ its settings
 section in ``lvod.config.HEAD_SETTINGS``).
 """
+
 from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -73,8 +73,9 @@ class BoxPredictor(nn.Module):
             x = x.flatten(1)
         return self.fc_cls(x), self.fc_reg(x)
 
-    def losses(self, cls_logits: Tensor, box_deltas: Tensor, labels: Tensor,
-               box_targets: Tensor, box_weights: Tensor) -> dict[str, Tensor]:
+    def losses(
+        self, cls_logits: Tensor, box_deltas: Tensor, labels: Tensor, box_targets: Tensor, box_weights: Tensor
+    ) -> dict[str, Tensor]:
         """Training losses of one batch of sampled RoIs (all images concatenated).
 
         Args:
@@ -89,8 +90,10 @@ class BoxPredictor(nn.Module):
         """
         labels = labels.long()
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise ValueError(f"labels must lie in 0..{self.num_classes} (0 = background); got "
-                             f"{int(labels.min())}..{int(labels.max())}")
+            raise ValueError(
+                f"labels must lie in 0..{self.num_classes} (0 = background); got "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
         out = self.cls_loss(cls_logits, labels)
         out["loss_bbox"] = L.box_regression_loss(box_deltas, labels, box_targets, box_weights)
         return out
@@ -135,10 +138,17 @@ class BagsHead(BoxPredictor):
 
     uses_groups = True
 
-    def __init__(self, in_channels: int, num_classes: int, *, groups=None,
-                 label2binlabel: Tensor | None = None, pred_slice: Tensor | None = None,
-                 others_sample_ratio: float = BagsConfig.others_sample_ratio,
-                 seed: int | None = BagsConfig.seed):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        groups=None,
+        label2binlabel: Tensor | None = None,
+        pred_slice: Tensor | None = None,
+        others_sample_ratio: float = BagsConfig.others_sample_ratio,
+        seed: int | None = BagsConfig.seed,
+    ):
         source = "group tensors"
         if groups is not None:
             if label2binlabel is not None or pred_slice is not None:
@@ -146,16 +156,18 @@ class BagsHead(BoxPredictor):
             source = str(getattr(groups, "dataset", None) or "group table")
             label2binlabel, pred_slice = groups.label2binlabel, groups.pred_slice
         if label2binlabel is None or pred_slice is None:
-            raise ValueError("the bags head needs groups= (a GroupTable) or both "
-                             "label2binlabel= and pred_slice=")
+            raise ValueError("the bags head needs groups= (a GroupTable) or both label2binlabel= and pred_slice=")
         label2binlabel = torch.as_tensor(label2binlabel).long()
         pred_slice = torch.as_tensor(pred_slice).long()
         try:
             L.validate_bags_tables(label2binlabel, pred_slice, num_classes)
         except ValueError as err:
-            raise DataError(source, "label2binlabel/pred_slice", str(err),
-                            "rebuild the group table from this dataset's class list and counts "
-                            "(lvod.groups.build_groups)") from None
+            raise DataError(
+                source,
+                "label2binlabel/pred_slice",
+                str(err),
+                "rebuild the group table from this dataset's class list and counts (lvod.groups.build_groups)",
+            ) from None
         if others_sample_ratio <= 0:
             raise ValueError(f"others_sample_ratio must be > 0, got {others_sample_ratio}")
         super().__init__(in_channels, num_classes, L.bags_num_logits(pred_slice))
@@ -165,16 +177,23 @@ class BagsHead(BoxPredictor):
         self.others_sample_ratio = float(others_sample_ratio)
         self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         if self.num_groups == 1:
-            warnings.warn("BAGS with a single object group: only the bg/object split differs "
-                          "from a softmax head; check that the group edges fit this dataset",
-                          stacklevel=2)
+            warnings.warn(
+                "BAGS with a single object group: only the bg/object split differs "
+                "from a softmax head; check that the group edges fit this dataset",
+                stacklevel=2,
+            )
 
     def cls_loss(self, cls_logits: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """``loss_cls``: sum over groups of each group's mean CE over its kept RoIs; plus
         ``bags_group{k}_loss`` / ``bags_group{k}_kept`` (detached)."""
-        total, per_group, kept = L.bags_loss(cls_logits, labels, self.label2binlabel, self.pred_slice,
-                                             others_sample_ratio=self.others_sample_ratio,
-                                             generator=self._generator)
+        total, per_group, kept = L.bags_loss(
+            cls_logits,
+            labels,
+            self.label2binlabel,
+            self.pred_slice,
+            others_sample_ratio=self.others_sample_ratio,
+            generator=self._generator,
+        )
         out = {"loss_cls": total}
         per_group = per_group.detach()
         for k in range(per_group.shape[0]):
@@ -202,8 +221,15 @@ class SeesawHead(BoxPredictor):
     training mode; it is a persistent buffer, so a resumed run keeps its counts.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, *, p: float = SeesawConfig.p,
-                 q: float = SeesawConfig.q, eps: float = SeesawConfig.eps):
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        *,
+        p: float = SeesawConfig.p,
+        q: float = SeesawConfig.q,
+        eps: float = SeesawConfig.eps,
+    ):
         super().__init__(in_channels, num_classes, num_classes + 2)
         if p < 0 or q < 0:
             raise ValueError(f"seesaw p and q must be >= 0, got p={p}, q={q}")
@@ -218,18 +244,23 @@ class SeesawHead(BoxPredictor):
             self.cum_samples += torch.bincount(labels, minlength=C + 1).to(self.cum_samples)
         pos = labels > 0
         if bool(pos.any()):
-            per_pos = L.seesaw_class_loss(cls_logits[pos, :C], labels[pos] - 1,
-                                          self.cum_samples[1:], p=self.p, q=self.q,
-                                          eps=self.eps)
+            per_pos = L.seesaw_class_loss(
+                cls_logits[pos, :C], labels[pos] - 1, self.cum_samples[1:], p=self.p, q=self.q, eps=self.eps
+            )
             loss_classes = L.mean_over_rois(per_pos, R)
         else:
             loss_classes = cls_logits.sum() * 0.0
         obj_target = (labels == 0).long()  # 0 = object column, 1 = background column
-        loss_obj = (L.mean_over_rois(F.cross_entropy(cls_logits[:, C:], obj_target,
-                                                     reduction="none"), R)
-                    if R else cls_logits.sum() * 0.0)
-        return {"loss_cls": loss_classes + loss_obj, "seesaw_classes_loss": loss_classes.detach(),
-                "seesaw_objectness_loss": loss_obj.detach()}
+        loss_obj = (
+            L.mean_over_rois(F.cross_entropy(cls_logits[:, C:], obj_target, reduction="none"), R)
+            if R
+            else cls_logits.sum() * 0.0
+        )
+        return {
+            "loss_cls": loss_classes + loss_obj,
+            "seesaw_classes_loss": loss_classes.detach(),
+            "seesaw_objectness_loss": loss_obj.detach(),
+        }
 
     def scores(self, cls_logits: Tensor) -> Tensor:
         """``(R, C+1)``: ``[P(bg), softmax(classes) * P(object)]``."""
@@ -243,8 +274,7 @@ HEADS: dict[str, type[BoxPredictor]] = {
 }
 
 
-def build_head(name: str, in_channels: int, num_classes: int, *, groups=None,
-               **settings) -> BoxPredictor:
+def build_head(name: str, in_channels: int, num_classes: int, *, groups=None, **settings) -> BoxPredictor:
     """Build the head called ``name`` (one of ``HEADS``) with its settings.
 
     ``settings`` are the head's keyword arguments (``ModelConfig.head_settings()``: bags

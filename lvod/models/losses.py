@@ -10,6 +10,7 @@ hand-checkable numbers:
 
 Label convention everywhere: ``0 = background``, ``1..C`` objects (docs/DESIGN.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,8 +28,9 @@ def mean_over_rois(per_roi: Tensor, num_rois: int) -> Tensor:
     return per_roi.sum() / max(int(num_rois), 1)
 
 
-def box_regression_loss(box_deltas: Tensor, labels: Tensor, box_targets: Tensor,
-                        box_weights: Tensor, *, beta: float = 1.0) -> Tensor:
+def box_regression_loss(
+    box_deltas: Tensor, labels: Tensor, box_targets: Tensor, box_weights: Tensor, *, beta: float = 1.0
+) -> Tensor:
     """Smooth-L1 between the predicted deltas of each positive RoI's own class and its target.
 
     Args:
@@ -54,8 +56,7 @@ def box_regression_loss(box_deltas: Tensor, labels: Tensor, box_targets: Tensor,
     per_class = box_deltas.view(num_rois, -1, 4)  # (R, C, 4)
     pos_idx = pos.nonzero(as_tuple=True)[0]
     pred = per_class[pos_idx, labels[pos_idx] - 1]  # (P, 4)
-    per_coord = F.smooth_l1_loss(pred, box_targets[pos_idx].to(pred.dtype), beta=beta,
-                                 reduction="none")  # (P, 4)
+    per_coord = F.smooth_l1_loss(pred, box_targets[pos_idx].to(pred.dtype), beta=beta, reduction="none")  # (P, 4)
     per_roi = per_coord.sum(dim=1) * box_weights[pos_idx].to(pred.dtype)  # (P,)
     return mean_over_rois(per_roi, num_rois)
 
@@ -72,6 +73,7 @@ def softmax_ce_loss(cls_logits: Tensor, labels: Tensor) -> Tensor:
 # label (column; 0 = background) to its slot inside each group (row; 0 = bg/fg group).
 # ``pred_slice (G+1, 2)`` holds ``(start, length)`` of each group's logits.
 
+
 def validate_bags_tables(label2binlabel: Tensor, pred_slice: Tensor, num_classes: int) -> None:
     """Raise ``ValueError`` naming the broken invariant unless the two BAGS tables agree with
     each other and with a detector of ``num_classes`` objects and background = label 0.
@@ -83,32 +85,41 @@ def validate_bags_tables(label2binlabel: Tensor, pred_slice: Tensor, num_classes
     logits, group k ``n_k + 1``; the slices are contiguous from 0.
     """
     if label2binlabel.dim() != 2 or pred_slice.dim() != 2 or pred_slice.shape[1] != 2:
-        raise ValueError(f"label2binlabel must be (G+1, C+1) and pred_slice (G+1, 2); got "
-                         f"{tuple(label2binlabel.shape)} and {tuple(pred_slice.shape)}")
+        raise ValueError(
+            f"label2binlabel must be (G+1, C+1) and pred_slice (G+1, 2); got "
+            f"{tuple(label2binlabel.shape)} and {tuple(pred_slice.shape)}"
+        )
     n_rows, n_cols = label2binlabel.shape
     if n_cols != num_classes + 1:
-        raise ValueError(f"label2binlabel has {n_cols} columns but the detector has "
-                         f"{num_classes} classes + background = {num_classes + 1}; the group "
-                         "table was built for another class list")
+        raise ValueError(
+            f"label2binlabel has {n_cols} columns but the detector has "
+            f"{num_classes} classes + background = {num_classes + 1}; the group "
+            "table was built for another class list"
+        )
     if n_rows < 2 or pred_slice.shape[0] != n_rows:
-        raise ValueError(f"need the bg/fg group plus >= 1 object group with one pred_slice row "
-                         f"each; got label2binlabel rows {n_rows}, pred_slice rows "
-                         f"{pred_slice.shape[0]}")
+        raise ValueError(
+            f"need the bg/fg group plus >= 1 object group with one pred_slice row "
+            f"each; got label2binlabel rows {n_rows}, pred_slice rows "
+            f"{pred_slice.shape[0]}"
+        )
     l2b = label2binlabel.long().cpu()
     expected_row0 = torch.ones(n_cols, dtype=torch.long)
     expected_row0[0] = 0
     if not torch.equal(l2b[0], expected_row0):
-        raise ValueError("label2binlabel row 0 must be [0, 1, ..., 1] (column 0 = background); "
-                         "a table built with background as the last label does not fit lvod")
+        raise ValueError(
+            "label2binlabel row 0 must be [0, 1, ..., 1] (column 0 = background); "
+            "a table built with background as the last label does not fit lvod"
+        )
     if bool((l2b[:, 0] != 0).any()):
-        raise ValueError("background (column 0) must map to slot 0 in every group, got "
-                         f"{l2b[:, 0].tolist()}")
+        raise ValueError(f"background (column 0) must map to slot 0 in every group, got {l2b[:, 0].tolist()}")
     member = l2b[1:, 1:] > 0  # (G, C)
     per_class = member.sum(0)
     if bool((per_class != 1).any()):
         bad = (per_class != 1).nonzero(as_tuple=True)[0][:5] + 1
-        raise ValueError(f"every class must belong to exactly one object group; labels "
-                         f"{bad.tolist()} belong to {per_class[bad - 1].tolist()} groups")
+        raise ValueError(
+            f"every class must belong to exactly one object group; labels "
+            f"{bad.tolist()} belong to {per_class[bad - 1].tolist()} groups"
+        )
     lengths = [2]
     for k in range(1, n_rows):
         ranks = l2b[k, 1:][member[k - 1]]  # ascending label order
@@ -116,14 +127,18 @@ def validate_bags_tables(label2binlabel: Tensor, pred_slice: Tensor, num_classes
         if n_k == 0:
             raise ValueError(f"object group {k} has no member class; drop empty groups")
         if not torch.equal(ranks, torch.arange(1, n_k + 1)):
-            raise ValueError(f"group {k}: member ranks must be 1..{n_k} in label order (0 is "
-                             f"the 'others' slot); got {ranks[:8].tolist()}")
+            raise ValueError(
+                f"group {k}: member ranks must be 1..{n_k} in label order (0 is "
+                f"the 'others' slot); got {ranks[:8].tolist()}"
+            )
         lengths.append(n_k + 1)
     ps = pred_slice.long().cpu()
     starts = torch.tensor([0] + lengths[:-1]).cumsum(0)
     if ps[:, 1].tolist() != lengths or not torch.equal(ps[:, 0], starts):
-        raise ValueError(f"pred_slice {ps.tolist()} does not match the group sizes: expected "
-                         f"lengths {lengths} starting at {starts.tolist()}")
+        raise ValueError(
+            f"pred_slice {ps.tolist()} does not match the group sizes: expected "
+            f"lengths {lengths} starting at {starts.tolist()}"
+        )
 
 
 def bags_num_logits(pred_slice: Tensor) -> int:
@@ -140,8 +155,7 @@ def remap_labels(labels: Tensor, label2binlabel: Tensor) -> Tensor:
     return label2binlabel.to(labels.device)[:, labels]
 
 
-def sample_others(group_labels: Tensor, ratio: float, generator: torch.Generator | None = None
-                  ) -> Tensor:
+def sample_others(group_labels: Tensor, ratio: float, generator: torch.Generator | None = None) -> Tensor:
     """Which RoIs an object group trains on: ``(R,)`` bool.
 
     Every member RoI (``group_labels > 0``) is kept, plus ``int(ratio * n_members)``
@@ -163,9 +177,15 @@ def sample_others(group_labels: Tensor, ratio: float, generator: torch.Generator
     return keep
 
 
-def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_slice: Tensor,
-              *, others_sample_ratio: float = 8.0, generator: torch.Generator | None = None
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def bags_loss(
+    cls_logits: Tensor,
+    labels: Tensor,
+    label2binlabel: Tensor,
+    pred_slice: Tensor,
+    *,
+    others_sample_ratio: float = 8.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Balanced group softmax loss.
 
     Args:
@@ -184,7 +204,7 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
     per_group, kept = [], []
     for k in range(group_labels.shape[0]):
         start, length = int(pred_slice[k, 0]), int(pred_slice[k, 1])
-        logits_k = cls_logits[:, start:start + length]  # (R, n_k+1)
+        logits_k = cls_logits[:, start : start + length]  # (R, n_k+1)
         if k == 0:
             keep = torch.ones_like(group_labels[0], dtype=torch.bool)
         else:
@@ -199,7 +219,7 @@ def bags_loss(cls_logits: Tensor, labels: Tensor, label2binlabel: Tensor, pred_s
 def bags_group_probs(cls_logits: Tensor, pred_slice: Tensor) -> Tensor:
     """Softmax inside every group, laid out like the logits: ``(R, (C+1)+(G+1))``; each group's
     slice sums to 1."""
-    parts = [torch.softmax(cls_logits[:, int(s):int(s) + int(n)], dim=-1) for s, n in pred_slice]
+    parts = [torch.softmax(cls_logits[:, int(s) : int(s) + int(n)], dim=-1) for s, n in pred_slice]
     return torch.cat(parts, dim=-1)
 
 
@@ -230,8 +250,10 @@ def bags_merge_scores(cls_logits: Tensor, pred_slice: Tensor, label2binlabel: Te
 # import without permutation): columns ``0..C-1`` = classes 1..C, ``C`` = object,
 # ``C+1`` = background.
 
-def seesaw_weights(class_logits: Tensor, targets: Tensor, class_counts: Tensor, *, p: float,
-                   q: float, eps: float = 1e-2) -> Tensor:
+
+def seesaw_weights(
+    class_logits: Tensor, targets: Tensor, class_counts: Tensor, *, p: float, q: float, eps: float = 1e-2
+) -> Tensor:
     """Seesaw factors ``S (P, C)`` that scale the negative-class exponentials.
 
     For a sample of class i and another class j:
@@ -255,8 +277,9 @@ def seesaw_weights(class_logits: Tensor, targets: Tensor, class_counts: Tensor, 
     return weights
 
 
-def seesaw_class_loss(class_logits: Tensor, targets: Tensor, class_counts: Tensor, *,
-                      p: float = 0.8, q: float = 2.0, eps: float = 1e-2) -> Tensor:
+def seesaw_class_loss(
+    class_logits: Tensor, targets: Tensor, class_counts: Tensor, *, p: float = 0.8, q: float = 2.0, eps: float = 1e-2
+) -> Tensor:
     """Per-sample seesaw cross-entropy ``(P,)`` over the C class logits.
 
     ``-log( e^{z_i} / (e^{z_i} + Σ_{j≠i} S_ij e^{z_j}) )``, computed as a cross-entropy on
@@ -275,8 +298,7 @@ def seesaw_scores(cls_logits: Tensor, num_classes: int) -> Tensor:
     P(object)``.
     """
     if cls_logits.shape[-1] != num_classes + 2:
-        raise ValueError(f"seesaw logits must have C+2 = {num_classes + 2} columns, got "
-                         f"{cls_logits.shape[-1]}")
+        raise ValueError(f"seesaw logits must have C+2 = {num_classes + 2} columns, got {cls_logits.shape[-1]}")
     cls_prob = torch.softmax(cls_logits[:, :num_classes], dim=-1)
     obj_prob = torch.softmax(cls_logits[:, num_classes:], dim=-1)  # (R, 2): object, background
     return torch.cat([obj_prob[:, 1:2], cls_prob * obj_prob[:, 0:1]], dim=1)

@@ -12,6 +12,7 @@ called.
 aggregator, after each shared FC the key RoIs attend to reference RoIs
 (``x = x + aggregator[i](x, ref_i)``), then ReLU, as mmtracking's ``SelsaBBoxHead``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,11 +29,11 @@ class BBoxHead(nn.Module):
     ref (M, D)) -> (R, D)``.
     """
 
-    def __init__(self, in_features: int, fc_channels: int, predictor: nn.Module,
-                 aggregators: list[nn.Module] | None = None):
+    def __init__(
+        self, in_features: int, fc_channels: int, predictor: nn.Module, aggregators: list[nn.Module] | None = None
+    ):
         super().__init__()
-        self.shared_fcs = nn.ModuleList([nn.Linear(in_features, fc_channels),
-                                         nn.Linear(fc_channels, fc_channels)])
+        self.shared_fcs = nn.ModuleList([nn.Linear(in_features, fc_channels), nn.Linear(fc_channels, fc_channels)])
         for fc in self.shared_fcs:  # mmdet ConvFCBBoxHead: xavier uniform, zero bias
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -75,12 +76,25 @@ class BBoxHead(nn.Module):
 class RoIHead(nn.Module):
     """RoIAlign + ``BBoxHead`` + sampling / NMS (see the module docstring for the defaults)."""
 
-    def __init__(self, bbox_head: BBoxHead, *, roi_size: int = 7, sampling_ratio: int = 2,
-                 stride: int = 16, pos_iou: float = 0.5, neg_iou: float = 0.5,
-                 min_pos_iou: float = 0.5, low_quality: bool = True, num_samples: int = 256,
-                 pos_fraction: float = 0.25,
-                 add_gt_as_proposals: bool = True, target_stds=(0.2, 0.2, 0.2, 0.2),
-                 score_thr: float = 1e-4, nms_iou: float = 0.5, max_dets: int = 100):
+    def __init__(
+        self,
+        bbox_head: BBoxHead,
+        *,
+        roi_size: int = 7,
+        sampling_ratio: int = 2,
+        stride: int = 16,
+        pos_iou: float = 0.5,
+        neg_iou: float = 0.5,
+        min_pos_iou: float = 0.5,
+        low_quality: bool = True,
+        num_samples: int = 256,
+        pos_fraction: float = 0.25,
+        add_gt_as_proposals: bool = True,
+        target_stds=(0.2, 0.2, 0.2, 0.2),
+        score_thr: float = 1e-4,
+        nms_iou: float = 0.5,
+        max_dets: int = 100,
+    ):
         super().__init__()
         self.bbox_head = bbox_head
         self.roi_size, self.sampling_ratio, self.scale = roi_size, sampling_ratio, 1.0 / stride
@@ -96,17 +110,14 @@ class RoIHead(nn.Module):
 
     def pool(self, feats: Tensor, boxes: list[Tensor]) -> Tensor:
         """``feats (B, C, h, w)``, per-image boxes -> ``(sum R_b, C, 7, 7)`` (RoIAlign aligned)."""
-        rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b.float()], dim=1)
-                for i, b in enumerate(boxes)]
+        rois = [torch.cat([b.new_full((b.shape[0], 1), float(i)), b.float()], dim=1) for i, b in enumerate(boxes)]
         rois = torch.cat(rois) if rois else feats.new_zeros((0, 5), dtype=torch.float32)
         # box coordinates stay float32 (half precision would round them to 0.5 px at 1000 px)
-        out = roi_align(feats.float(), rois.float(), self.roi_size, self.scale,
-                        self.sampling_ratio, aligned=True)
+        out = roi_align(feats.float(), rois.float(), self.roi_size, self.scale, self.sampling_ratio, aligned=True)
         return out.to(feats.dtype)
 
     @torch.no_grad()
-    def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def sample(self, proposals: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """One image: ``(rois (S, 4), labels (S,), box_targets (S, 4), box_weights (S,))``.
 
         Positives first. ``box_targets`` are encoded deltas divided by the target stds.
@@ -115,8 +126,7 @@ class RoIHead(nn.Module):
         # mmdet order: assign the proposals alone (MaxIoUAssigner with match_low_quality,
         # mmtracking's rcnn default: each GT's best proposals go to that GT, the last GT
         # winning a shared one), then prepend the GT boxes, each assigned to itself
-        matched, _ = bc.assign(proposals, gt_boxes, self.pos_iou, self.neg_iou, self.min_pos_iou,
-                               self.low_quality)
+        matched, _ = bc.assign(proposals, gt_boxes, self.pos_iou, self.neg_iou, self.min_pos_iou, self.low_quality)
         if self.add_gt and gt_boxes.numel():
             proposals = torch.cat([gt_boxes, proposals])
             own = torch.arange(1, gt_boxes.shape[0] + 1, dtype=matched.dtype, device=matched.device)
@@ -128,13 +138,14 @@ class RoIHead(nn.Module):
         weights = rois.new_zeros(rois.shape[0])
         if pos.numel():
             gt_idx = matched[pos] - 1
-            labels[:pos.numel()] = gt_labels[gt_idx].long()
-            targets[:pos.numel()] = bc.encode(proposals[pos], gt_boxes[gt_idx], self.stds)
-            weights[:pos.numel()] = 1.0
+            labels[: pos.numel()] = gt_labels[gt_idx].long()
+            targets[: pos.numel()] = bc.encode(proposals[pos], gt_boxes[gt_idx], self.stds)
+            weights[: pos.numel()] = 1.0
         return rois, labels, targets, weights
 
-    def losses(self, feats: Tensor, proposals: list[Tensor], targets: list[dict],
-               refs: list[list[Tensor]] | None = None) -> dict[str, Tensor]:
+    def losses(
+        self, feats: Tensor, proposals: list[Tensor], targets: list[dict], refs: list[list[Tensor]] | None = None
+    ) -> dict[str, Tensor]:
         """Predictor losses on the sampled RoIs of the batch (``loss_cls``, ``loss_bbox``, ...).
 
         ``refs[b]``: SELSA reference embeddings of image ``b`` (``BBoxHead.ref_embeddings``).
@@ -147,13 +158,22 @@ class RoIHead(nn.Module):
         else:
             x = torch.cat([self.bbox_head.embed(p, r) for p, r in zip(pooled.split(sizes), refs)])
         cls_logits, box_deltas = self.predictor(x)
-        return self.predictor.losses(cls_logits.float(), box_deltas.float(),
-                                     torch.cat([s[1] for s in samples]), torch.cat([s[2] for s in samples]),
-                                     torch.cat([s[3] for s in samples]))
+        return self.predictor.losses(
+            cls_logits.float(),
+            box_deltas.float(),
+            torch.cat([s[1] for s in samples]),
+            torch.cat([s[2] for s in samples]),
+            torch.cat([s[3] for s in samples]),
+        )
 
     @torch.no_grad()
-    def detect(self, feats: Tensor, proposals: list[Tensor], image_sizes: list[tuple[int, int]],
-               refs: list[list[Tensor]] | None = None) -> list[dict]:
+    def detect(
+        self,
+        feats: Tensor,
+        proposals: list[Tensor],
+        image_sizes: list[tuple[int, int]],
+        refs: list[list[Tensor]] | None = None,
+    ) -> list[dict]:
         """Per image ``{"boxes" (K, 4), "scores" (K,), "labels" (K,) in 1..C}``, input pixels,
         K <= max_dets, after the score threshold and per-class NMS."""
         pooled = self.pool(feats, proposals)
@@ -174,12 +194,12 @@ class RoIHead(nn.Module):
         cls_logits, box_deltas = self.predictor(emb)
         scores = self.predictor.scores(cls_logits.float())[:, 1:]  # (R, C)
         boxes = bc.decode(proposals.float(), box_deltas.float(), self.stds, img_size)
-        return multiclass_nms(boxes.reshape(proposals.shape[0], -1, 4), scores,
-                              self.score_thr, self.nms_iou, self.max_dets)
+        return multiclass_nms(
+            boxes.reshape(proposals.shape[0], -1, 4), scores, self.score_thr, self.nms_iou, self.max_dets
+        )
 
 
-def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, nms_iou: float,
-                   max_dets: int) -> dict:
+def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, nms_iou: float, max_dets: int) -> dict:
     """``boxes (R, C, 4)``, ``scores (R, C)`` -> top ``max_dets`` after per-class NMS.
 
     Returns ``{"boxes" (K, 4), "scores" (K,), "labels" (K,) int64 in 1..C}``, best first.
@@ -193,5 +213,8 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, nms_iou: flo
 
 
 def _empty(device) -> dict:
-    return {"boxes": torch.zeros((0, 4), device=device), "scores": torch.zeros(0, device=device),
-            "labels": torch.zeros(0, dtype=torch.int64, device=device)}
+    return {
+        "boxes": torch.zeros((0, 4), device=device),
+        "scores": torch.zeros(0, device=device),
+        "labels": torch.zeros(0, dtype=torch.int64, device=device),
+    }

@@ -4,6 +4,7 @@ Layers ``rpn_conv`` (3x3 + ReLU), ``rpn_cls`` (1x1, ``A`` sigmoid logits) and ``
 (1x1, ``4A`` deltas) carry mmtracking's names. ``RPNHead.forward`` returns raw maps;
 ``losses`` and ``proposals`` do the rest, all box maths in float32.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from lvod.models import box_coder as bc
 @dataclass(frozen=True)
 class ProposalSettings:
     """Proposal generation: top ``pre_nms`` scores, NMS at ``nms_iou``, keep ``post_nms``."""
+
     pre_nms: int
     post_nms: int
     nms_iou: float = 0.7
@@ -37,14 +39,27 @@ class RPNHead(nn.Module):
         smooth_l1_beta: 1/9.
     """
 
-    def __init__(self, in_channels: int = 512, feat_channels: int = 512, *,
-                 anchor_base: float = 16, anchor_scales=(4, 8, 16, 32), anchor_ratios=(0.5, 1.0, 2.0),
-                 stride: int = 16, pos_iou: float = 0.7, neg_iou: float = 0.3,
-                 min_pos_iou: float = 0.3, num_samples: int = 256, pos_fraction: float = 0.5,
-                 allowed_border: float = 0, smooth_l1_beta: float = 1.0 / 9):
+    def __init__(
+        self,
+        in_channels: int = 512,
+        feat_channels: int = 512,
+        *,
+        anchor_base: float = 16,
+        anchor_scales=(4, 8, 16, 32),
+        anchor_ratios=(0.5, 1.0, 2.0),
+        stride: int = 16,
+        pos_iou: float = 0.7,
+        neg_iou: float = 0.3,
+        min_pos_iou: float = 0.3,
+        num_samples: int = 256,
+        pos_fraction: float = 0.5,
+        allowed_border: float = 0,
+        smooth_l1_beta: float = 1.0 / 9,
+    ):
         super().__init__()
-        self.register_buffer("base", bc.base_anchors(anchor_base, list(anchor_scales), list(anchor_ratios)),
-                             persistent=False)
+        self.register_buffer(
+            "base", bc.base_anchors(anchor_base, list(anchor_scales), list(anchor_ratios)), persistent=False
+        )
         self.num_anchors = self.base.shape[0]
         self.stride = stride
         self.pos_iou, self.neg_iou, self.min_pos_iou = pos_iou, neg_iou, min_pos_iou
@@ -69,8 +84,14 @@ class RPNHead(nn.Module):
         """``(h*w*A, 4)`` anchors of a feature map shaped like ``feats``."""
         return bc.grid_anchors(self.base.to(feats.device), feats.shape[-2], feats.shape[-1], self.stride)
 
-    def losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
-               image_sizes: list[tuple[int, int]], gt_boxes: list[Tensor]) -> dict[str, Tensor]:
+    def losses(
+        self,
+        logits: Tensor,
+        deltas: Tensor,
+        anchors: Tensor,
+        image_sizes: list[tuple[int, int]],
+        gt_boxes: list[Tensor],
+    ) -> dict[str, Tensor]:
         """``loss_rpn_cls`` (sigmoid CE) and ``loss_rpn_bbox`` (smooth-L1), both summed over the
         sampled anchors of the batch and divided by mmdet's ``num_total_samples``: per image
         ``max(positives, 1) + max(negatives, 1)`` (so an image without a positive counts one
@@ -90,12 +111,12 @@ class RPNHead(nn.Module):
                 box_terms.append(F.smooth_l1_loss(deltas[i, valid[pos]], tgt, beta=self.beta, reduction="sum"))
             n_samples += max(pos.numel(), 1) + max(neg.numel(), 1)  # mmdet AnchorHead.get_targets
         loss_box = torch.stack(box_terms).sum() if box_terms else deltas.sum() * 0.0
-        return {"loss_rpn_cls": torch.stack(cls_terms).sum() / n_samples,
-                "loss_rpn_bbox": loss_box / n_samples}
+        return {"loss_rpn_cls": torch.stack(cls_terms).sum() / n_samples, "loss_rpn_bbox": loss_box / n_samples}
 
     @torch.no_grad()
-    def proposals(self, logits: Tensor, deltas: Tensor, anchors: Tensor,
-                  image_sizes: list[tuple[int, int]], cfg: ProposalSettings) -> list[Tensor]:
+    def proposals(
+        self, logits: Tensor, deltas: Tensor, anchors: Tensor, image_sizes: list[tuple[int, int]], cfg: ProposalSettings
+    ) -> list[Tensor]:
         """Per image ``(P, 4)`` proposals (P <= cfg.post_nms), best first, detached."""
         out = []
         for i, size in enumerate(image_sizes):
@@ -108,5 +129,5 @@ class RPNHead(nn.Module):
             keep = (w > cfg.min_size) & (h > cfg.min_size)
             boxes, scores = boxes[keep], scores[keep]
             keep = batched_nms(boxes, scores, torch.zeros_like(scores, dtype=torch.int64), cfg.nms_iou)
-            out.append(boxes[keep[:cfg.post_nms]])
+            out.append(boxes[keep[: cfg.post_nms]])
         return out

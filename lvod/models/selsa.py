@@ -13,10 +13,10 @@ the key frame's own RoIs, which mmtracking's test path appends to the references
 reference's RoI embeddings are computed once per video and every frame's backbone runs once
 (see ``SELSA.detect_video`` for the two reading modes).
 """
+
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -47,15 +47,15 @@ class SelsaAggregator(nn.Module):
         r, d = x.shape
         m = ref.shape[0]
         dh = d // self.num_heads
-        q = self.fc_embed(x).view(r, self.num_heads, dh).transpose(0, 1)          # (H, R, dh)
-        k = self.ref_fc_embed(ref).view(m, self.num_heads, dh).permute(1, 2, 0)   # (H, dh, M)
-        return (torch.bmm(q, k) / dh ** 0.5).softmax(dim=2)
+        q = self.fc_embed(x).view(r, self.num_heads, dh).transpose(0, 1)  # (H, R, dh)
+        k = self.ref_fc_embed(ref).view(m, self.num_heads, dh).permute(1, 2, 0)  # (H, dh, M)
+        return (torch.bmm(q, k) / dh**0.5).softmax(dim=2)
 
     def forward(self, x: Tensor, ref: Tensor) -> Tensor:
         r, d = x.shape
         w = self.attention(x, ref)
         v = self.ref_fc(ref).view(ref.shape[0], self.num_heads, -1).transpose(0, 1)  # (H, M, dh)
-        out = torch.bmm(w.to(v.dtype), v).transpose(0, 1).reshape(r, d)           # (R, D)
+        out = torch.bmm(w.to(v.dtype), v).transpose(0, 1).reshape(r, d)  # (R, D)
         return self.fc(out)
 
 
@@ -90,8 +90,7 @@ class SELSA(nn.Module):
         pooled = self.detector.roi_head.pool(feats, props)
         return self.detector.roi_head.bbox_head.ref_embeddings(pooled)
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]],
-                targets: list[dict]) -> dict[str, Tensor]:
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, Tensor]:
         """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
         + head extras). ``images (B, T, 3, H, W)``: ``[:, 0]`` key, ``[:, 1:]`` refs (T >= 2)."""
         feats = self.detector.extract_clip_feats(images, image_sizes, targets)
