@@ -4,8 +4,10 @@ side).
 
 - :func:`train_command` / :func:`start_training`: the ``lvod train`` command line and the
   child process (its console output goes to ``<work_dir>/train.out``);
-- :func:`read_records` / :func:`read_log` / :func:`last_record`: the JSON-lines
-  ``log.jsonl`` a run writes (a torn last line of a live log is skipped);
+- :func:`read_log`: the JSON-lines ``log.jsonl`` a run writes, as a DataFrame; the
+  record readers :func:`read_records` / :func:`last_record` are those of
+  :mod:`lvod.engine.runlog`, which writes the file (a torn last line of a live log is
+  skipped);
 - :func:`plot_losses` / :func:`follow`: redraw the loss curve in a notebook until the run ends.
 
 The training itself stays in ``lvod.engine.train``; this module only launches and reads.
@@ -13,12 +15,15 @@ The training itself stays in ``lvod.engine.train``; this module only launches an
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from lvod.engine.runlog import last_record, read_records
+
+__all__ = ["follow", "last_record", "plot_losses", "read_log", "read_records", "start_training", "train_command"]
 
 
 def train_command(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=()) -> list[str]:
@@ -56,30 +61,11 @@ def start_training(
         )
 
 
-def read_records(path) -> list[dict]:
-    """The records of a JSON-lines log, in order; [] when the file does not exist yet."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def read_log(path):
     """The JSON-lines training log as a DataFrame (one row per record)."""
     import pandas as pd
 
     return pd.DataFrame(read_records(path))
-
-
-def last_record(path, event: str = "train") -> dict:
-    """The last record of ``event`` (``"train"``: the interval losses) in a log, or {}."""
-    return next((r for r in reversed(read_records(path)) if r.get("event") == event), {})
 
 
 def plot_losses(log, ax=None):
