@@ -2,7 +2,9 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,3 +147,63 @@ def write_tiny_vid(root, num_videos=2, num_frames=12, size=(48, 36), det_images=
 def tiny_vid():
     """``write_tiny_vid`` as a fixture (call it with a folder and the same options)."""
     return write_tiny_vid
+
+
+def make_eval_case(seed=0, num_videos=9, frames=5, num_fp=150, num_classes=4):
+    """For the evaluation tests (bootstrap, AP-fixed): a small CocoVid-like ground truth
+    (videos of several frames, ``num_classes`` classes, tracks) and detections: jittered
+    copies of most boxes plus random false positives; continuous scores (no ties between
+    different detections)."""
+    rng = np.random.default_rng(seed)
+    img_ids, img_video, img_frame = [], [], []
+    for v in range(num_videos):
+        for f in range(frames):
+            img_ids.append(100 + 10 * v + f)
+            img_video.append(v + 1)
+            img_frame.append(f)
+    rows, cats, boxes, inst = [], [], [], []
+    for v in range(num_videos):
+        objects = [
+            (int(rng.integers(1, num_classes + 1)), rng.uniform(0, 60, 2), rng.uniform(8, 30, 2))
+            for _ in range(int(rng.integers(1, 4)))
+        ]
+        for o, (cat, xy, wh) in enumerate(objects):
+            for f in range(frames):
+                rows.append(v * frames + f)
+                cats.append(cat)
+                boxes.append([*(xy + rng.normal(0, 2, 2) * f), *wh])
+                inst.append(1000 * v + o)
+    boxes = np.array(boxes, np.float64)
+    gt = SimpleNamespace(
+        img_ids=np.array(img_ids, np.int64),
+        img_video_ids=np.array(img_video, np.int64),
+        img_frame_ids=np.array(img_frame, np.int64),
+        cat_ids=np.arange(1, num_classes + 1, dtype=np.int64),
+        cat_names=[f"c{k}" for k in range(1, num_classes + 1)],
+        ann_image_idx=np.array(rows, np.int64),
+        ann_cat_ids=np.array(cats, np.int64),
+        ann_boxes=boxes,
+        ann_area=boxes[:, 2] * boxes[:, 3],
+        ann_iscrowd=np.zeros(len(boxes), bool),
+        ann_ids=np.arange(1, len(boxes) + 1, dtype=np.int64),
+        ann_instance_ids=np.array(inst, np.int64),
+    )
+    di, dc, db = [], [], []
+    for a in range(len(boxes)):
+        if rng.random() < 0.85:
+            di.append(img_ids[rows[a]])
+            dc.append(cats[a] if rng.random() < 0.9 else int(rng.integers(1, num_classes + 1)))
+            db.append(boxes[a] + rng.normal(0, 3, 4))
+    for _ in range(num_fp):
+        di.append(int(rng.choice(img_ids)))
+        dc.append(int(rng.integers(1, num_classes + 1)))
+        db.append([*rng.uniform(0, 60, 2), *rng.uniform(8, 30, 2)])
+    from lvod.evaluation.results import Detections
+
+    dets = Detections(
+        image_id=np.array(di, np.int64),
+        category_id=np.array(dc, np.int64),
+        bbox=np.array(db, np.float32),
+        score=rng.random(len(di)).astype(np.float32),
+    )
+    return gt, dets

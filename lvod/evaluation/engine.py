@@ -168,7 +168,15 @@ def check_backend(backend: str, protocol: str) -> None:
 
 
 def run_passes(
-    p: Prepared, dets, passes, *, protocol="coco", max_dets=100, chunk_dets: int | None = None, backend="lvod"
+    p: Prepared,
+    dets,
+    passes,
+    *,
+    protocol="coco",
+    max_dets=100,
+    chunk_dets: int | None = None,
+    backend="lvod",
+    keep_matches: bool = False,
 ) -> list:
     """Match and accumulate several passes that differ only in GT ignore flags / thresholds.
 
@@ -178,7 +186,10 @@ def run_passes(
     docstring); ``"pycocotools"`` shares the chunk's ``COCO`` objects between passes instead.
     ``chunk_dets``: detections per chunk (None: the backend's :data:`CHUNK_DETS`).
     Returns per pass ``{"precision": (T, R, K)`` (coco) or ``"ap_voc": (K,)`` (ilsvrc),
-    ``"npig": (K,), "iou_thrs": (T,)}``.
+    ``"npig": (K,), "iou_thrs": (T,)}``. ``keep_matches`` adds what the bootstrap
+    (:mod:`lvod.evaluation.bootstrap`) resamples: ``"matched"``/``"ignored"`` bool (T, M)
+    per kept detection, and, shared by all passes, ``"order"``/``"bounds"``
+    (``coco.score_order``) and ``"det_img"`` (M,) image index of each kept detection.
     """
     if protocol not in ("coco", "ilsvrc"):
         raise ValueError(f"protocol {protocol!r}: use 'coco' or 'ilsvrc'")
@@ -192,7 +203,7 @@ def run_passes(
     if il and any(len(t) != 1 for t in thrs):
         raise ValueError("the ilsvrc protocol has one IoU threshold per object; pass iou_thrs=None or [0.5]")
     min_iou = float(min(t.min() for t in thrs))
-    cats, scores = [], []
+    cats, scores, imgs = [], [], []
     flags = [([], []) for _ in passes]
     npig = [np.zeros(p.num_cats, np.int64) for _ in passes]
     for i0, i1 in _chunks(p.det_ptr, chunk_dets):
@@ -215,6 +226,7 @@ def run_passes(
             res = library.match_chunk_passes(cg, cd, p.img_ids, p.cat_ids, lib_passes, max_dets=max_dets)
             cats.append(cd.cat[res[0][0]])
             scores.append(cd.score[res[0][0]])
+            imgs.append(cd.img[res[0][0]])
             for j, (keep, m, ig, n) in enumerate(res):
                 if not np.array_equal(keep, res[0][0]):
                     raise RuntimeError("COCOeval kept different detections in two passes of one chunk")
@@ -236,6 +248,7 @@ def run_passes(
         )
         cats.append(cd.cat[cp.keep])
         scores.append(cd.score[cp.keep])
+        imgs.append(cd.img[cp.keep])
         for j, (extra, t) in enumerate(zip(extras, thrs)):
             cg.ignore = extra[g][kept] if il else extra[g]
             m, ig, n = coco.greedy_pass(
@@ -247,12 +260,15 @@ def run_passes(
     cat = np.concatenate(cats) if cats else np.zeros(0, np.int64)
     score = np.concatenate(scores) if scores else np.zeros(0)
     order, bounds = coco.score_order(cat, score, p.num_cats)
+    det_img = np.concatenate(imgs) if imgs else np.zeros(0, np.int64)
     out = []
     for j, t in enumerate(thrs):
         m = np.concatenate(flags[j][0], axis=1) if cats else np.zeros((len(t), 0), bool)
         ig = np.concatenate(flags[j][1], axis=1) if cats else np.zeros((len(t), 0), bool)
         flags[j] = None  # free as we go
         res = {"npig": npig[j], "iou_thrs": t}
+        if keep_matches:
+            res.update(matched=m, ignored=ig, order=order, bounds=bounds, det_img=det_img)
         if il:
             res["ap_voc"] = ilsvrc.accumulate_voc(order, bounds, m[0], ig[0], npig[j])
         else:

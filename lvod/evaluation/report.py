@@ -17,13 +17,17 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 
+from lvod.evaluation import bootstrap as bs
 from lvod.evaluation import coco, motion
+from lvod.evaluation.caps import AP_FIXED_PER_CLASS, top_per_class
 from lvod.evaluation.engine import check_backend, prepare, run_passes
 from lvod.io import atomic_write, save_json
 
@@ -94,8 +98,25 @@ def evaluate(
     chunk_dets: int | None = None,
     results_file="<detections>",
     backend: str = "lvod",
+    bootstrap: int | str = 0,
+    seed: int = 0,
+    keep_samples: bool = False,
+    ap_fixed: bool | int = False,
 ) -> dict:
     """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
+
+    ``bootstrap=N`` (> 0; ``"auto"``: :func:`lvod.evaluation.bootstrap.default_resamples`
+    of the number of frames) adds 95 % intervals from ``N`` resamples of the videos
+    (:mod:`lvod.evaluation.bootstrap`, seeded by ``seed``): ``bbox_mAP_50_ci``,
+    ``bbox_mAP_ci``, ``ap50_ci``/``ap_ci`` in every ``classwise`` and ``groups`` entry,
+    ``motion_ci`` per bucket, and ``bootstrap`` (resamples, seed, level, unit, videos);
+    ``keep_samples`` also keeps the per-resample values (``bootstrap["samples"]``, numpy
+    arrays, not written to ``metrics.json``) for paired comparisons.
+
+    ``ap_fixed`` adds ``ap_fixed`` (Dave et al. 2021, REFERENCE section 8): the same
+    protocol without a per-image cap and with at most 10,000 detections per class over
+    the set (an int: that cap instead): ``{"AP", "AP50", "per_class_cap", "classwise":
+    [{category_id, name, ap50, ap}], "groups": [{group, ap50, ap}]}``.
 
     ``motion_iou``: None (from tracks when the GT has them), a path to FGFA's ``.mat``, or a
     float array (A,) per GT annotation (NaN = unknown). ``motion=False`` skips the buckets.
@@ -106,6 +127,8 @@ def evaluate(
     backend's ``lvod.evaluation.engine.CHUNK_DETS``, 2 M for lvod, 250 k for pycocotools).
     """
     check_backend(backend, protocol)
+    if bootstrap == "auto":
+        bootstrap = bs.default_resamples(len(gt.img_ids))
     p = prepare(gt, dets, results_file=results_file)
     masks, mot = (
         _motion_masks(gt, p, motion_iou)
@@ -113,7 +136,16 @@ def evaluate(
         else ({}, {"motion": None, "motion_counts": None, "motion_source": "not requested"})
     )
     passes = [(None, None)] + [(~inside, [0.5]) for inside in masks.values()]
-    results = run_passes(p, dets, passes, protocol=protocol, max_dets=max_dets, chunk_dets=chunk_dets, backend=backend)
+    results = run_passes(
+        p,
+        dets,
+        passes,
+        protocol=protocol,
+        max_dets=max_dets,
+        chunk_dets=chunk_dets,
+        backend=backend,
+        keep_matches=bootstrap > 0,
+    )
     main = results[0]
     ap50, ap, summ = _class_aps(main, protocol)
     cat_ids = [int(c) for c in p.cat_ids]
@@ -149,7 +181,99 @@ def evaluate(
             else:
                 vals = [v for v in a50 if v is not None]
                 out["motion"][name] = float(np.mean(vals)) if vals else None
+    out["ground_truth"] = ground_truth_id(gt)
+    if ap_fixed:
+        cap = AP_FIXED_PER_CLASS if ap_fixed is True else int(ap_fixed)
+        fixed = evaluate(
+            gt,
+            top_per_class(dets, cap),
+            groups=groups,
+            protocol=protocol,
+            class_names=names,
+            motion=False,
+            max_dets=np.iinfo(np.int64).max,
+            chunk_dets=chunk_dets,
+            results_file=results_file,
+            backend=backend,
+        )
+        out["ap_fixed"] = {
+            "AP": fixed["bbox_mAP"],
+            "AP50": fixed["bbox_mAP_50"],
+            "per_class_cap": cap,
+            "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
+            "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
+        }
+    if bootstrap > 0:
+        add_intervals(out, gt, p, [x for x, _ in passes], results, protocol, bootstrap, seed, keep_samples)
     return out
+
+
+def ground_truth_id(gt) -> dict:
+    """``{"file", "fingerprint"}``: the annotation file and a hash of what is scored (image,
+    annotation and category ids, boxes, crowd flags), so runs on other files are told apart."""
+    h = hashlib.sha256()
+    for column in (gt.img_ids, gt.cat_ids, gt.ann_ids, gt.ann_image_idx, gt.ann_cat_ids, gt.ann_boxes, gt.ann_iscrowd):
+        h.update(np.ascontiguousarray(column).tobytes())
+    return {"file": str(getattr(gt, "path", "<in memory>")), "fingerprint": h.hexdigest()[:16]}
+
+
+def add_intervals(out, gt, p, extras, results, protocol, resamples, seed, keep_samples) -> None:
+    """Bootstrap intervals over videos into the metrics dict ``out`` (see :func:`evaluate`)."""
+    t0 = time.perf_counter()
+    by_id = np.argsort(gt.img_ids, kind="stable")  # image index (ascending id) -> row
+    videos, video_of_img = np.unique(np.asarray(gt.img_video_ids)[by_id], return_inverse=True)
+    base = p.g_crowd | (p.img_excluded[p.g_img] if protocol == "ilsvrc" else False)
+    passes = []
+    for extra, res in zip(extras, results):
+        counted = ~(base | (False if extra is None else np.asarray(extra, bool)))
+        if not np.array_equal(np.bincount(p.g_cat[counted], minlength=p.num_cats), res["npig"]):
+            raise RuntimeError("lvod bug: the bootstrap's GT counts differ from the evaluator's")
+        passes.append((res["matched"], res["ignored"], counted, res["iou_thrs"]))
+    first = results[0]
+    table = bs.build_table(
+        protocol,
+        first["order"],
+        first["bounds"],
+        passes,
+        video_of_img[first["det_img"]],
+        video_of_img[p.g_img],
+        p.g_cat,
+        len(videos),
+    )
+    weights = bs.video_weights(len(videos), resamples, seed)
+    aps = bs.resample_class_aps(table, weights)  # per pass (B, T, K)
+    t50 = int(np.flatnonzero(np.isclose(table.iou_thrs[0], 0.5))[0])
+    ap50_k = aps[0][:, t50, :]
+    ap_k = bs.nanmean(aps[0], axis=1) if protocol == "coco" else None
+    samples = {"bbox_mAP_50": bs.nanmean(ap50_k, axis=1), "ap50_per_class": ap50_k}
+    out["bbox_mAP_50_ci"] = bs.interval(samples["bbox_mAP_50"])
+    if ap_k is not None:
+        samples["bbox_mAP"] = bs.nanmean(ap_k, axis=1)
+        samples["ap_per_class"] = ap_k
+    out["bbox_mAP_ci"] = bs.interval(samples["bbox_mAP"]) if ap_k is not None else None
+    for k, row in enumerate(out["classwise"]):
+        row["ap50_ci"] = bs.interval(ap50_k[:, k])
+        row["ap_ci"] = bs.interval(ap_k[:, k]) if ap_k is not None else None
+    index = {c: i for i, c in enumerate(int(c) for c in p.cat_ids)}
+    samples["groups_ap50"] = []
+    for g in out["groups"]:
+        cols = [index[c] for c in g["category_ids"] if c in index]
+        g50 = bs.nanmean(ap50_k[:, cols], axis=1)
+        samples["groups_ap50"].append(g50)
+        g["ap50_ci"] = bs.interval(g50)
+        g["ap_ci"] = bs.interval(bs.nanmean(ap_k[:, cols], axis=1)) if ap_k is not None else None
+    samples["motion"] = {name: bs.nanmean(a[:, 0, :], axis=1) for name, a in zip(out.get("motion") or {}, aps[1:])}
+    out["motion_ci"] = {name: bs.interval(v) for name, v in samples["motion"].items()} or None
+    out["bootstrap"] = {
+        "resamples": int(resamples),
+        "seed": int(seed),
+        "level": bs.CI_LEVEL,
+        "unit": "video",
+        "num_videos": int(len(videos)),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if keep_samples:
+        out["bootstrap"]["samples"] = samples
 
 
 def _motion_masks(gt, p, motion_iou):
@@ -171,8 +295,9 @@ def _motion_masks(gt, p, motion_iou):
     return masks, {"motion": None, "motion_counts": counts, "motion_source": source}
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
+def _fmt(v, ci=None) -> str:
+    text = "-" if v is None else f"{100 * v:.1f}"
+    return text if ci is None else f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
 def format_tables(m: dict) -> str:
@@ -182,22 +307,31 @@ def format_tables(m: dict) -> str:
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'])} |",
-        f"| bbox_mAP | {_fmt(m['bbox_mAP'])} |",
+        f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'], m.get('bbox_mAP_50_ci'))} |",
+        f"| bbox_mAP | {_fmt(m['bbox_mAP'], m.get('bbox_mAP_ci'))} |",
     ]
+    b = m.get("bootstrap")
+    if b:
+        lines += [
+            "",
+            f"[lo, hi]: {int(100 * b['level'])} % interval from {b['resamples']} bootstrap resamples of the "
+            f"{b['num_videos']} videos (seed {b['seed']}).",
+        ]
     if m["groups"]:
         lines += ["", "| group | classes with GT | AP50 | AP |", "| --- | --- | --- | --- |"]
         lines += [
-            f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} | {_fmt(g['ap50'])} "
-            f"| {_fmt(g['ap'])} |"
+            f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} "
+            f"| {_fmt(g['ap50'], g.get('ap50_ci'))} | {_fmt(g['ap'], g.get('ap_ci'))} |"
             for g in m["groups"]
         ]
     if m.get("motion"):
         lines += ["", "| motion | GT objects | AP50 |", "| --- | --- | --- |"]
-        lines += [f"| {k} | {m['motion_counts'][k]} | {_fmt(v)} |" for k, v in m["motion"].items()]
+        ci = m.get("motion_ci") or {}
+        lines += [f"| {k} | {m['motion_counts'][k]} | {_fmt(v, ci.get(k))} |" for k, v in m["motion"].items()]
     lines += ["", "| id | class | GT | AP50 | AP |", "| --- | --- | --- | --- | --- |"]
     lines += [
-        f"| {c['category_id']} | {c['name']} | {c['num_gt']} | {_fmt(c['ap50'])} | {_fmt(c['ap'])} |"
+        f"| {c['category_id']} | {c['name']} | {c['num_gt']} | {_fmt(c['ap50'], c.get('ap50_ci'))} "
+        f"| {_fmt(c['ap'], c.get('ap_ci'))} |"
         for c in m["classwise"]
     ]
     return "\n".join(lines) + "\n"
@@ -217,23 +351,50 @@ def _csv_text(rows: list, fields: list) -> str:
     return buf.getvalue()
 
 
+CI_COLUMNS = ["ap50_ci_lo", "ap50_ci_hi", "ap_ci_lo", "ap_ci_hi"]
+
+
+def _with_ci_columns(row: dict) -> dict:
+    """A CSV row: the ``[lo, hi]`` intervals as ``*_ci_lo`` / ``*_ci_hi`` columns."""
+    out = dict(row)
+    for key in ("ap50_ci", "ap_ci"):
+        ci = row.get(key)
+        out[f"{key}_lo"], out[f"{key}_hi"] = (None, None) if ci is None else ci
+    return out
+
+
 def write_metrics(m: dict, out) -> dict:
-    """Write ``metrics.json`` plus ``<stem>_classwise.csv`` and ``<stem>_groups.csv`` atomically."""
+    """Write ``metrics.json`` plus ``<stem>_classwise.csv`` and ``<stem>_groups.csv``
+    atomically (bootstrap samples, if kept, stay out of the files)."""
     out = Path(out)
+    if "samples" in (m.get("bootstrap") or {}):
+        m = {**m, "bootstrap": {k: v for k, v in m["bootstrap"].items() if k != "samples"}}
     save_json(m, out)
     paths = {"metrics": out}
+    ci = CI_COLUMNS if m.get("bootstrap") else []
     for kind, fields in (
-        ("classwise", ["category_id", "name", "num_gt", "ap50", "ap"]),
-        ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap"]),
+        ("classwise", ["category_id", "name", "num_gt", "ap50", "ap", *ci]),
+        ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap", *ci]),
     ):
         path = out.with_name(f"{out.stem}_{kind}.csv")
         with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
-            fh.write(_csv_text(m[kind], fields))
+            fh.write(_csv_text([_with_ci_columns(r) for r in m[kind]], fields))
         paths[kind] = path
     return paths
 
 
-def evaluate_files(ann, results, *, groups=None, protocol="coco", motion_iou=None, backend="lvod") -> dict:
+def evaluate_files(
+    ann,
+    results,
+    *,
+    groups=None,
+    protocol="coco",
+    motion_iou=None,
+    backend="lvod",
+    bootstrap: int | str = 0,
+    seed: int = 0,
+    ap_fixed: bool = False,
+) -> dict:
     """``lvod eval``: read the ground truth ``ann`` and the detections ``results`` (COCO
     results JSON or lvod ``.npz``) and return :func:`evaluate`'s metrics dict.
 
@@ -247,5 +408,14 @@ def evaluate_files(ann, results, *, groups=None, protocol="coco", motion_iou=Non
     gt = load_cocovid(ann)
     dets = load_results(results)
     return evaluate(
-        gt, dets, groups=groups, protocol=protocol, motion_iou=motion_iou, results_file=str(results), backend=backend
+        gt,
+        dets,
+        groups=groups,
+        protocol=protocol,
+        motion_iou=motion_iou,
+        results_file=str(results),
+        backend=backend,
+        bootstrap=bootstrap,
+        seed=seed,
+        ap_fixed=ap_fixed,
     )

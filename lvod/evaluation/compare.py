@@ -1,0 +1,173 @@
+"""Paired comparison of runs on one val set: differences with bootstrap intervals and a
+verdict, and the spread across training seeds.
+
+A *method* is one or more runs (one per training seed) of the same configuration. For
+each run, :func:`lvod.evaluation.evaluate` with ``bootstrap=N, seed=S, keep_samples=True``
+gives every metric on the same ``N`` resamples of the val videos (the resamples depend
+only on the videos, ``N`` and ``S``), so a difference is computed resample by resample:
+the *paired* bootstrap of REFERENCE section 8. With several seeds, a method's value on a
+resample is the mean over its seeds.
+
+Verdict of a difference (method minus baseline): ``better`` when its 95 % interval lies
+above 0, ``worse`` when below, ``unclear`` when it contains 0 (or is undefined).
+
+:func:`compare_methods` returns ``{"baseline", "resamples", "seed", "level",
+"ground_truth", "methods": {name: {"runs": [...], "num_seeds"}}, "rows": [...]}``; each
+row is one metric of one method::
+
+    {"method", "metric", "scope": "overall" | "group" | "class" | "motion", "key",
+     "value": mean over seeds, "seed_std", "seed_min", "seed_max", "ci": [lo, hi],
+     "diff", "diff_ci": [lo, hi], "verdict"}
+
+(the baseline's own rows carry ``diff = 0`` and no verdict).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lvod.errors import DataError
+from lvod.evaluation.bootstrap import CI_LEVEL, interval, nanmean
+
+VERDICTS = ("better", "worse", "unclear")
+
+
+def verdict(ci) -> str:
+    """``better`` / ``worse`` / ``unclear`` for a difference interval ``[lo, hi]``."""
+    if ci is None:
+        return "unclear"
+    lo, hi = ci
+    return "better" if lo > 0 else "worse" if hi < 0 else "unclear"
+
+
+def _metric_table(m: dict) -> dict:
+    """``{(scope, key): (value, samples (B,))}`` of one evaluated run (with samples)."""
+    s = m["bootstrap"]["samples"]
+    out = {("overall", "bbox_mAP_50"): (m["bbox_mAP_50"], s["bbox_mAP_50"])}
+    if m.get("bbox_mAP") is not None:
+        out[("overall", "bbox_mAP")] = (m["bbox_mAP"], s["bbox_mAP"])
+    for g, samples in zip(m.get("groups", []), s["groups_ap50"]):
+        out[("group", g["group"])] = (g["ap50"], samples)
+    for k, c in enumerate(m["classwise"]):
+        out[("class", c["name"])] = (c["ap50"], s["ap50_per_class"][:, k])
+    for bucket, value in (m.get("motion") or {}).items():
+        out[("motion", bucket)] = (value, s["motion"][bucket])
+    return out
+
+
+def _nan(v) -> float:
+    return np.nan if v is None else float(v)
+
+
+def _check_same_ground_truth(methods: dict) -> dict:
+    """All runs must have been evaluated on one ground truth with the same resamples."""
+    first = None
+    for name, runs in methods.items():
+        for i, m in enumerate(runs):
+            key = (
+                m.get("ground_truth"),
+                m["bootstrap"]["resamples"],
+                m["bootstrap"]["seed"],
+                m["bootstrap"]["num_videos"],
+            )
+            if first is None:
+                first = (name, i, key)
+            elif key != first[2]:
+                raise DataError(
+                    f"run {i} of {name!r}",
+                    "ground truth / resamples",
+                    f"{key} differs from {first[2]} of run {first[1]} of {first[0]!r}",
+                    "compare runs evaluated on the same annotation file with the same --bootstrap N and seed",
+                )
+    return {"ground_truth": first[2][0], "resamples": first[2][1], "seed": first[2][2]}
+
+
+def compare_methods(methods: dict[str, list[dict]], baseline: str, *, level: float = CI_LEVEL) -> dict:
+    """Differences of every method to ``baseline`` (module docstring).
+
+    ``methods``: ``{name: [metrics of each seed's run]}``, each from ``evaluate(...,
+    keep_samples=True)`` on the same ground truth with the same resamples.
+    """
+    if baseline not in methods:
+        raise DataError(
+            "--baseline",
+            baseline,
+            f"is not one of the runs ({', '.join(methods)})",
+            "name one of the runs as the baseline",
+        )
+    info = _check_same_ground_truth(methods)
+    tables = {name: [_metric_table(m) for m in runs] for name, runs in methods.items()}
+    keys = list(tables[baseline][0])
+
+    def method_samples(name, key):
+        per_seed = [t[key] for t in tables[name] if key in t]
+        values = np.array([_nan(v) for v, _ in per_seed])
+        samples = nanmean(np.stack([s for _, s in per_seed]), axis=0)
+        return values, samples
+
+    rows = []
+    for name in methods:
+        for key in keys:
+            if any(key not in t for t in tables[name]):
+                continue
+            values, samples = method_samples(name, key)
+            ok = values[~np.isnan(values)]
+            row = {
+                "method": name,
+                "metric": "ap50" if key[0] != "overall" else key[1],
+                "scope": key[0],
+                "key": key[1],
+                "value": float(ok.mean()) if len(ok) else None,
+                "seed_std": float(ok.std(ddof=1)) if len(ok) > 1 else None,
+                "seed_min": float(ok.min()) if len(ok) else None,
+                "seed_max": float(ok.max()) if len(ok) else None,
+                "ci": interval(samples, level),
+            }
+            if name == baseline:
+                row.update(diff=0.0, diff_ci=None, verdict=None)
+            else:
+                base_values, base_samples = method_samples(baseline, key)
+                base_ok = base_values[~np.isnan(base_values)]
+                diff = (row["value"] - float(base_ok.mean())) if row["value"] is not None and len(base_ok) else None
+                diff_ci = interval(samples - base_samples, level)
+                row.update(diff=diff, diff_ci=diff_ci, verdict=verdict(diff_ci))
+            rows.append(row)
+    return {
+        "baseline": baseline,
+        "level": level,
+        **info,
+        "methods": {
+            name: {"num_seeds": len(runs), "runs": [m.get("results_file") for m in runs]}
+            for name, runs in methods.items()
+        },
+        "rows": rows,
+    }
+
+
+def format_comparison(result: dict, scopes=("overall", "group", "motion")) -> str:
+    """Markdown table of :func:`compare_methods` rows in ``scopes`` (classes are long: CSV)."""
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    def ci(c):
+        return "-" if c is None else f"[{c[0]:.3f}, {c[1]:.3f}]"
+
+    lines = [
+        f"Baseline: {result['baseline']}; {result['resamples']} paired bootstrap resamples of the val "
+        f"videos (seed {result['seed']}), {int(result['level'] * 100)} % intervals.",
+        "",
+        "| method | metric | value | 95% CI | seeds (std) | diff vs baseline | 95% CI of diff | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        if r["scope"] not in scopes:
+            continue
+        metric = r["key"] if r["scope"] == "overall" else f"{r['scope']} {r['key']} AP50"
+        n = result["methods"][r["method"]]["num_seeds"]
+        seeds = f"{n} ({f(r['seed_std'])})" if n > 1 else "1"
+        lines.append(
+            f"| {r['method']} | {metric} | {f(r['value'])} | {ci(r['ci'])} | {seeds} | "
+            f"{f(r['diff'])} | {ci(r['diff_ci'])} | {r['verdict'] or '-'} |"
+        )
+    return "\n".join(lines) + "\n"
