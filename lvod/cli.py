@@ -33,11 +33,13 @@ from lvod.data.cocovid import check_file
 from lvod.data.demo import format_summary as format_demo_summary
 from lvod.data.demo import make_demo
 from lvod.data.imagenet_vid import LIST_FILES, convert_imagenet_vid, format_counts
+from lvod.data.longtail import write_longtail_split
 from lvod.engine.infer import infer_video
 from lvod.engine.test import test_model
 from lvod.engine.train import NonFiniteLossError, default_run_dir, find_resume_checkpoint, torchrun_command, train
 from lvod.errors import DataError
 from lvod.evaluation import evaluate_files, format_tables, write_metrics
+from lvod.evaluation.compare import compare_runs, format_comparison
 from lvod.evaluation.engine import check_backend
 from lvod.groups import format_groups
 from lvod.jobs import run_demo_job
@@ -49,9 +51,39 @@ class UsageError(Exception):
     """Arguments that parse but do not go together: exit code 2, as argparse's errors."""
 
 
+def _add_uncertainty(parser) -> None:
+    """--bootstrap / --bootstrap-seed / --ap-fixed, shared by lvod eval and lvod test."""
+    parser.add_argument(
+        "--bootstrap",
+        nargs="?",
+        const="auto",
+        default=0,
+        metavar="N",
+        help="95%% intervals from N resamples of the val videos (no N: 1000 under 10k frames, else 200)",
+    )
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the resamples (default 0)")
+    parser.add_argument(
+        "--ap-fixed",
+        action="store_true",
+        help="also report AP-fixed: no per-image cap, at most 10,000 detections per class (Dave et al. 2021)",
+    )
+
+
+def _bootstrap_arg(value):
+    if value in (0, "auto"):
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise UsageError(f"--bootstrap {value!r}: give a number of resamples, e.g. --bootstrap 1000") from None
+    if n < 1:
+        raise UsageError(f"--bootstrap {n}: the number of resamples must be >= 1")
+    return n
+
+
 def _add_data(sub):
     p = sub.add_parser("data", help="build, convert and check datasets")
-    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{demo,convert-imagenet-vid,check}")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{demo,convert-imagenet-vid,check,longtail-split}")
 
     d = dsub.add_parser("demo", help="write the built-in synthetic long-tailed video dataset")
     d.add_argument("--out", required=True, help="output folder (frames + annotations/)")
@@ -76,6 +108,18 @@ def _add_data(sub):
     k.add_argument("ann", help="CocoVID / COCO / TAO json")
     k.add_argument("--images", default=None, help="images root: also check that every frame file exists")
     k.set_defaults(func=_data_check)
+
+    lt = dsub.add_parser(
+        "longtail-split",
+        help="a long-tailed subset of a CocoVID training file (whole videos, a seeded profile, published lists)",
+    )
+    lt.add_argument("train_json", help="the CocoVID training file (e.g. imagenet_vid_train.json)")
+    lt.add_argument("--ratio", type=float, default=100.0, help="imbalance ratio, head videos / tail videos")
+    lt.add_argument("--profile", choices=("exp", "pareto"), default="exp", help="per-class video counts by rank")
+    lt.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files")
+    lt.add_argument("--det", default=None, help="a DET file (plain COCO) subsampled with the same profile")
+    lt.add_argument("--out", required=True, help="folder for the subset json, kept lists, class table, split.json")
+    lt.set_defaults(func=_data_longtail)
 
 
 def _add_stats_groups(sub):
@@ -148,6 +192,7 @@ def _add_engine(sub):
     e.add_argument("--out", default=None, help="results file: .json (COCO results), .npz or .pkl")
     e.add_argument("--groups", default=None, help="groups.json for per-group AP (default: the config's)")
     e.add_argument("--device", default="auto")
+    _add_uncertainty(e)
     e.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     e.set_defaults(func=_test)
 
@@ -188,7 +233,27 @@ def _add_engine(sub):
         help="lvod: its own exact matcher (fast, scales to ImageNet VID val; default); "
         "pycocotools: COCOeval per chunk of images (about 25x slower, coco protocol)",
     )
+    _add_uncertainty(v)
     v.set_defaults(func=_eval)
+
+    c = sub.add_parser(
+        "compare",
+        help="compare runs with paired bootstrap intervals and a verdict per class, group and overall",
+    )
+    c.add_argument(
+        "runs",
+        nargs="+",
+        help="NAME=PATH[,PATH...]: a run folder (its results.npz) or a results file per training seed; "
+        "a bare PATH is named after its folder",
+    )
+    c.add_argument("--ann", required=True, help="the ground-truth annotation json the runs were tested on")
+    c.add_argument("--baseline", required=True, help="the NAME the others are compared with")
+    c.add_argument("--groups", default=None, help="groups.json for per-group rows")
+    c.add_argument("--protocol", choices=("coco", "ilsvrc"), default="coco")
+    c.add_argument("--bootstrap", type=int, default=None, metavar="N", help="resamples (default: as lvod eval)")
+    c.add_argument("--bootstrap-seed", type=int, default=0)
+    c.add_argument("--out", required=True, help="folder for compare.json, compare.md and the CSV tables")
+    c.set_defaults(func=_compare)
 
 
 def _add_notebooks_and_jobs(sub):
@@ -253,6 +318,30 @@ def _data_check(a) -> int:
     report = check_file(a.ann, images_root=a.images)
     print(report.format())
     return 0 if report.usable else 1
+
+
+def _data_longtail(a) -> int:
+    r = write_longtail_split(a.train_json, a.out, ratio=a.ratio, profile=a.profile, seed=a.seed, det_json=a.det)
+    split, summary = r["split"], r["summary"]
+    for part in (split.vid, split.det):
+        if part is None:
+            continue
+        rows = part.rows()
+        cols = list(rows[0]) if rows else []
+        print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+        for row in rows:
+            print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+        s = part.summary()
+        print(
+            f"{s['unit']}s: achieved ratio {s['achieved_ratio']} (targets allow {s['target_ratio']}, asked {a.ratio})"
+        )
+        for miss in s["classes_not_met"]:
+            print(
+                f"  not met: {miss['name']} (id {miss['cat_id']}) {miss['after']} for a target of {miss['target']}: "
+                f"{miss['reason']}"
+            )
+    print(f"achieved ratio {summary['achieved_ratio']}; wrote " + ", ".join(str(p) for p in r["files"].values()))
+    return 0
 
 
 # ----------------------------------------------------------------------------- statistics, groups
@@ -330,6 +419,9 @@ def _test(a) -> int:
         groups=a.groups,
         device=a.device,
         overrides=a.overrides,
+        bootstrap=_bootstrap_arg(a.bootstrap),
+        seed=a.bootstrap_seed,
+        ap_fixed=a.ap_fixed,
     )
     inf, files = r["inference"], r["files"]
     print(
@@ -386,7 +478,15 @@ def _eval(a) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     m = evaluate_files(
-        a.ann, a.results, groups=a.groups, protocol=a.protocol, motion_iou=a.motion_iou, backend=a.backend
+        a.ann,
+        a.results,
+        groups=a.groups,
+        protocol=a.protocol,
+        motion_iou=a.motion_iou,
+        backend=a.backend,
+        bootstrap=_bootstrap_arg(a.bootstrap),
+        seed=a.bootstrap_seed,
+        ap_fixed=a.ap_fixed,
     )
     print(format_tables(m), end="")
     if m["dropped_unknown_category"]:
@@ -394,6 +494,30 @@ def _eval(a) -> int:
     if a.out is not None:
         paths = write_metrics(m, a.out)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _compare(a) -> int:
+    methods = {}
+    for spec in a.runs:
+        name, sep, paths = spec.partition("=")
+        if not sep:
+            name, paths = Path(spec).name, spec
+        if name in methods:
+            raise UsageError(f"run name {name!r} given twice; name them NAME=PATH")
+        methods[name] = [p for p in paths.split(",") if p]
+    r = compare_runs(
+        a.ann,
+        methods,
+        baseline=a.baseline,
+        groups=a.groups,
+        protocol=a.protocol,
+        bootstrap=a.bootstrap,
+        seed=a.bootstrap_seed,
+        out=a.out,
+    )
+    print(format_comparison(r), end="")
+    print("wrote " + ", ".join(str(p) for p in r["files"].values()))
     return 0
 
 

@@ -360,3 +360,15 @@ def test_bad_input_raises_data_error(vid, tmp_path):
     )
     with pytest.raises(DataError, match="category ids"):
         write_longtail_split(vid["train"], tmp_path / "z", det_json=other)
+
+
+def test_lvod_data_longtail_split_command(demo_data, tmp_path, capsys):
+    from lvod.cli import main
+
+    out = tmp_path / "lt"
+    assert main(["data", "longtail-split", str(demo_data["train_json"]), "--ratio", "10", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "achieved ratio" in printed and "| cat_id |" in printed
+    split = json.loads((out / "split.json").read_text())
+    assert split["parameters"]["ratio"] == 10.0 and (out / "kept_videos.txt").is_file()
+    assert main(["data", "longtail-split", str(demo_data["train_json"]), "--ratio", "0.5", "--out", str(out)]) == 1

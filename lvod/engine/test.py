@@ -127,8 +127,14 @@ def test_model(
     *,
     random_weights: bool = False,
     progress: bool = True,
+    bootstrap: int | str = 0,
+    seed: int = 0,
+    ap_fixed: bool | int = False,
 ) -> dict:
     """``lvod test``: run inference on ``config``'s test split, write the results, evaluate.
+
+    ``bootstrap``/``seed``/``ap_fixed``: as :func:`lvod.evaluation.evaluate` (intervals over
+    videos, AP-fixed beside the standard numbers).
 
     ``config``: a config file (plus ``overrides``) or a loaded ``Config``. ``groups``: a
     groups.json for per-group AP, else the config's ``model.groups_file`` (each file is
@@ -204,6 +210,9 @@ def test_model(
     result: dict = {"inference": inference}
     if "bbox" in metrics:
         dets = dets if dets is not None else load_results(npz)
-        result = {**evaluate(ds, dets, groups=eval_table, results_file=str(npz)), "inference": inference}
+        metrics = evaluate(
+            ds, dets, groups=eval_table, results_file=str(npz), bootstrap=bootstrap, seed=seed, ap_fixed=ap_fixed
+        )
+        result = {**metrics, "inference": inference}
         files.update(write_metrics(result, npz.with_name("metrics.json")))
     return {**result, "files": files, "note": note}

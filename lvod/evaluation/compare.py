@@ -24,10 +24,15 @@ row is one metric of one method::
 
 from __future__ import annotations
 
+import csv
+import json
+from pathlib import Path
+
 import numpy as np
 
 from lvod.errors import DataError
-from lvod.evaluation.bootstrap import CI_LEVEL, interval, nanmean
+from lvod.evaluation.bootstrap import CI_LEVEL, default_resamples, interval, nanmean
+from lvod.io import atomic_write, save_json
 
 VERDICTS = ("better", "worse", "unclear")
 
@@ -79,7 +84,8 @@ def _check_same_ground_truth(methods: dict) -> dict:
                     f"{key} differs from {first[2]} of run {first[1]} of {first[0]!r}",
                     "compare runs evaluated on the same annotation file with the same --bootstrap N and seed",
                 )
-    return {"ground_truth": first[2][0], "resamples": first[2][1], "seed": first[2][2]}
+    gt = methods[first[0]][first[1]].get("ground_truth")
+    return {"ground_truth": gt, "resamples": first[2][1], "seed": first[2][2]}
 
 
 def compare_methods(methods: dict[str, list[dict]], baseline: str, *, level: float = CI_LEVEL) -> dict:
@@ -171,3 +177,123 @@ def format_comparison(result: dict, scopes=("overall", "group", "motion")) -> st
             f"{f(r['diff'])} | {ci(r['diff_ci'])} | {r['verdict'] or '-'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def results_path(path) -> Path:
+    """A run folder's detections (``results.npz``, or ``test/results.npz`` where ``lvod
+    test`` put them by default) or a results file as given."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "results.npz", path / "test" / "results.npz"):
+            if candidate.is_file():
+                return candidate
+        raise DataError(
+            path,
+            "results.npz",
+            "the run folder has no detections",
+            "run `lvod test CONFIG --checkpoint CKPT --out RUN/results.json` first",
+        )
+    if not path.is_file():
+        raise DataError(path, "file", "does not exist", "give a run folder or a results .npz/.json")
+    return path
+
+
+def _check_recorded_ground_truth(results: Path, gt_id: dict) -> None:
+    """Refuse a run whose own metrics.json says it was scored on another ground truth."""
+    metrics = results.with_name("metrics.json")
+    if not metrics.is_file():
+        return
+    recorded = json.loads(metrics.read_text(encoding="utf-8")).get("ground_truth")
+    if recorded and recorded.get("fingerprint") not in (None, gt_id["fingerprint"]):
+        raise DataError(
+            metrics,
+            "ground_truth",
+            f"the run was evaluated on {recorded.get('file')} "
+            f"(fingerprint {recorded.get('fingerprint')}), not on {gt_id['file']} "
+            f"(fingerprint {gt_id['fingerprint']})",
+            "compare runs tested on the same annotation file",
+        )
+
+
+def compare_runs(
+    ann,
+    methods: dict,
+    *,
+    baseline: str,
+    groups=None,
+    protocol: str = "coco",
+    bootstrap: int | None = None,
+    seed: int = 0,
+    out=None,
+) -> dict:
+    """``lvod compare``: evaluate every run's detections on ``ann`` with the same
+    ``bootstrap`` resamples and compare each method with ``baseline``.
+
+    ``methods``: ``{name: [run folder or results file, one per training seed]}``. Returns
+    :func:`compare_methods`' dict plus ``"files"`` (``compare.json``, ``compare.md``,
+    ``compare.csv`` in ``out`` when given).
+    """
+    from lvod.data.cocovid import load_cocovid
+    from lvod.evaluation.report import evaluate, ground_truth_id
+    from lvod.evaluation.results import load_results
+
+    gt = load_cocovid(ann)
+    resamples = bootstrap or default_resamples(len(gt.img_ids))
+    gt_id = ground_truth_id(gt)
+    evaluated = {}
+    for name, paths in methods.items():
+        evaluated[name] = []
+        for path in paths:
+            results = results_path(path)
+            _check_recorded_ground_truth(results, gt_id)
+            evaluated[name].append(
+                evaluate(
+                    gt,
+                    load_results(results),
+                    groups=groups,
+                    protocol=protocol,
+                    bootstrap=resamples,
+                    seed=seed,
+                    keep_samples=True,
+                    results_file=str(results),
+                )
+            )
+    result = compare_methods(evaluated, baseline)
+    result["protocol"] = protocol
+    result["files"] = {}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        result["files"]["json"] = save_json({k: v for k, v in result.items() if k != "files"}, out / "compare.json")
+        with atomic_write(out / "compare.md", "w", encoding="utf-8") as fh:
+            fh.write(
+                "# lvod compare\n\n"
+                + format_comparison(result)
+                + "\n## Classes\n\n"
+                + format_comparison(result, scopes=("class",))
+            )
+        result["files"]["markdown"] = out / "compare.md"
+        fields = [
+            "method",
+            "scope",
+            "key",
+            "value",
+            "ci_lo",
+            "ci_hi",
+            "seed_std",
+            "seed_min",
+            "seed_max",
+            "diff",
+            "diff_ci_lo",
+            "diff_ci_hi",
+            "verdict",
+        ]
+        with atomic_write(out / "compare.csv", "w", encoding="utf-8", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+            w.writeheader()
+            for r in result["rows"]:
+                lo, hi = r["ci"] or (None, None)
+                dlo, dhi = r["diff_ci"] or (None, None)
+                w.writerow({**r, "ci_lo": lo, "ci_hi": hi, "diff_ci_lo": dlo, "diff_ci_hi": dhi})
+        result["files"]["csv"] = out / "compare.csv"
+    return result
