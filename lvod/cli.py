@@ -217,9 +217,10 @@ def _add_engine(sub):
     v.add_argument("--out", default=None, help="metrics.json (CSV tables are written beside it)")
     v.add_argument(
         "--protocol",
-        choices=("coco", "ilsvrc"),
+        choices=("coco", "ilsvrc", "lvis"),
         default="coco",
-        help="coco: AP@50 as mmtracking reports it; ilsvrc: the official VID devkit rules",
+        help="coco: AP@50 as mmtracking reports it; ilsvrc: the official VID devkit rules; "
+        "lvis: the LVIS/TAO federated rules (negative / not-exhaustive categories, 300 per image)",
     )
     v.add_argument(
         "--motion-iou",
@@ -249,7 +250,7 @@ def _add_engine(sub):
     c.add_argument("--ann", required=True, help="the ground-truth annotation json the runs were tested on")
     c.add_argument("--baseline", required=True, help="the NAME the others are compared with")
     c.add_argument("--groups", default=None, help="groups.json for per-group rows")
-    c.add_argument("--protocol", choices=("coco", "ilsvrc"), default="coco")
+    c.add_argument("--protocol", choices=("coco", "ilsvrc", "lvis"), default="coco")
     c.add_argument("--bootstrap", type=int, default=None, metavar="N", help="resamples (default: as lvod eval)")
     c.add_argument("--bootstrap-seed", type=int, default=0)
     c.add_argument("--out", required=True, help="folder for compare.json, compare.md and the CSV tables")

@@ -88,28 +88,33 @@ def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> No
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
 
 
-def summary_table(metrics: dict) -> str:
-    """Markdown: overall and per-group AP@50 of each run, side by side."""
-    names = list(metrics)
-    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines.append("| bbox_mAP_50 | " + " | ".join(f"{metrics[n]['bbox_mAP_50']:.3f}" for n in names) + " |")
-    lines.append("| bbox_mAP | " + " | ".join(f"{metrics[n]['bbox_mAP']:.3f}" for n in names) + " |")
-    for i, group in enumerate(metrics[names[0]].get("groups", [])):
-        vals = [metrics[n]["groups"][i]["ap50"] for n in names]
-        lines.append(f"| AP50 group {group['group']} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    return "\n".join(lines)
+def summary_markdown(comparison: dict) -> str:
+    """``summary.md``: the paired comparison (``lvod.evaluation.compare``) of the runs, with
+    intervals and verdicts, and how to read it."""
+    from lvod.evaluation.compare import format_comparison
+
+    return (
+        "# lvod main job: FGFA softmax vs BAGS on the demo val split\n\n"
+        + format_comparison(comparison)
+        + "\nA difference is called better or worse only when its 95 % interval (paired bootstrap over "
+        "the val videos) excludes 0; otherwise it is unclear at this size. Per-class rows: "
+        "`compare/compare.csv`. The spread between training runs (seeds) is not in these intervals: "
+        "train several seeds and pass their run folders to `lvod compare NAME=RUN1,RUN2,...`.\n"
+    )
 
 
 def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
     """Run the main job into the run folder ``out``.
 
-    Returns ``{"run_dir": Path, "metrics": {head: metrics dict of test_model}, "summary":
-    markdown table (also in report/summary.md), "report": the notebook 04 HTML,
+    Returns ``{"run_dir": Path, "metrics": {head: metrics dict of test_model, with
+    bootstrap intervals}, "comparison": lvod compare's dict (softmax as baseline),
+    "summary": markdown (also in report/summary.md), "report": the notebook 04 HTML,
     "seconds": wall time}``. A failing step raises (DataError, RuntimeError for a failed
     training run, papermill's error for a failing notebook cell).
     """
     from lvod.bags_io import make_groups
     from lvod.engine.test import test_model
+    from lvod.evaluation.compare import compare_runs
     from lvod.io import atomic_write
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
     from lvod.stats import write_stats
@@ -150,15 +155,33 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
     _step("5. evaluate both on the demo val split")
     metrics = {
         name: test_model(
-            cfg, str(work_dir / "latest.pth"), out=str(work_dir / "results.json"), overrides=overrides, progress=False
+            cfg,
+            str(work_dir / "latest.pth"),
+            out=str(work_dir / "results.json"),
+            overrides=overrides,
+            progress=False,
+            bootstrap="auto",
+            seed=seed,
         )
         for name, (cfg, work_dir) in runs.items()
     }
     for name, m in metrics.items():
-        logger.info("%s: bbox_mAP_50 %.3f; wrote %s", name, m["bbox_mAP_50"] or 0.0, m["files"]["metrics"])
+        lo, hi = m["bbox_mAP_50_ci"] or (float("nan"), float("nan"))
+        logger.info(
+            "%s: bbox_mAP_50 %.3f [%.3f, %.3f]; wrote %s", name, m["bbox_mAP_50"] or 0.0, lo, hi, m["files"]["metrics"]
+        )
+    report = run / "report"
+    comparison = compare_runs(
+        val_json,
+        {name: [work_dir] for name, (_, work_dir) in runs.items()},
+        baseline="softmax",
+        groups=run / "groups.json",
+        bootstrap=metrics["softmax"]["bootstrap"]["resamples"],
+        seed=seed,
+        out=report / "compare",
+    )
 
     _step("6. notebook 04: per-group comparison")
-    report = run / "report"
     nb = run_notebook(
         NOTEBOOK_DIR / "04_per_group_ap_analysis.ipynb",
         report,
@@ -172,12 +195,13 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
             "run_dir": str(report),
         },
     )
-    table = summary_table(metrics)
+    table = summary_markdown(comparison)
     with atomic_write(report / "summary.md", "w", encoding="utf-8") as fh:
-        fh.write(f"# lvod main job: FGFA softmax vs BAGS on the demo val split\n\n{table}\n")
+        fh.write(table)
     return {
         "run_dir": run,
         "metrics": metrics,
+        "comparison": comparison,
         "summary": table,
         "report": nb["html"],
         "seconds": time.perf_counter() - t0,

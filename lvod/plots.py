@@ -136,6 +136,27 @@ def grouped_bars(df, *, ylabel: str, title: str):
     return fig
 
 
+def difference_intervals(rows: list, *, scopes=("overall", "group", "motion")):
+    """Forest plot of ``lvod compare`` rows: each method's AP@50 minus the baseline's with
+    its paired-bootstrap 95 % interval, per overall metric, group and motion bucket; the
+    verdict colours the line (better green, worse red, unclear grey)."""
+    plt = _plt()
+    shown = [r for r in rows if r["scope"] in scopes and r.get("diff_ci") is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * max(3, len(shown)) + 1))
+    colour = {"better": "tab:green", "worse": "tab:red", "unclear": "tab:gray"}
+    for y, r in enumerate(shown):
+        lo, hi = r["diff_ci"]
+        ax.plot([lo, hi], [y, y], color=colour[r["verdict"]], linewidth=2)
+        ax.plot([r["diff"]], [y], "o", color=colour[r["verdict"]])
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(shown)), [f"{r['method']}: {r['key']}" for r in shown])
+    ax.invert_yaxis()
+    ax.set_xlabel("difference to the baseline (AP), 95% paired bootstrap interval")
+    ax.set_title("does the method help? (green: better, red: worse, grey: unclear)")
+    fig.tight_layout()
+    return fig
+
+
 def gain_bars(frame, run: str, baseline: str):
     """AP@50 gain of ``run`` over ``baseline`` per class, classes sorted by training count."""
     plt = _plt()

@@ -7,18 +7,43 @@ import nbformat
 import pytest
 
 from lvod.bags_io import load_groups
-from lvod.jobs import run_demo_job, summary_table
+from lvod.jobs import run_demo_job, summary_markdown
 
 
-def test_summary_table_lists_both_heads_and_every_group():
-    m = {
-        "bbox_mAP_50": 0.5,
-        "bbox_mAP": 0.3,
-        "groups": [{"group": "[0, 90)", "ap50": 0.1}, {"group": "[90, inf)", "ap50": 0.7}],
+def test_summary_shows_intervals_and_verdicts():
+    row = {
+        "method": "bags",
+        "scope": "overall",
+        "key": "bbox_mAP_50",
+        "value": 0.6,
+        "ci": [0.5, 0.7],
+        "seed_std": None,
+        "diff": 0.1,
+        "diff_ci": [0.02, 0.18],
+        "verdict": "better",
     }
-    table = summary_table({"softmax": m, "bags": {**m, "bbox_mAP_50": 0.6}})
-    assert "| bbox_mAP_50 | 0.500 | 0.600 |" in table
-    assert "| AP50 group [0, 90) | 0.100 | 0.100 |" in table
+    base = {**row, "method": "softmax", "value": 0.5, "ci": [0.4, 0.6], "diff": 0.0, "diff_ci": None, "verdict": None}
+    group = {
+        **row,
+        "scope": "group",
+        "key": "[0, 90)",
+        "value": 0.1,
+        "diff": -0.05,
+        "diff_ci": [-0.2, 0.1],
+        "verdict": "unclear",
+    }
+    comparison = {
+        "baseline": "softmax",
+        "resamples": 1000,
+        "seed": 0,
+        "level": 0.95,
+        "methods": {"softmax": {"num_seeds": 1}, "bags": {"num_seeds": 1}},
+        "rows": [base, row, group],
+    }
+    text = summary_markdown(comparison)
+    assert "| bags | bbox_mAP_50 | 0.600 | [0.500, 0.700] | 1 | 0.100 | [0.020, 0.180] | better |" in text
+    assert "| bags | group [0, 90) AP50 | 0.100 |" in text and "| unclear |" in text
+    assert "1000 paired bootstrap resamples" in text
 
 
 @pytest.mark.slow
@@ -41,12 +66,15 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
         assert 0.0 <= metrics["bbox_mAP_50"] <= 1.0
         assert len(metrics["classwise"]) == 12 and metrics["groups"]
         assert (run / head / "results.npz").exists() and (run / head / "latest.pth").exists()
-    assert r["summary"] == summary_table(r["metrics"])
+    assert r["summary"] == summary_markdown(r["comparison"])
+    assert metrics["bbox_mAP_50_ci"] is not None and metrics["bootstrap"]["resamples"] == 1000
+    verdicts = {row["verdict"] for row in r["comparison"]["rows"] if row["method"] == "bags"}
+    assert verdicts <= {"better", "worse", "unclear"} and (run / "report" / "compare" / "compare.csv").is_file()
     report = nbformat.read(str(run / "report" / "04_per_group_ap_analysis.ipynb"), as_version=4)
     assert not any(o.get("output_type") == "error" for c in report.cells for o in c.get("outputs", []))
-    for png in ("ap_vs_frequency", "groups", "gain_bags", "weight_norms", "frames"):
+    for png in ("ap_vs_frequency", "groups", "gain_bags", "weight_norms", "frames", "differences"):
         assert (run / "report" / f"{png}.png").stat().st_size > 5_000
-    assert "bbox_mAP_50" in (run / "report" / "summary.md").read_text()
+    assert "95% CI of diff" in (run / "report" / "summary.md").read_text()
 
     # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook

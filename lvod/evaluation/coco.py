@@ -173,6 +173,7 @@ def greedy_pass(
     area_rng=AREA_ALL,
     ties: str = "last",
     prefer_unignored: bool = True,
+    unmatched_ignored: np.ndarray | None = None,
 ):
     """Greedy COCO matching of one chunk for one set of GT ignore flags (``gt.ignore``).
 
@@ -182,6 +183,8 @@ def greedy_pass(
     scan) or ``"first"`` (the ILSVRC devkit's strict ``>``). ``prefer_unignored=False``
     drops COCO's preference for non-ignored GTs (FGFA's motion evaluation takes the best
     GT whatever its bucket). ``gt.thr`` (per-GT threshold) replaces ``iou_thrs`` (T = 1).
+    ``unmatched_ignored``: bool (M,) or None, kept detections that are ignored when they
+    match nothing (LVIS: a category not exhaustively annotated in the detection's image).
     """
     thrs = np.minimum(np.asarray(iou_thrs, np.float64), 1 - 1e-10)
     T, M = len(thrs), len(cp.keep)
@@ -212,6 +215,8 @@ def greedy_pass(
             prefer_unignored,
         )
     out = (cp.det_area < area_rng[0]) | (cp.det_area > area_rng[1])
+    if unmatched_ignored is not None:
+        out = out | np.asarray(unmatched_ignored, bool)
     ignored |= ~matched & out[None, :]
     return matched, ignored, npig
 

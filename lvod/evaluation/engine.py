@@ -8,6 +8,10 @@ matches chunk by chunk (chunks of consecutive images in ascending image-id order
 Protocols:
 - ``"coco"``: pycocotools' COCOeval (bbox, area all, maxDets 100); thresholds .50:.05:.95.
 - ``"ilsvrc"``: the ImageNet VID devkit (see :mod:`lvod.evaluation.ilsvrc`), one threshold.
+- ``"lvis"``: lvis-api 0.5.3's LVISEval (bbox; see :mod:`lvod.evaluation.lvis`): no
+  per-(image, category) cap, no crowd (a GT flagged ``ignore``/``iscrowd`` is an ignored GT
+  that takes one detection at most), unmatched detections flagged in
+  :attr:`Prepared.d_unmatched_ignored` (not-exhaustive categories) ignored.
 
 Backends (who matches detections to GT inside a chunk; accumulation is always lvod's):
 - ``"lvod"`` (default): :mod:`lvod.evaluation.coco`'s vectorised matcher, 0.8-1.9 s per
@@ -65,6 +69,8 @@ class Prepared:
     img_excluded: np.ndarray
     dropped_unknown_category: int
     img_ids: np.ndarray | None = None
+    # lvis: bool (len(d_rows),), an unmatched detection here is ignored (not a false positive)
+    d_unmatched_ignored: np.ndarray | None = None
 
 
 def prepare(gt, dets, *, results_file="<detections>") -> Prepared:
@@ -161,9 +167,14 @@ def check_backend(backend: str, protocol: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if backend == "pycocotools" and protocol != "coco":
+        why = (
+            "ILSVRC devkit matching and +1-pixel IoU"
+            if protocol == "ilsvrc"
+            else "federated negative / not-exhaustive rules"
+        )
         raise ValueError(
-            f"backend 'pycocotools' runs COCOeval, which has no {protocol!r} protocol (ILSVRC devkit "
-            "matching and +1-pixel IoU); use backend='lvod' for it"
+            f"backend 'pycocotools' runs COCOeval, which has no {protocol!r} protocol ({why}); "
+            "use backend='lvod' for it"
         )
 
 
@@ -180,8 +191,9 @@ def run_passes(
 ) -> list:
     """Match and accumulate several passes that differ only in GT ignore flags / thresholds.
 
-    ``passes``: list of ``(gt_ignore bool (A,) or None, iou_thrs or None)``; ``gt_ignore``
-    marks extra ignore regions (motion buckets). Detection ranking, pairs and IoU are
+    ``passes``: list of ``(gt_ignore bool (A,) or None, iou_thrs or None)``, optionally with
+    a third item ``area_rng`` (lo, hi) (default all areas; the lvod backend only);
+    ``gt_ignore`` marks extra ignore regions (motion buckets). Detection ranking, pairs and IoU are
     computed once per chunk and shared. ``backend``: who matches within a chunk (module
     docstring); ``"pycocotools"`` shares the chunk's ``COCO`` objects between passes instead.
     ``chunk_dets``: detections per chunk (None: the backend's :data:`CHUNK_DETS`).
@@ -191,15 +203,21 @@ def run_passes(
     per kept detection, and, shared by all passes, ``"order"``/``"bounds"``
     (``coco.score_order``) and ``"det_img"`` (M,) image index of each kept detection.
     """
-    if protocol not in ("coco", "ilsvrc"):
-        raise ValueError(f"protocol {protocol!r}: use 'coco' or 'ilsvrc'")
+    if protocol not in ("coco", "ilsvrc", "lvis"):
+        raise ValueError(f"protocol {protocol!r}: use 'coco', 'ilsvrc' or 'lvis'")
     check_backend(backend, protocol)
     if chunk_dets is None:
         chunk_dets = CHUNK_DETS[backend]
     il = protocol == "ilsvrc"
     default = [0.5] if il else coco.IOU_THRS
-    thrs = [np.asarray(t if t is not None else default, np.float64) for _, t in passes]
-    extras = [np.zeros(len(p.g_img), bool) if g is None else np.asarray(g, bool) for g, _ in passes]
+    lv = protocol == "lvis"
+    thrs = [np.asarray(q[1] if q[1] is not None else default, np.float64) for q in passes]
+    extras = [np.zeros(len(p.g_img), bool) if q[0] is None else np.asarray(q[0], bool) for q in passes]
+    areas = [q[2] if len(q) > 2 and q[2] is not None else coco.AREA_ALL for q in passes]
+    if lv:  # no crowd: a GT flagged crowd/ignore is an ignored GT like any other
+        extras = [x | p.g_crowd for x in extras]
+    if backend == "pycocotools" and any(a != coco.AREA_ALL for a in areas):
+        raise ValueError("area ranges per pass need backend='lvod'")
     if il and any(len(t) != 1 for t in thrs):
         raise ValueError("the ilsvrc protocol has one IoU threshold per object; pass iou_thrs=None or [0.5]")
     min_iou = float(min(t.min() for t in thrs))
@@ -215,7 +233,7 @@ def run_passes(
             cat=p.g_cat[g],
             box=p.g_box[g],
             area=p.g_area[g],
-            crowd=p.g_crowd[g],
+            crowd=np.zeros(len(g), bool) if lv else p.g_crowd[g],
             ignore=extras[0][g],
             ann_id=p.g_ann_id[g],
             thr=p.g_thr[g] if il else None,
@@ -242,17 +260,27 @@ def run_passes(
             cg,
             cd,
             p.num_cats,
-            max_dets=np.iinfo(np.int64).max if il else max_dets,
+            max_dets=np.iinfo(np.int64).max if il or lv else max_dets,
             min_iou=min_iou,
             iou_fn=ilsvrc.pair_iou_plus1 if il else coco.pair_iou,
         )
         cats.append(cd.cat[cp.keep])
         scores.append(cd.score[cp.keep])
         imgs.append(cd.img[cp.keep])
-        for j, (extra, t) in enumerate(zip(extras, thrs)):
+        unmatched_ignored = None
+        if p.d_unmatched_ignored is not None:
+            unmatched_ignored = p.d_unmatched_ignored[d][cp.keep]
+        for j, (extra, t, a) in enumerate(zip(extras, thrs, areas)):
             cg.ignore = extra[g][kept] if il else extra[g]
             m, ig, n = coco.greedy_pass(
-                cp, cg, p.num_cats, iou_thrs=t, ties="first" if il else "last", prefer_unignored=not il
+                cp,
+                cg,
+                p.num_cats,
+                iou_thrs=t,
+                area_rng=a,
+                ties="first" if il else "last",
+                prefer_unignored=not il,
+                unmatched_ignored=unmatched_ignored,
             )
             flags[j][0].append(m)
             flags[j][1].append(ig)

@@ -2,7 +2,7 @@
 
 ``metrics.json`` keys (values in 0..1; ``None`` where undefined):
 
-- ``protocol``: ``"coco"`` or ``"ilsvrc"``; ``backend``: ``"lvod"`` or ``"pycocotools"``.
+- ``protocol``: ``"coco"``, ``"ilsvrc"`` or ``"lvis"``; ``backend``: ``"lvod"`` or ``"pycocotools"``.
 - ``bbox_mAP_50``: mean AP@0.5 over classes with GT; ``bbox_mAP``: AP@[.5:.95] (COCO only).
 - ``classwise``: list of ``{category_id, name, ap50, ap, num_gt}`` (``num_gt`` = non-crowd
   GT; ap values ``None`` for a class without GT).
@@ -12,6 +12,11 @@
   plus ``motion_counts`` (GT objects per bucket, and ``unknown``) and ``motion_source``;
   ``None`` when the ground truth has no tracks and no motion file was given.
 - ``num_images``, ``num_detections``, ``dropped_unknown_category``.
+- lvis protocol only (:mod:`lvod.evaluation.lvis`): ``lvis``: ``{AP, AP50, AP75, APs, APm,
+  APl, APr, APc, APf}`` (APr/c/f ``None`` unless the categories carry ``frequency``),
+  ``lvis_per_image`` (the cap applied), ``dropped_per_image_cap`` and
+  ``dropped_federated`` (detections of categories neither in the image's GT nor in its
+  negative list); ``motion`` is not computed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import numpy as np
 
 from lvod.evaluation import bootstrap as bs
 from lvod.evaluation import coco, motion
-from lvod.evaluation.caps import AP_FIXED_PER_CLASS, top_per_class
+from lvod.evaluation import lvis as lvis_rules
+from lvod.evaluation.caps import AP_FIXED_PER_CLASS, LVIS_PER_IMAGE, top_per_class, top_per_image
 from lvod.evaluation.engine import check_backend, prepare, run_passes
 from lvod.io import atomic_write, save_json
 
@@ -102,6 +108,7 @@ def evaluate(
     seed: int = 0,
     keep_samples: bool = False,
     ap_fixed: bool | int = False,
+    per_image: int | None = None,
 ) -> dict:
     """Evaluate ``dets`` (``Detections``) against ``gt`` (``CocoVid``); returns the metrics dict.
 
@@ -125,10 +132,28 @@ def evaluate(
     ``"pycocotools"`` (COCOeval per chunk of images; COCO protocol only, ~25x slower - see
     :mod:`lvod.evaluation.library`). ``chunk_dets``: detections per chunk (None: the
     backend's ``lvod.evaluation.engine.CHUNK_DETS``, 2 M for lvod, 250 k for pycocotools).
+
+    ``protocol="lvis"``: the federated rules of :mod:`lvod.evaluation.lvis` (``max_dets`` and
+    ``motion`` do not apply; ``per_image``: the per-image cap, None = 300, 0 = none, as in
+    AP-fixed).
     """
     check_backend(backend, protocol)
     if bootstrap == "auto":
         bootstrap = bs.default_resamples(len(gt.img_ids))
+    if protocol == "lvis":
+        return _evaluate_lvis(
+            gt,
+            dets,
+            groups=groups,
+            class_names=class_names,
+            chunk_dets=chunk_dets,
+            results_file=results_file,
+            bootstrap=bootstrap,
+            seed=seed,
+            keep_samples=keep_samples,
+            ap_fixed=ap_fixed,
+            per_image=per_image,
+        )
     p = prepare(gt, dets, results_file=results_file)
     masks, mot = (
         _motion_masks(gt, p, motion_iou)
@@ -205,6 +230,75 @@ def evaluate(
         }
     if bootstrap > 0:
         add_intervals(out, gt, p, [x for x, _ in passes], results, protocol, bootstrap, seed, keep_samples)
+    return out
+
+
+def _evaluate_lvis(
+    gt, dets, *, groups, class_names, chunk_dets, results_file, bootstrap, seed, keep_samples, ap_fixed, per_image
+) -> dict:
+    """:func:`evaluate` for ``protocol="lvis"`` (lvis-api 0.5.3's LVISEval, bbox)."""
+    cap = LVIS_PER_IMAGE if per_image is None else int(per_image)
+    capped = top_per_image(dets, cap) if cap > 0 else dets
+    p0 = prepare(gt, capped, results_file=results_file)
+    p, dropped = lvis_rules.federate(gt, p0)
+    results = run_passes(
+        p, capped, lvis_rules.passes(), protocol="lvis", chunk_dets=chunk_dets, keep_matches=bootstrap > 0
+    )
+    main = results[0]
+    ap50, ap, summ = _class_aps(main, "coco")
+    cat_ids = [int(c) for c in p.cat_ids]
+    names = list(class_names) if class_names is not None else list(getattr(gt, "cat_names", map(str, cat_ids)))
+    summary = lvis_rules.summarize(
+        [r["precision"] for r in results], main["iou_thrs"], lvis_rules.category_frequencies(gt, cat_ids)
+    )
+    out = {
+        "protocol": "lvis",
+        "backend": "lvod",
+        "bbox_mAP_50": summary["AP50"],
+        "bbox_mAP": summary["AP"],
+        "lvis": summary,
+        "classwise": [
+            {"category_id": c, "name": n, "ap50": a50, "ap": a, "num_gt": int(g)}
+            for c, n, a50, a, g in zip(cat_ids, names, ap50, ap, main["npig"])
+        ],
+        "groups": group_means(cat_ids, ap50, ap, resolve_groups(groups, cat_ids)),
+        "num_images": int(len(gt.img_ids)),
+        "num_detections": int(len(dets)),
+        "dropped_unknown_category": p0.dropped_unknown_category,
+        "lvis_per_image": cap if cap > 0 else None,
+        "dropped_per_image_cap": int(len(dets) - len(capped)),
+        "dropped_federated": dropped,
+        "motion": None,
+        "motion_counts": None,
+        "motion_source": "not used by the lvis protocol (images, not videos)",
+        "ground_truth": ground_truth_id(gt),
+    }
+    if ap_fixed:
+        fixed_cap = AP_FIXED_PER_CLASS if ap_fixed is True else int(ap_fixed)
+        fixed = _evaluate_lvis(
+            gt,
+            top_per_class(dets, fixed_cap),
+            groups=groups,
+            class_names=names,
+            chunk_dets=chunk_dets,
+            results_file=results_file,
+            bootstrap=0,
+            seed=seed,
+            keep_samples=False,
+            ap_fixed=False,
+            per_image=0,
+        )
+        out["ap_fixed"] = {
+            "AP": fixed["bbox_mAP"],
+            "AP50": fixed["bbox_mAP_50"],
+            "per_class_cap": fixed_cap,
+            "lvis": fixed["lvis"],
+            "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
+            "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
+        }
+    if bootstrap > 0:
+        # intervals on the area-all pass; its flags are COCO-shaped (101-point AP)
+        add_intervals(out, gt, p, [None], [main], "coco", bootstrap, seed, keep_samples)
     return out
 
 
@@ -310,6 +404,17 @@ def format_tables(m: dict) -> str:
         f"| bbox_mAP_50 | {_fmt(m['bbox_mAP_50'], m.get('bbox_mAP_50_ci'))} |",
         f"| bbox_mAP | {_fmt(m['bbox_mAP'], m.get('bbox_mAP_ci'))} |",
     ]
+    lv = m.get("lvis")
+    if lv:
+        lines += ["", "| LVIS | " + " | ".join(lv) + " |", "|---" * (len(lv) + 1) + "|"]
+        lines.append("| value | " + " | ".join(_fmt(v) for v in lv.values()) + " |")
+    fixed = m.get("ap_fixed")
+    if fixed:
+        lines += [
+            "",
+            f"AP-fixed (no per-image cap, {fixed['per_class_cap']} detections per class): "
+            f"AP50 {_fmt(fixed['AP50'])}, AP {_fmt(fixed['AP'])}",
+        ]
     b = m.get("bootstrap")
     if b:
         lines += [
