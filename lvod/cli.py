@@ -42,7 +42,7 @@ from lvod.evaluation import evaluate_files, format_tables, write_metrics
 from lvod.evaluation.compare import compare_runs, format_comparison
 from lvod.evaluation.engine import check_backend
 from lvod.groups import format_groups
-from lvod.jobs import run_demo_job
+from lvod.jobs import run_demo_job, seed_runs, train_side_by_side
 from lvod.notebooks import NotebookFailed, list_notebooks, run_notebooks
 from lvod.stats import format_stats, write_stats
 
@@ -175,6 +175,17 @@ def _add_engine(sub):
     how = t.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue from the run folder's latest.pth")
     how.add_argument("--resume-from", default=None, metavar="CKPT", help="continue from this checkpoint")
+    t.add_argument(
+        "--seeds",
+        default=None,
+        metavar="S1,S2,...",
+        help="train once per seed (train.seed=S) into <run folder>/seed<S>, for lvod compare NAME=RUN/seed0,...",
+    )
+    t.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="with --seeds: run the seeds at the same time, one CPU thread each (as the main job does)",
+    )
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(func=_train)
 
@@ -389,9 +400,41 @@ def _groups(a) -> int:
 # ----------------------------------------------------------------------------- train, test, infer, eval
 
 
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: give whole numbers, e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r}: give distinct seeds, e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _train_seeds(a, cfg, run_dir: Path) -> int:
+    """``lvod train --seeds``: one run folder per seed, one after the other or side by side."""
+    if a.gpus > 1 or a.resume_from:
+        raise UsageError("--seeds trains on this process's device; launch torchrun per seed for several GPUs")
+    runs = seed_runs(run_dir, _parse_seeds(a.seeds))
+    if a.side_by_side:
+        train_side_by_side({name: (a.config, d, [f"train.seed={name[4:]}"]) for name, d in runs.items()}, a.overrides)
+    else:
+        for name, d in runs.items():
+            seed_cfg = load_config(a.config, [*a.overrides, f"train.seed={name[4:]}"])
+            checkpoint = find_resume_checkpoint(d, a.resume)
+            print(f"{name}: run folder {d}" + (f" (resuming from {checkpoint})" if checkpoint else ""), flush=True)
+            result = train(seed_cfg, d, resume=checkpoint)
+            print(f"{name}: done, {result['iter']} iterations", flush=True)
+    print(f"compare them: lvod compare {cfg.name}={','.join(str(d) for d in runs.values())} ...", flush=True)
+    return 0
+
+
 def _train(a) -> int:
     cfg = load_config(a.config, a.overrides)
     run_dir = Path(a.work_dir) if a.work_dir else default_run_dir(cfg)
+    if a.seeds:
+        return _train_seeds(a, cfg, run_dir)
+    if a.side_by_side:
+        raise UsageError("--side-by-side goes with --seeds")
     resume = a.resume_from or a.resume
     if a.gpus > 1 and "LOCAL_RANK" not in os.environ:
         cmd = torchrun_command(a.config, run_dir, a.gpus, resume, a.overrides)

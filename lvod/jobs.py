@@ -65,20 +65,22 @@ def build_demo_data(data_dir: Path, seed: int, sizes: dict | None = None) -> dic
 
 
 def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> None:
-    """Train each ``{name: (config, work_dir)}`` in its own process with one thread each.
+    """Train each ``{name: (config, work_dir[, extra overrides])}`` in its own process with
+    one thread each (``lvod train --seeds ... --side-by-side`` and the main job).
 
     Raises RuntimeError (with the tail of its ``train.out``) when a run fails.
     """
     overrides = [*overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
     procs = {}
-    for name, (config, work_dir) in runs.items():
-        procs[name] = monitor.start_training(config, work_dir, overrides=overrides, env=ONE_THREAD, append=False)
+    for name, (config, work_dir, *extra) in runs.items():
+        run_overrides = [*overrides, *(extra[0] if extra else [])]
+        procs[name] = monitor.start_training(config, work_dir, overrides=run_overrides, env=ONE_THREAD, append=False)
         logger.info("training %s: %s\n  log: %s/train.out", name, " ".join(procs[name].args[2:]), work_dir)
     t0 = time.perf_counter()
     while any(p.poll() is None for p in procs.values()):
         time.sleep(poll)
         status = []
-        for name, (_, work_dir) in runs.items():
+        for name, (_, work_dir, *_) in runs.items():
             last = monitor.last_record(Path(work_dir) / "log.jsonl", "train")
             status.append(f"{name} iter {last.get('iter', 0)} loss {last.get('loss', float('nan')):.3f}")
         logger.info("  [%5.0f s] %s", time.perf_counter() - t0, " | ".join(status))
@@ -86,6 +88,11 @@ def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> No
         if proc.returncode != 0:
             tail = (Path(runs[name][1]) / "train.out").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
+
+
+def seed_runs(run_dir, seeds) -> dict:
+    """``{"seed<N>": run_dir / "seed<N>"}``: one run folder per training seed."""
+    return {f"seed{s}": Path(run_dir) / f"seed{s}" for s in seeds}
 
 
 def summary_markdown(comparison: dict) -> str:

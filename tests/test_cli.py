@@ -290,3 +290,25 @@ def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(
     assert "inference: 8 frames in 2 videos" in out and "does not write pickles" in out
     assert "| bbox_mAP_50 |" in out and "| [0, 10) |" in out  # the config's table scores the groups
     assert not (tmp_path / "out2" / "r.pkl").exists() and (tmp_path / "out2" / "metrics.json").exists()
+
+
+def test_train_seeds_makes_one_run_folder_per_seed(monkeypatch, tmp_path, capsys):
+    from lvod import cli
+
+    seen = []
+    monkeypatch.setattr(
+        cli, "train", lambda cfg, run_dir, resume=None: seen.append((cfg.train.seed, run_dir)) or {"iter": 1}
+    )
+    config = str(cli.Path(__file__).resolve().parents[1] / "configs" / "demo" / "fgfa_r18_demo_softmax.toml")
+    assert main(["train", config, "--work-dir", str(tmp_path / "w"), "--seeds", "0,2", "train.epochs=1"]) == 0
+    assert seen == [(0, tmp_path / "w" / "seed0"), (2, tmp_path / "w" / "seed2")]
+    assert f"lvod compare fgfa_r18_demo_softmax={tmp_path / 'w' / 'seed0'},{tmp_path / 'w' / 'seed2'}" in (
+        capsys.readouterr().out
+    )
+    assert main(["train", config, "--seeds", "0,0"]) == 2
+    assert main(["train", config, "--side-by-side"]) == 2
+    side = []
+    monkeypatch.setattr(cli, "train_side_by_side", lambda runs, overrides: side.append((runs, overrides)))
+    assert main(["train", config, "--work-dir", str(tmp_path / "s"), "--seeds", "1,3", "--side-by-side"]) == 0
+    ((runs, overrides),) = side
+    assert runs["seed3"] == (config, tmp_path / "s" / "seed3", ["train.seed=3"]) and overrides == []
