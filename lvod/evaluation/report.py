@@ -221,13 +221,7 @@ def evaluate(
             results_file=results_file,
             backend=backend,
         )
-        out["ap_fixed"] = {
-            "AP": fixed["bbox_mAP"],
-            "AP50": fixed["bbox_mAP_50"],
-            "per_class_cap": cap,
-            "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
-            "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
-        }
+        out["ap_fixed"] = ap_fixed_entry(fixed, cap)
     if bootstrap > 0:
         add_intervals(out, gt, p, [x for x, _ in passes], results, protocol, bootstrap, seed, keep_samples)
     return out
@@ -288,18 +282,22 @@ def _evaluate_lvis(
             ap_fixed=False,
             per_image=0,
         )
-        out["ap_fixed"] = {
-            "AP": fixed["bbox_mAP"],
-            "AP50": fixed["bbox_mAP_50"],
-            "per_class_cap": fixed_cap,
-            "lvis": fixed["lvis"],
-            "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
-            "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
-        }
+        out["ap_fixed"] = {**ap_fixed_entry(fixed, fixed_cap), "lvis": fixed["lvis"]}
     if bootstrap > 0:
         # intervals on the area-all pass; its flags are COCO-shaped (101-point AP)
         add_intervals(out, gt, p, [None], [main], "coco", bootstrap, seed, keep_samples)
     return out
+
+
+def ap_fixed_entry(fixed: dict, cap: int) -> dict:
+    """The ``ap_fixed`` entry of a metrics dict from the evaluation of the capped detections."""
+    return {
+        "AP": fixed["bbox_mAP"],
+        "AP50": fixed["bbox_mAP_50"],
+        "per_class_cap": cap,
+        "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
+        "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
+    }
 
 
 def ground_truth_id(gt) -> dict:
