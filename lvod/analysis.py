@@ -18,6 +18,7 @@ import numpy as np
 
 from lvod.errors import DataError
 from lvod.evaluation.boxes import pairwise_iou_xywh
+from lvod.evaluation.report import group_label
 
 
 def load_metrics(path) -> dict:
@@ -117,7 +118,8 @@ def compare_runs(metrics: dict, stats=None, *, baseline: str | None = None):
 
     ``metrics``: ``{run_name: metrics.json dict}``; ``stats``: optional class_stats DataFrame
     whose ``boxes`` column becomes ``train_boxes``. Classes without ground truth (ap50 None or
-    num_gt 0) stay NaN, never 0.
+    num_gt 0) stay NaN, never 0. Runs tested with ``--bootstrap`` also get their 95 %
+    interval as ``ap50_lo_<run>`` / ``ap50_hi_<run>`` (NaN without one).
     """
     import pandas as pd
 
@@ -129,6 +131,8 @@ def compare_runs(metrics: dict, stats=None, *, baseline: str | None = None):
                 "name": r["name"],
                 "num_gt": r.get("num_gt"),
                 f"ap50_{run}": _nan(r.get("ap50"), r.get("num_gt")),
+                f"ap50_lo_{run}": _nan((r.get("ap50_ci") or [None, None])[0], r.get("num_gt")),
+                f"ap50_hi_{run}": _nan((r.get("ap50_ci") or [None, None])[1], r.get("num_gt")),
             }
             for r in m["classwise"]
         ]
@@ -151,12 +155,23 @@ def _nan(value, num_gt):
     return float(value)
 
 
-def group_frame(metrics: dict):
-    """Rows = groups, columns = runs, values = the group's mean AP@50 (from metrics.json)."""
+def group_frame(metrics: dict, part: str = "ap50"):
+    """Rows = groups (named as :func:`lvod.evaluation.report.group_label`, e.g. ``'rare [0, 90)'``),
+    columns = runs, values = the group's mean AP@50 (``part="ap50"``) or the low / high end
+    of its 95 % bootstrap interval (``"lo"`` / ``"hi"``; NaN for a run tested without one)."""
     import pandas as pd
 
-    data = {run: {str(g["group"]): g["ap50"] for g in m.get("groups", [])} for run, m in metrics.items()}
-    return pd.DataFrame(data)
+    if part not in ("ap50", "lo", "hi"):
+        raise ValueError(f"part must be ap50, lo or hi, got {part!r}")
+
+    def value(g):
+        if part == "ap50":
+            return g["ap50"]
+        ci = g.get("ap50_ci")
+        return np.nan if ci is None or ci[0] is None else ci[0 if part == "lo" else 1]
+
+    data = {run: {group_label(g): value(g) for g in m.get("groups", [])} for run, m in metrics.items()}
+    return pd.DataFrame(data).astype(float)
 
 
 def confusions(gt, dets: dict, *, iou_thr: float = 0.5, score_thr: float = 0.3):

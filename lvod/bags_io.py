@@ -105,6 +105,7 @@ def groups_to_dict(t: GroupTable) -> dict:
             {
                 "group": g,
                 "name": t.group_names[g - 1],
+                "bin": t.group_bins[g - 1],
                 "lo": lo,
                 "hi": None if math.isinf(hi) else hi,
                 "num_classes": len(members),
@@ -122,6 +123,8 @@ def groups_to_dict(t: GroupTable) -> dict:
         "dataset": t.dataset,
         "method": t.method,
         "k": t.k,
+        "basis": t.basis,
+        "counts_are": t.basis_description,
         "edges": list(t.edges),
         "num_classes": t.num_classes,
         "num_groups": t.num_groups,
@@ -238,6 +241,7 @@ def groups_from_dict(d: dict, file="<dict>") -> GroupTable:
             counts=counts,
             method=d.get("method"),
             k=d.get("k"),
+            basis=d.get("basis", "instances"),  # files before the basis field counted instances
             edges=d.get("edges", []),
             groups=members,
             bounds=bounds,
@@ -553,54 +557,78 @@ def read_bags_counts(path) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------- the lvod groups job
 
 
-def counts_description(source) -> str:
+_CSV_COLUMN = {"instances": "boxes", "images": "key_frames"}
+
+
+def counts_description(source, basis: str = "instances") -> str:
     """What :func:`counts_from_source` counts in ``source`` (for the command's summary)."""
+    if basis not in _CSV_COLUMN:
+        raise ValueError(f"unknown basis {basis!r}; use one of {', '.join(_CSV_COLUMN)}")
     if Path(source).suffix.lower() == ".csv":
-        return "boxes column of the stats CSV"
+        return f"{_CSV_COLUMN[basis]} column of the stats CSV"
+    if basis == "images":
+        return "training images (key frames) holding a non-crowd box of the class"
     return "non-crowd boxes per class"
 
 
-def counts_from_source(source) -> tuple[np.ndarray, list, np.ndarray, str]:
+def counts_from_source(source, basis: str = "instances") -> tuple[np.ndarray, list, np.ndarray, str]:
     """``(cat_ids, names, counts, what)`` from an annotation JSON or a stats CSV.
 
-    JSON: counts = non-crowd boxes per class of the annotation file (read with
-    :func:`lvod.data.cocovid.load_cocovid`). CSV: columns ``category_id, name, boxes``
-    (as ``lvod stats`` writes ``class_stats.csv``). ``what``: :func:`counts_description`.
+    ``basis="instances"``: non-crowd boxes per class; ``"images"``: training images per
+    class, i.e. key frames (the frames training samples: every image of a COCO/DET file,
+    the marked frames of a video file) holding at least one non-crowd box of the class,
+    the count LVIS's rare/common/frequent split uses. JSON is read with
+    :func:`lvod.data.cocovid.load_cocovid`; a CSV needs ``category_id, name`` and
+    ``boxes`` / ``key_frames`` (as ``lvod stats`` writes ``class_stats.csv``). ``what``:
+    :func:`counts_description`.
     """
+    what = counts_description(source, basis)
     source = Path(source)
     if source.suffix.lower() == ".csv":
         import pandas as pd
 
         df = pd.read_csv(source)
-        missing = {"category_id", "name", "boxes"} - set(df.columns)
+        missing = {"category_id", "name", _CSV_COLUMN[basis]} - set(df.columns)
         if missing:
             raise DataError(
                 source,
                 "header",
-                f"missing columns {sorted(missing)}",
-                "pass class_stats.csv from lvod stats (category_id,name,boxes,...)",
+                f"missing columns {sorted(missing)} (counting {basis})",
+                "pass class_stats.csv from lvod stats (category_id,name,boxes,...,key_frames)",
             )
         return (
             df["category_id"].to_numpy(np.int64),
             df["name"].astype(str).tolist(),
-            df["boxes"].to_numpy(np.int64),
-            counts_description(source),
+            df[_CSV_COLUMN[basis]].to_numpy(np.int64),
+            what,
         )
     from lvod.data.cocovid import load_cocovid
+    from lvod.stats import class_stats
 
     ds = load_cocovid(source)
-    keep = ~np.asarray(ds.ann_iscrowd, dtype=bool)
-    counts = np.bincount(np.asarray(ds.ann_labels)[keep], minlength=ds.num_classes + 1)[1:]
-    return np.asarray(ds.cat_ids, dtype=np.int64), list(ds.cat_names), counts, counts_description(source)
+    df = class_stats(ds)  # the same numbers lvod stats writes
+    return np.asarray(ds.cat_ids, dtype=np.int64), list(ds.cat_names), df[_CSV_COLUMN[basis]].to_numpy(np.int64), what
 
 
 def make_groups(
-    source=None, out=None, *, method="quantiles", edges=None, k=3, dataset="", bags_dir=None, from_bags=None
+    source=None,
+    out=None,
+    *,
+    method="quantiles",
+    edges=None,
+    k=3,
+    dataset="",
+    bags_dir=None,
+    from_bags=None,
+    basis=None,
 ) -> tuple[GroupTable, dict[str, Path]]:
     """``lvod groups``: build (or import) a group table and write ``groups.json``.
 
     ``source``: annotation JSON or stats CSV (see :func:`counts_from_source`); ``edges``:
-    count edges (method "edges"); ``k``: groups for "quantiles"/"log". ``out`` defaults to
+    count edges (method "edges"); ``k``: groups for "quantiles"/"log"; method "lvis" uses
+    LVIS's fixed 1-10 / 11-100 / >100 edges. ``basis``: count ``"instances"`` or
+    ``"images"`` (default: images for method "lvis", as LVIS does, else instances).
+    ``out`` defaults to
     ``intermediate_files/<dataset>/groups.json`` (``dataset`` defaults to the source's file
     stem, or the folder name of ``from_bags``). ``bags_dir``: also write the three
     reference BAGS files there. ``from_bags``: read the table from the reference BAGS
@@ -617,9 +645,10 @@ def make_groups(
     """
     if source is None and from_bags is None:
         raise ValueError("give an annotation json or stats CSV, or --from-bags DIR")
+    basis = basis or ("images" if method == "lvis" else "instances")
     ids = names = counts = None
     if source is not None:
-        ids, names, counts, _ = counts_from_source(source)
+        ids, names, counts, _ = counts_from_source(source, basis)
     dataset = dataset or (Path(source).stem if source is not None else Path(from_bags).name)
     if from_bags is not None:
         table = import_bags(from_bags, ids, names, counts=counts, dataset=dataset)
@@ -629,9 +658,10 @@ def make_groups(
             counts,
             method=method,
             edges=edges if method == "edges" else None,
-            k=None if method == "edges" else k,
+            k=None if method in ("edges", "lvis") else k,
             names=names,
             dataset=dataset,
+            basis=basis,
         )
     out = Path(out) if out else Path("intermediate_files") / dataset / "groups.json"
     paths = {"groups": save_groups(table, out)}

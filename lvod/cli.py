@@ -143,12 +143,22 @@ def _add_stats_groups(sub):
     g.add_argument("--dataset", required=True, help="dataset name: tables go to intermediate_files/<dataset>/")
     g.add_argument(
         "--method",
-        choices=("edges", "quantiles", "log"),
+        choices=("edges", "quantiles", "log", "lvis"),
         default="quantiles",
         help="edges: explicit count edges (BAGS: 10,100,1000); quantiles: k groups of about "
-        "equal class count; log: k log-spaced bins",
+        "equal class count; log: k log-spaced bins; lvis: LVIS's rare 1-10 / common 11-100 / "
+        "frequent >100 training images",
     )
-    g.add_argument("--edges", default=None, help="comma-separated instance-count edges, e.g. 10,100,1000")
+    g.add_argument(
+        "--basis",
+        choices=("instances", "images"),
+        default=None,
+        help="what to count per class: instances (non-crowd boxes) or images (training key frames "
+        "holding the class); default images for --method lvis, else instances",
+    )
+    g.add_argument(
+        "--edges", default=None, help="comma-separated count edges (of the --basis counts), e.g. 10,100,1000"
+    )
     g.add_argument("-k", type=int, default=3, help="number of groups for quantiles/log (default 3)")
     g.add_argument(
         "--bags-dir",
@@ -380,6 +390,7 @@ def _groups(a) -> int:
             dataset=a.dataset,
             bags_dir=a.bags_dir,
             from_bags=a.from_bags,
+            basis=a.basis,
         )
     except DataError:
         raise
@@ -389,7 +400,7 @@ def _groups(a) -> int:
     if a.from_bags is not None:
         print(f"groups: BAGS files in {a.from_bags}")
     print(
-        f"counts: {counts_description(a.source)} of {a.source}"
+        f"source: {a.source} ({counts_description(a.source, table.basis)})"
         if a.source is not None
         else "counts: none (no source given; labels 1..C are the category ids)"
     )

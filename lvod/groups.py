@@ -36,7 +36,13 @@ import torch
 
 from lvod.errors import DataError
 
-METHODS = ("edges", "quantiles", "log")
+METHODS = ("edges", "quantiles", "log", "lvis")
+LVIS_EDGES = (11, 101)  # LVIS: rare 1-10, common 11-100, frequent > 100 training images
+BASES = {
+    "instances": "training instances (non-crowd boxes) per class",
+    "images": "training images (key frames holding the class) per class",
+}
+THREE_NAMES = ("rare", "common", "frequent")
 LABEL_CONVENTION = (
     "contiguous labels: 0 = background, label i (1..C) = classes[i-1], the i-th class in "
     "ascending category_id order. Group 0 is background vs object: label_map sends "
@@ -59,6 +65,11 @@ def bin_bounds(edges, b: int) -> tuple[float, float]:
     lo = 0 if b == 0 else edges[b - 1]
     hi = edges[b] if b < len(edges) else math.inf
     return lo, hi
+
+
+def group_names_for(num_groups: int) -> tuple:
+    """Readable group names: ``rare, common, frequent`` for three groups, else ``g1..gk``."""
+    return THREE_NAMES if num_groups == 3 else tuple(f"g{g}" for g in range(1, num_groups + 1))
 
 
 def bin_name(lo, hi) -> str:
@@ -142,8 +153,13 @@ class GroupTable:
     counts); ``method`` (one of :data:`METHODS`); ``k`` (requested groups for quantiles /
     log, else None); ``edges`` (inner count edges, ascending); ``groups`` (category ids per
     object group, ascending within a group, groups in ascending bin order); ``bounds``
-    (``(lo, hi)`` count bin of each group, ``hi = inf`` for the open bin); ``notes``
-    (what an import tolerated; not compared).
+    (``(lo, hi)`` count bin of each group, ``hi = inf`` for the open bin); ``basis`` (what
+    was counted, a key of :data:`BASES`: ``"instances"`` or ``"images"``); ``notes`` (what
+    an import tolerated; not compared).
+
+    Names: ``group_names`` are readable (``rare, common, frequent`` for three groups, else
+    ``g1..gk``), ``group_bins`` the count bins (``'[0, 10)'``) and ``group_labels`` both
+    (``'rare [0, 10)'``), which every table and plot shows.
 
     Derived, set on construction: ``label2binlabel`` LongTensor (G+1, C+1), ``pred_slice``
     LongTensor (G+1, 2), ``group_of_label`` int64 (C+1,) (0 for background),
@@ -159,10 +175,12 @@ class GroupTable:
     groups: tuple
     bounds: tuple
     k: int | None = None
+    basis: str = "instances"
     notes: tuple = field(default=(), compare=False)
 
     def __post_init__(self):
         put = object.__setattr__
+        put(self, "basis", str(self.basis))
         put(self, "cat_ids", tuple(int(c) for c in self.cat_ids))
         put(self, "cat_names", tuple(str(n) for n in self.cat_names))
         if self.counts is not None:
@@ -188,7 +206,8 @@ class GroupTable:
     def __repr__(self) -> str:
         return (
             f"GroupTable(dataset={self.dataset!r}, classes={self.num_classes}, method={self.method!r}, "
-            f"edges={list(self.edges)}, groups={dict(zip(self.group_names, map(len, self.groups)))})"
+            f"basis={self.basis!r}, edges={list(self.edges)}, "
+            f"groups={dict(zip(self.group_labels, map(len, self.groups)))})"
         )
 
     @property
@@ -205,8 +224,24 @@ class GroupTable:
 
     @property
     def group_names(self) -> tuple:
-        """Bin name of each object group, e.g. ``('[0, 10)', '[10, 100)')``."""
+        """Readable name of each object group: ``('rare', 'common', 'frequent')`` for three
+        groups, else ``('g1', ..., 'gk')``."""
+        return group_names_for(self.num_groups)
+
+    @property
+    def group_bins(self) -> tuple:
+        """Count bin of each object group, e.g. ``('[0, 10)', '[10, 100)')``."""
         return tuple(bin_name(lo, hi) for lo, hi in self.bounds)
+
+    @property
+    def group_labels(self) -> tuple:
+        """Name and bin of each object group, e.g. ``('rare [0, 11)', ...)``: what tables show."""
+        return tuple(f"{n} {b}" for n, b in zip(self.group_names, self.group_bins))
+
+    @property
+    def basis_description(self) -> str:
+        """What the counts are, e.g. ``'training instances (non-crowd boxes) per class'``."""
+        return BASES[self.basis]
 
     def labels_of_group(self, g: int) -> np.ndarray:
         """Contiguous labels (1..C) of object group ``g`` (1..G), ascending."""
@@ -233,6 +268,15 @@ def _check_table(t: GroupTable, file: str) -> np.ndarray:
         raise DataError(file, "counts", "need one count >= 0 per class", "give one non-negative count per class")
     if t.method not in METHODS:
         raise DataError(file, "method", f"unknown method {t.method!r}", f"use one of {', '.join(METHODS)}")
+    if t.basis not in BASES:
+        raise DataError(file, "basis", f"unknown basis {t.basis!r}", f"use one of {', '.join(BASES)}")
+    if t.method == "lvis" and tuple(t.edges) != LVIS_EDGES:
+        raise DataError(
+            file,
+            "edges",
+            f"method 'lvis' has the fixed edges {list(LVIS_EDGES)}, not {list(t.edges)}",
+            "use method 'edges' for other thresholds",
+        )
     edges = np.asarray(t.edges, dtype=np.float64)
     if np.any(edges <= 0) or np.any(np.diff(edges) <= 0):
         raise DataError(
@@ -314,13 +358,18 @@ def _check_counts(t: GroupTable, gol: np.ndarray, file: str) -> None:
             )
 
 
-def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=None, dataset="") -> GroupTable:
+def build_groups(
+    cat_ids, counts, *, method="edges", edges=None, k=None, names=None, dataset="", basis="instances"
+) -> GroupTable:
     """Group classes by count. ``cat_ids``/``counts``/``names`` are parallel, any order.
 
     ``method="edges"`` needs ``edges`` (ascending positive thresholds; BAGS uses
     ``(10, 100, 1000)``); ``"quantiles"`` and ``"log"`` need ``k`` (see
-    :func:`quantile_edges`, :func:`log_edges`). Bins are ``[0, e1), [e1, e2), ...,
-    [e_n, inf)``; empty bins are dropped.
+    :func:`quantile_edges`, :func:`log_edges`); ``"lvis"`` uses LVIS's fixed edges
+    :data:`LVIS_EDGES` (rare 1-10, common 11-100, frequent > 100; LVIS counts training
+    images, so use it with ``basis="images"``). Bins are ``[0, e1), [e1, e2), ...,
+    [e_n, inf)``; empty bins are dropped. ``basis`` records what the counts are
+    (:data:`BASES`).
     """
     ids = np.asarray(cat_ids, dtype=np.int64).ravel()
     cnt = np.asarray(counts, dtype=np.int64).ravel()
@@ -335,6 +384,10 @@ def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=N
         if edges is not None:
             raise ValueError(f"method {method!r} computes its edges; do not pass edges")
         edges = (quantile_edges if method == "quantiles" else log_edges)(cnt, k)
+    elif method == "lvis":
+        if edges is not None:
+            raise ValueError("method 'lvis' has fixed edges (11, 101); do not pass edges")
+        edges, k = LVIS_EDGES, None
     else:
         raise ValueError(f"unknown group method {method!r}; use one of {', '.join(METHODS)}")
     order = np.argsort(ids, kind="stable")
@@ -348,6 +401,7 @@ def build_groups(cat_ids, counts, *, method="edges", edges=None, k=None, names=N
         counts=cnt,
         method=method,
         k=k,
+        basis=basis,
         edges=edges,
         groups=[ids[b == i] for i in kept],
         bounds=[bin_bounds(tuple(edges), int(i)) for i in kept],
@@ -363,7 +417,8 @@ def format_groups(t: GroupTable, max_names: int = 8) -> str:
         f"{t.dataset or 'groups'}: {t.num_classes} classes in {t.num_groups} groups "
         f"(method {t.method}{'' if t.k is None else f', k={t.k}'}, edges {list(t.edges)}), "
         f"{t.num_logits} logits",
-        f"{'group':>5}  {'bin':<18} {'classes':>7} {'min':>9} {'max':>9}  names",
+        f"counts: {t.basis_description}",
+        f"{'group':<9} {'bin':<18} {'classes':>7} {'min':>9} {'max':>9}  names",
     ]
     for g in range(1, t.num_groups + 1):
         labels = t.labels_of_group(g)
@@ -371,7 +426,7 @@ def format_groups(t: GroupTable, max_names: int = 8) -> str:
         names = [t.cat_names[i - 1] for i in labels]
         shown = ", ".join(names[:max_names]) + (f", ... (+{len(names) - max_names})" if len(names) > max_names else "")
         lines.append(
-            f"{g:>5}  {t.group_names[g - 1]:<18} {len(labels):>7} {min(c) if c else '-':>9} "
+            f"{t.group_names[g - 1]:<9} {t.group_bins[g - 1]:<18} {len(labels):>7} {min(c) if c else '-':>9} "
             f"{max(c) if c else '-':>9}  {shown}"
         )
     lines += [f"note: {n}" for n in t.notes]

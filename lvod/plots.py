@@ -19,7 +19,9 @@ def instances_per_class(stats, table=None, *, column: str = "boxes", ax=None):
     """Bar chart of ``column`` per class, sorted descending, log y, with group boundaries.
 
     ``stats``: DataFrame with ``category_id``, ``name`` and ``column``.
-    ``table``: optional ``GroupTable``; its groups are coloured and their edges drawn.
+    ``table``: optional ``GroupTable``; its groups are coloured (with a legend naming each
+    group and its count bin) and their edges drawn. Pass the ``column`` the table was built
+    from (``boxes`` for ``basis="instances"``, ``key_frames`` for ``"images"``).
     """
     plt = _plt()
     df = stats.sort_values(column, ascending=False).reset_index(drop=True)
@@ -30,6 +32,11 @@ def instances_per_class(stats, table=None, *, column: str = "boxes", ax=None):
         colors = np.array([f"C{group_of.get(int(c), -1) % 10}" for c in df["category_id"]], dtype=object)
         for edge in getattr(table, "edges", None) or []:
             ax.axhline(edge, color="grey", ls="--", lw=0.8)
+        from matplotlib.patches import Patch
+
+        labels = getattr(table, "group_labels", None) or [f"group {g + 1}" for g in range(len(table.groups))]
+        handles = [Patch(color=f"C{g % 10}", label=label) for g, label in enumerate(labels)]
+        ax.legend(handles=handles, title="frequency group", fontsize=8)
     ax.bar(np.arange(len(df)), df[column].clip(lower=0.8), color=list(colors))
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(df)), df["name"], rotation=75, fontsize=8)
@@ -74,7 +81,8 @@ def distributions(track_lengths, box_areas):
 
 
 def group_table_frame(table, stats=None):
-    """One row per object group: classes, count range and the logit slice (a DataFrame)."""
+    """One row per object group: name, count bin, classes, count range and the logit slice
+    (a DataFrame; the counts are ``table.basis_description``)."""
     import pandas as pd
 
     known = table.counts is not None
@@ -86,7 +94,8 @@ def group_table_frame(table, stats=None):
         start, length = (int(v) for v in table.pred_slice[g])
         rows.append(
             {
-                "group": g,
+                "group": table.group_names[g - 1],
+                "bin": table.group_bins[g - 1],
                 "classes": len(members),
                 "min_count": min(c),
                 "max_count": max(c),
@@ -101,12 +110,17 @@ def group_table_frame(table, stats=None):
 def ap_vs_frequency(frame, runs):
     """Per-class AP@50 against training box count (log x), one series per run.
 
-    ``frame``: from ``lvod.analysis.compare_runs`` (``train_boxes``, ``ap50_<run>``).
+    ``frame``: from ``lvod.analysis.compare_runs`` (``train_boxes``, ``ap50_<run>``, and
+    ``ap50_lo_<run>`` / ``ap50_hi_<run>``: drawn as 95 % error bars where present). Runs
+    are nudged apart along x so their bars do not hide each other.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for i, run in enumerate(runs):
-        ax.scatter(frame["train_boxes"], frame[f"ap50_{run}"], label=run, color=f"C{i}", alpha=0.8)
+        x = frame["train_boxes"].astype(float) * 1.06 ** (i - (len(runs) - 1) / 2)
+        y = frame[f"ap50_{run}"].astype(float)
+        err = _yerr(y, frame.get(f"ap50_lo_{run}"), frame.get(f"ap50_hi_{run}"))
+        ax.errorbar(x, y, yerr=err, fmt="o", ms=4, capsize=2, lw=0.8, label=run, color=f"C{i}", alpha=0.85)
     for _, row in frame.iterrows():
         ax.annotate(row["name"], (row["train_boxes"], row[f"ap50_{runs[0]}"]), fontsize=6, alpha=0.6)
     ax.set_xscale("log")
@@ -119,14 +133,35 @@ def ap_vs_frequency(frame, runs):
     return fig
 
 
-def grouped_bars(df, *, ylabel: str, title: str):
-    """Bars for a DataFrame whose rows are categories (groups, speeds) and columns runs."""
+def _yerr(y, lo, hi):
+    """Matplotlib ``yerr`` (2, N) from interval ends (None or all-NaN: no bars)."""
+    if lo is None or hi is None:
+        return None
+    lo, hi = np.asarray(lo, dtype=float), np.asarray(hi, dtype=float)
+    if np.all(np.isnan(lo)):
+        return None
+    y = np.asarray(y, dtype=float)
+    return np.stack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+
+
+def grouped_bars(df, *, ylabel: str, title: str, lo=None, hi=None):
+    """Bars for a DataFrame whose rows are categories (groups, speeds) and columns runs;
+    ``lo``/``hi``: frames of the same shape with the 95 % interval ends, drawn as error bars
+    (e.g. ``lvod.analysis.group_frame(metrics, "lo")``)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(df)), 3.5))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(df)), 3.5))
     width = 0.8 / max(1, df.shape[1])
     x = np.arange(len(df))
     for i, run in enumerate(df.columns):
-        ax.bar(x + (i - (df.shape[1] - 1) / 2) * width, df[run].astype(float), width=width, label=str(run))
+        err = None if lo is None or hi is None else _yerr(df[run], lo[run], hi[run])
+        ax.bar(
+            x + (i - (df.shape[1] - 1) / 2) * width,
+            df[run].astype(float),
+            width=width,
+            label=str(run),
+            yerr=err,
+            capsize=3,
+        )
     ax.set_xticks(x, [str(i) for i in df.index])
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1.0)
@@ -157,13 +192,26 @@ def difference_intervals(rows: list, *, scopes=("overall", "group", "motion")):
     return fig
 
 
-def gain_bars(frame, run: str, baseline: str):
-    """AP@50 gain of ``run`` over ``baseline`` per class, classes sorted by training count."""
+def gain_bars(frame, run: str, baseline: str, rows=None):
+    """AP@50 gain of ``run`` over ``baseline`` per class, classes sorted by training count.
+
+    ``rows``: ``lvod compare`` rows (``compare_runs(...)["rows"]``); their per-class paired
+    95 % intervals are drawn as error bars, and a bar is green / red only when its verdict
+    is better / worse (grey: unclear). Without rows the colour is the sign of the gain.
+    """
     plt = _plt()
     df = frame.sort_values("train_boxes", ascending=False)
     gain = df[f"gain_{run}"].astype(float)
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(df)), 3.5))
-    ax.bar(np.arange(len(df)), gain.fillna(0), color=np.where(gain >= 0, "C2", "C3"))
+    err, colour = None, np.where(gain >= 0, "C2", "C3")
+    if rows is not None:
+        paired = {r["key"]: r for r in rows if r["scope"] == "class" and r["method"] == run}
+        found = [paired.get(n) for n in df["name"]]
+        ci = np.array([r["diff_ci"] if r and r.get("diff_ci") else (np.nan, np.nan) for r in found], dtype=float)
+        err = _yerr(gain.fillna(0), ci[:, 0], ci[:, 1])
+        shade = {"better": "C2", "worse": "C3"}
+        colour = [shade.get(r["verdict"], "0.6") if r else "0.6" for r in found]
+    ax.bar(np.arange(len(df)), gain.fillna(0), color=colour, yerr=err, capsize=2)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(np.arange(len(df)), df["name"], rotation=75, fontsize=8)
     ax.set_ylabel(f"AP@50 {run} - {baseline}")

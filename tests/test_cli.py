@@ -275,7 +275,7 @@ def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(
     monkeypatch.setattr(bags_io, "load_groups", lambda path: reads.append(str(path)) or real(path))
     m = test_model(cfg, ckpt, out=tmp_path / "out" / "results.json", groups=eval_groups, device="cpu", progress=False)
     assert sorted(reads) == sorted([str(model_groups), str(eval_groups)])
-    assert [g["group"] for g in m["groups"]] == ["[0, 100)"]  # the --groups table, one bin
+    assert [(g["group"], g["bin"]) for g in m["groups"]] == [("g1", "[0, 100)")]  # the --groups table, one bin
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["groups"] == m["groups"] and written["inference"]["frames"] == 8 == m["inference"]["frames"]
     assert m["files"]["coco_json"] == tmp_path / "out" / "results.json" and m["note"] is None
@@ -288,7 +288,7 @@ def test_lvod_test_reads_each_group_table_once_and_prints_the_tables(
     )
     out = capsys.readouterr().out
     assert "inference: 8 frames in 2 videos" in out and "does not write pickles" in out
-    assert "| bbox_mAP_50 |" in out and "| [0, 10) |" in out  # the config's table scores the groups
+    assert "| bbox_mAP_50 |" in out and "| g1 [0, 10) |" in out  # the config's table scores the groups
     assert not (tmp_path / "out2" / "r.pkl").exists() and (tmp_path / "out2" / "metrics.json").exists()
 
 

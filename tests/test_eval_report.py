@@ -137,16 +137,20 @@ def test_lvod_eval_prints_tables_and_writes_json_and_csv(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     # class 1: one of two objects found -> precision 1 up to recall 0.5: 51 of 101 recall points
-    assert "| bbox_mAP_50 | 75.2 |" in out and "| [0, 10) | 1/2 | 50.5 | 50.5 |" in out
+    assert "| bbox_mAP_50 | 75.2 |" in out and "| g1 [0, 10) | 1/2 | 50.5 | 50.5 |" in out
     m = json.loads((tmp_path / "m.json").read_text())
-    assert [g["group"] for g in m["groups"]] == ["[0, 10)", "[10, inf)"]
+    assert [(g["group"], g["bin"], g["basis"]) for g in m["groups"]] == [
+        ("g1", "[0, 10)", "instances"),
+        ("g2", "[10, inf)", "instances"),
+    ]
+    assert "Groups by instances per class" in out
     assert m["groups"][0]["ap50"] == returned["groups"][0]["ap50"] and m["classwise"] == returned["classwise"]
     assert m["bbox_mAP_50"] == pytest.approx((51 / 101 + 1) / 2) and m["groups"][1]["ap50"] == pytest.approx(1.0)
     assert [c["num_gt"] for c in m["classwise"]] == [2, 1, 0]
     assert m["motion_source"] == "instance tracks"
     rows = (tmp_path / "m_classwise.csv").read_text().splitlines()
     assert rows[0] == "category_id,name,num_gt,ap50,ap" and rows[3] == "3,c3,0,,"
-    assert (tmp_path / "m_groups.csv").read_text().splitlines()[1].startswith('"[0, 10)",1 3,1,0.50495')
+    assert (tmp_path / "m_groups.csv").read_text().splitlines()[1].startswith('g1,"[0, 10)",instances,1 3,1,0.50495')
 
 
 def test_vid_val_builder_reproduces_the_devkit_thresholds(external_data):

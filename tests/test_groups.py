@@ -26,7 +26,7 @@ from lvod.bags_io import (
     save_groups,
 )
 from lvod.errors import DataError
-from lvod.groups import build_groups, log_edges, quantile_edges
+from lvod.groups import build_groups, format_groups, log_edges, quantile_edges
 
 LVIS = "bags/BUPT-PRIV_BalancedGroupSoftmax@lvis/data/lvis"
 
@@ -60,7 +60,7 @@ def test_small_table_by_hand():
     assert t.cat_ids == (10, 20, 30, 40) and t.cat_names == ("c10", "c20", "c30", "c40")
     assert t.counts == (3, 5000, 5, 50)
     assert t.groups == ((10, 30), (40,), (20,))
-    assert t.group_names == ("[0, 10)", "[10, 100)", "[1000, inf)")
+    assert t.group_bins == ("[0, 10)", "[10, 100)", "[1000, inf)") and t.group_names == ("rare", "common", "frequent")
     assert t.label2binlabel.dtype == torch.int64
     assert t.label2binlabel.tolist() == [[0, 1, 1, 1, 1], [0, 1, 0, 2, 0], [0, 0, 0, 0, 1], [0, 0, 1, 0, 0]]
     assert t.pred_slice.tolist() == [[0, 2], [2, 3], [5, 2], [7, 2]]
@@ -89,7 +89,7 @@ def test_log_edges_by_hand():
     assert log_edges([5, 5], 4) == ()
     assert log_edges([20, 30], 2) == (25,)  # 24.49 rounds up: bins of integers unchanged
     t = build_groups([1, 2, 3, 4], [1, 9, 10, 1000], method="log", k=3)
-    assert t.groups == ((1, 2), (3,), (4,)) and t.group_names == ("[0, 10)", "[10, 100)", "[100, inf)")
+    assert t.groups == ((1, 2), (3,), (4,)) and t.group_bins == ("[0, 10)", "[10, 100)", "[100, inf)")
 
 
 def test_builder_rejects_bad_arguments():
@@ -291,7 +291,7 @@ def test_make_groups_from_stats_csv(tmp_path, capsys):
     )
     text = capsys.readouterr().out
     assert "[0, 10)" in text and "bear, dog" in text and str(out) in text
-    assert "counts: boxes column of the stats CSV of" in text
+    assert "(boxes column of the stats CSV)" in text and "counts: training instances" in text
     table, paths = make_groups(csv, out, method="quantiles", k=2, bags_dir=tmp_path / "bags")
     assert load_groups(out).groups == ((2, 4), (1, 3)) == table.groups
     assert paths["valsplit.pkl"] == tmp_path / "bags" / "valsplit.pkl" and paths["valsplit.pkl"].is_file()
@@ -413,3 +413,71 @@ def test_cli_from_bags_without_source_and_against_a_wrong_dataset(tmp_path, caps
     # neither a source nor --from-bags
     assert main(["groups", "--dataset", "demo"]) == 2
     assert "--from-bags" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- basis, lvis edges, names
+
+
+def test_lvis_method_uses_fixed_image_edges_and_readable_names():
+    # LVIS: rare 1-10, common 11-100, frequent > 100 training images
+    t = build_groups([1, 2, 3, 4, 5, 6], [1, 10, 11, 100, 101, 5000], method="lvis", basis="images")
+    assert t.edges == (11, 101) and t.k is None and t.basis == "images"
+    assert t.groups == ((1, 2), (3, 4), (5, 6))
+    assert t.group_names == ("rare", "common", "frequent")
+    assert t.group_bins == ("[0, 11)", "[11, 101)", "[101, inf)")
+    assert t.group_labels[0] == "rare [0, 11)"
+    assert "counts: training images" in format_groups(t) and "rare " in format_groups(t)
+    # empty bins are dropped: two groups are not "rare/common/frequent" any more
+    two = build_groups([1, 2], [3, 500], method="lvis", basis="images")
+    assert two.group_names == ("g1", "g2") and two.group_labels == ("g1 [0, 11)", "g2 [101, inf)")
+    with pytest.raises(ValueError, match="fixed edges"):
+        build_groups([1], [3], method="lvis", edges=(5,))
+
+
+def test_basis_and_names_round_trip_and_are_checked(tmp_path):
+    t = build_groups([1, 2, 3, 4, 5, 6], [1, 10, 11, 100, 101, 5000], method="lvis", basis="images")
+    p = save_groups(t, tmp_path / "g.json")
+    d = json.loads(p.read_text())
+    assert d["basis"] == "images" and "images" in d["counts_are"]
+    assert [(g["name"], g.get("bin")) for g in d["groups"][1:]] == [
+        ("rare", "[0, 11)"),
+        ("common", "[11, 101)"),
+        ("frequent", "[101, inf)"),
+    ]
+    assert load_groups(p) == t and load_groups(p).basis == "images"
+    # a table written before the basis field counted instances
+    del d["basis"]
+    p.write_text(json.dumps(d))
+    assert load_groups(p).basis == "instances" and load_groups(p) != t
+    d["basis"] = "videos"
+    p.write_text(json.dumps(d))
+    with pytest.raises(DataError, match="unknown basis 'videos'"):
+        load_groups(p)
+    d["basis"], d["edges"] = "images", [11, 100]
+    p.write_text(json.dumps(d))
+    with pytest.raises(DataError, match="fixed edges"):
+        load_groups(p)
+
+
+def test_image_basis_counts_key_frames_holding_the_class(tmp_path, capsys, tiny_vid):
+    from lvod.cli import main
+
+    # 2 videos x 12 frames, every 3rd frame a key frame (0, 3, 6, 9); video v holds class
+    # 1 + v % 2, one box per frame; frames 5 and 6 only a crowd box. Key frames with a
+    # non-crowd box: 0, 3, 9 -> 3 per class; instances: 12 - 2 crowd = 10 per class.
+    vid, _ = tiny_vid(tmp_path, num_videos=2, num_frames=12, det_images=0)
+    out = tmp_path / "g.json"
+    t_img, _ = make_groups(vid, out, method="edges", edges=[5], basis="images")
+    assert t_img.counts == (3, 3) and t_img.basis == "images"
+    t_inst, _ = make_groups(vid, out, method="edges", edges=[5])
+    assert t_inst.counts == (10, 10) and t_inst.basis == "instances"
+    # --method lvis counts images unless told otherwise
+    assert main(["groups", str(vid), "--dataset", "tiny", "--method", "lvis", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert load_groups(out).basis == "images" and load_groups(out).counts == (3, 3)
+    assert "counts: training images" in text and "\ng1        [0, 11) " in text  # one group: g1, not "rare"
+    assert (
+        main(["groups", str(vid), "--dataset", "tiny", "--method", "lvis", "--basis", "instances", "--out", str(out)])
+        == 0
+    )
+    assert load_groups(out).counts == (10, 10) and load_groups(out).basis == "instances"

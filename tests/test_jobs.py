@@ -26,7 +26,7 @@ def test_summary_shows_intervals_and_verdicts():
     group = {
         **row,
         "scope": "group",
-        "key": "[0, 90)",
+        "key": "rare [0, 90)",
         "value": 0.1,
         "diff": -0.05,
         "diff_ci": [-0.2, 0.1],
@@ -42,7 +42,7 @@ def test_summary_shows_intervals_and_verdicts():
     }
     text = summary_markdown(comparison)
     assert "| bags | bbox_mAP_50 | 0.600 | [0.500, 0.700] | 1 | 0.100 | [0.020, 0.180] | better |" in text
-    assert "| bags | group [0, 90) AP50 | 0.100 |" in text and "| unclear |" in text
+    assert "| bags | group rare [0, 90) AP50 | 0.100 |" in text and "| unclear |" in text
     assert "1000 paired bootstrap resamples" in text
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from lvod.errors import DataError
 from lvod.evaluation.bootstrap import CI_LEVEL, default_resamples, interval, nanmean
+from lvod.evaluation.report import group_label
 from lvod.io import atomic_write, save_json
 
 VERDICTS = ("better", "worse", "unclear")
@@ -52,7 +53,7 @@ def _metric_table(m: dict) -> dict:
     if m.get("bbox_mAP") is not None:
         out[("overall", "bbox_mAP")] = (m["bbox_mAP"], s["bbox_mAP"])
     for g, samples in zip(m.get("groups", []), s["groups_ap50"]):
-        out[("group", g["group"])] = (g["ap50"], samples)
+        out[("group", group_label(g))] = (g["ap50"], samples)
     for k, c in enumerate(m["classwise"]):
         out[("class", c["name"])] = (c["ap50"], s["ap50_per_class"][:, k])
     for bucket, value in (m.get("motion") or {}).items():

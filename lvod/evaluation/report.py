@@ -6,8 +6,12 @@
 - ``bbox_mAP_50``: mean AP@0.5 over classes with GT; ``bbox_mAP``: AP@[.5:.95] (COCO only).
 - ``classwise``: list of ``{category_id, name, ap50, ap, num_gt}`` (``num_gt`` = non-crowd
   GT; ap values ``None`` for a class without GT).
-- ``groups``: list of ``{group, category_ids, ap50, ap, num_classes_with_gt}``: the mean over
-  the group's classes that have GT (classes without GT are left out, never counted as 0).
+- ``groups``: list of ``{group, bin, basis, category_ids, ap50, ap, num_classes_with_gt}``:
+  the mean over the group's classes that have GT (classes without GT are left out, never
+  counted as 0). ``group`` is the readable name (``rare``/``common``/``frequent`` for a
+  three-group table, else ``g1..gk``), ``bin`` the count bin (``'[0, 90)'``) and ``basis``
+  what was counted (``instances`` or ``images``); both None for a plain ``{name: ids}``
+  mapping. :func:`group_label` is what tables show.
 - ``motion``: ``{slow, medium, fast}`` AP@0.5 (mean over classes with GT in the bucket)
   plus ``motion_counts`` (GT objects per bucket, and ``unknown``) and ``motion_source``;
   ``None`` when the ground truth has no tracks and no motion file was given.
@@ -39,10 +43,11 @@ from lvod.io import atomic_write, save_json
 
 
 def resolve_groups(groups, cat_ids) -> list:
-    """Normalise ``groups`` to ``[(name, [category ids])]``.
+    """Normalise ``groups`` to ``[(name, [category ids], bin, basis)]``.
 
     Accepts None, a ``lvod.groups.GroupTable``, a path to a groups JSON
-    (``lvod.bags_io.load_groups``), or a mapping ``{name: [category ids]}``.
+    (``lvod.bags_io.load_groups``), or a mapping ``{name: [category ids]}`` (bin and basis
+    None).
     """
     if groups is None:
         return []
@@ -50,18 +55,31 @@ def resolve_groups(groups, cat_ids) -> list:
         from lvod.bags_io import load_groups
 
         groups = load_groups(groups)
-    if hasattr(groups, "groups") and hasattr(groups, "group_names"):
-        return [(str(n), [int(c) for c in g]) for n, g in zip(groups.group_names, groups.groups)]
+    if hasattr(groups, "groups") and hasattr(groups, "group_bins"):
+        return [
+            (str(n), [int(c) for c in g], b, groups.basis)
+            for n, g, b in zip(groups.group_names, groups.groups, groups.group_bins)
+        ]
     if isinstance(groups, dict):
-        return [(str(n), [int(c) for c in g]) for n, g in groups.items()]
+        return [(str(n), [int(c) for c in g], None, None) for n, g in groups.items()]
     raise TypeError(f"groups: expected a GroupTable, a path or a dict, got {type(groups).__name__}")
 
 
+def group_label(entry: dict) -> str:
+    """How tables and plots name a ``groups`` entry: ``'rare [0, 90)'`` (name and count bin),
+    or the name alone when there is no bin."""
+    b = entry.get("bin")
+    return f"{entry['group']} {b}" if b else str(entry["group"])
+
+
 def group_means(cat_ids, ap50, ap, groups) -> list:
-    """Per group: mean AP50 / AP over member classes whose value is defined (not None/-1/NaN)."""
+    """Per group: mean AP50 / AP over member classes whose value is defined (not None/-1/NaN).
+
+    ``groups``: :func:`resolve_groups`' ``(name, members, bin, basis)``, or ``(name, members)``."""
     index = {int(c): i for i, c in enumerate(cat_ids)}
     out = []
-    for name, members in groups:
+    for name, members, *more in groups:
+        bin_, basis = (*more, None, None)[:2]
         rows = [index[c] for c in members if c in index]
 
         def mean(values, rows=rows):
@@ -70,7 +88,15 @@ def group_means(cat_ids, ap50, ap, groups) -> list:
 
         n = sum(1 for i in rows if _defined(ap50[i]))
         out.append(
-            {"group": name, "category_ids": list(members), "ap50": mean(ap50), "ap": mean(ap), "num_classes_with_gt": n}
+            {
+                "group": name,
+                "bin": bin_,
+                "basis": basis,
+                "category_ids": list(members),
+                "ap50": mean(ap50),
+                "ap": mean(ap),
+                "num_classes_with_gt": n,
+            }
         )
     return out
 
@@ -296,7 +322,7 @@ def ap_fixed_entry(fixed: dict, cap: int) -> dict:
         "AP50": fixed["bbox_mAP_50"],
         "per_class_cap": cap,
         "classwise": [{k: c[k] for k in ("category_id", "name", "ap50", "ap")} for c in fixed["classwise"]],
-        "groups": [{k: g[k] for k in ("group", "ap50", "ap")} for g in fixed["groups"]],
+        "groups": [{k: g[k] for k in ("group", "bin", "ap50", "ap")} for g in fixed["groups"]],
     }
 
 
@@ -421,9 +447,11 @@ def format_tables(m: dict) -> str:
             f"{b['num_videos']} videos (seed {b['seed']}).",
         ]
     if m["groups"]:
-        lines += ["", "| group | classes with GT | AP50 | AP |", "| --- | --- | --- | --- |"]
+        basis = m["groups"][0].get("basis")
+        lines += [""] + ([f"Groups by {basis} per class (training counts)."] if basis else [])
+        lines += ["| group | classes with GT | AP50 | AP |", "| --- | --- | --- | --- |"]
         lines += [
-            f"| {g['group']} | {g['num_classes_with_gt']}/{len(g['category_ids'])} "
+            f"| {group_label(g)} | {g['num_classes_with_gt']}/{len(g['category_ids'])} "
             f"| {_fmt(g['ap50'], g.get('ap50_ci'))} | {_fmt(g['ap'], g.get('ap_ci'))} |"
             for g in m["groups"]
         ]
@@ -477,7 +505,7 @@ def write_metrics(m: dict, out) -> dict:
     ci = CI_COLUMNS if m.get("bootstrap") else []
     for kind, fields in (
         ("classwise", ["category_id", "name", "num_gt", "ap50", "ap", *ci]),
-        ("groups", ["group", "category_ids", "num_classes_with_gt", "ap50", "ap", *ci]),
+        ("groups", ["group", "bin", "basis", "category_ids", "num_classes_with_gt", "ap50", "ap", *ci]),
     ):
         path = out.with_name(f"{out.stem}_{kind}.csv")
         with atomic_write(path, "w", encoding="utf-8", newline="") as fh:
