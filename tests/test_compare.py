@@ -1,6 +1,7 @@
 """lvod compare: paired bootstrap differences between runs, verdicts, seeds, refusals."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,6 +102,8 @@ def test_lvod_compare_command(demo_data, tmp_path, capsys):
             "bad",
             "--bootstrap",
             "100",
+            "--groups",
+            str(Path(__file__).resolve().parents[1] / "intermediate_files" / "demo" / "groups.json"),
             "--out",
             str(tmp_path / "cmp"),
         ]
@@ -108,6 +111,9 @@ def test_lvod_compare_command(demo_data, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "| good | bbox_mAP_50 |" in printed and "better" in printed
+    # groups by their readable name and count bin, with the basis named once
+    assert "| good | group rare [0, 90) AP50 |" in printed and "| good | group frequent [246, inf) AP50 |" in printed
+    assert "Frequency groups by training instances per class." in printed
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["baseline"] == "bad" and saved["resamples"] == 100
     assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,scope,key,value,ci_lo")

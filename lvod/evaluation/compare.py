@@ -139,9 +139,11 @@ def compare_methods(methods: dict[str, list[dict]], baseline: str, *, level: flo
                 diff_ci = interval(samples - base_samples, level)
                 row.update(diff=diff, diff_ci=diff_ci, verdict=verdict(diff_ci))
             rows.append(row)
+    first = methods[baseline][0].get("groups") or [{}]
     return {
         "baseline": baseline,
         "level": level,
+        "group_basis": first[0].get("basis"),
         **info,
         "methods": {
             name: {"num_seeds": len(runs), "runs": [m.get("results_file") for m in runs]}
@@ -162,7 +164,12 @@ def format_comparison(result: dict, scopes=("overall", "group", "motion")) -> st
 
     lines = [
         f"Baseline: {result['baseline']}; {result['resamples']} paired bootstrap resamples of the val "
-        f"videos (seed {result['seed']}), {int(result['level'] * 100)} % intervals.",
+        f"videos (seed {result['seed']}), {int(result['level'] * 100)} % intervals."
+        + (
+            f" Frequency groups by training {result['group_basis']} per class."
+            if result.get("group_basis") and "group" in scopes
+            else ""
+        ),
         "",
         "| method | metric | value | 95% CI | seeds (std) | diff vs baseline | 95% CI of diff | verdict |",
         "|---|---|---|---|---|---|---|---|",
