@@ -314,7 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stats_groups(sub)
     _add_engine(sub)
     _add_notebooks_and_jobs(sub)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Give every (sub)command's namespace its own parser (``_parser``), so that an error
+    found after parsing shows that command's usage, not the top-level one."""
+    parser.set_defaults(_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                _remember_parsers(sp)
 
 
 # ----------------------------------------------------------------------------- data
@@ -616,7 +627,7 @@ def main(argv=None) -> int:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            getattr(args, "_parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)

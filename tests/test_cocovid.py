@@ -89,7 +89,8 @@ def test_tao_excerpt(external_data):
     assert cv.ann_ids.tolist() == [1, 6] and cv.ann_instance_ids.tolist() == [1, 1]
     issue = cv.report.repairs["ann_unknown_category"]
     assert issue.count == 2 and "category_id 95" in issue.examples[0]
-    assert [t["id"] for t in cv.tracks] == [1, 3] and cv.report.counts["tracks"] == 2
+    assert [t["id"] for t in cv.tracks] == [1, 3] and cv.report.counts["tao_tracks"] == 2
+    assert cv.report.counts["tracks"] == 1  # one object (instance 1, baby) in the kept boxes, as lvod stats counts
     assert cv.img_neg_cat_ids[0] == (342, 57, 651, 357, 738)
     assert cv.img_not_exhaustive_cat_ids[1] == (805, 95)
     assert cv.categories[0]["frequency"] == "f"  # extra category keys are kept

@@ -244,10 +244,21 @@ def _check_files(report, root: Path, names, ids) -> None:
     missing = [i for i, n in enumerate(names) if not os.path.isfile(os.path.join(root_s, n))]
     if missing:
         report.set_missing_files(
-            f"not found under {root}; pass the right --images-root or restore the files",
+            f"not found under {root}; {_images_hint(root, names, missing)}",
             [f"image {ids[i]} ({names[i]})" for i in missing[:5]],
             len(missing),
         )
+
+
+def _images_hint(root: Path, names, missing) -> str:
+    """The fix for missing image files: the real flag, and a well-known sub-folder of
+    ``root`` that does hold the files, when there is one (ImageNet VID's ``Data/VID``,
+    ``Data/DET``, as the demo data and the converter lay them out)."""
+    probe = [names[i] for i in missing[:20]]
+    for sub in ("Data/VID", "Data/DET", "Data", "images", "frames"):
+        if all(os.path.isfile(os.path.join(os.fspath(root), sub, n)) for n in probe):
+            return f"they are under {root / sub}: pass --images {root / sub}"
+    return "pass the folder the file_name entries are relative to as --images (lvod data check), or data.root"
 
 
 def load_cocovid(path, *, images_root=None, check_images=False, strict=False) -> CocoVid:
@@ -276,6 +287,13 @@ def load_cocovid(path, *, images_root=None, check_images=False, strict=False) ->
     np.cumsum(counts, out=ptr[1:])
     ann_order = np.argsort(ann["image_idx"], kind="stable").astype(np.int64)
     inst = ann["instance_ids"]
+    # a track: one (video, instance_id, class) among the non-crowd boxes with an instance id,
+    # the definition lvod stats uses (lvod.stats); a TAO file's own "tracks" records are
+    # counted apart as tao_tracks
+    has_track = (inst >= 0) & ~ann["iscrowd"].astype(bool)
+    track_keys = np.stack(
+        [img["video_ids"][ann["image_idx"][has_track]], inst[has_track], ann["cat_ids"][has_track]], axis=1
+    )
     report.counts = {
         "videos": len(img["videos"]),
         "images": n_img,
@@ -285,8 +303,10 @@ def load_cocovid(path, *, images_root=None, check_images=False, strict=False) ->
         "crowd_annotations": int(ann["iscrowd"].sum()),
         "instances": int(len(np.unique(inst[inst >= 0]))),
         "categories": len(categories),
-        "tracks": len(tracks),
+        "tracks": int(len(np.unique(track_keys, axis=0))) if len(track_keys) else 0,
     }
+    if tracks:
+        report.counts["tao_tracks"] = len(tracks)
 
     root = Path(images_root) if images_root is not None else None
     if check_images or root is not None:

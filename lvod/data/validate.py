@@ -118,6 +118,16 @@ class LoadReport:
                 "tracks",
             ]
             lines.append("counts: " + ", ".join(f"{k} {self.counts[k]:,}" for k in order if k in self.counts))
+            if "tracks" in self.counts:
+                lines.append(
+                    "  (a track is one object followed through a video: a (video, instance_id, class) among "
+                    "the non-crowd boxes, as lvod stats counts them"
+                    + (
+                        f"; the file's own TAO 'tracks' records: {self.counts['tao_tracks']:,})"
+                        if "tao_tracks" in self.counts
+                        else ")"
+                    )
+                )
         for title, table in (("repairs", self.repairs), ("notes", self.notes)):
             if table:
                 lines.append(f"{title}:")

@@ -1,0 +1,59 @@
+"""The rough edges a new user hits with the README commands and the everyday CLI (issue 13).
+
+Each test pins one fix so that it cannot come back unnoticed.
+"""
+
+import json
+import shutil
+
+import pytest
+
+from lvod.cli import main
+
+
+def _demo_layout(tmp_path, tiny_vid):
+    """An ImageNet-VID-like layout: annotations/ beside Data/VID/ (as the demo data and the
+    converter write it); file_name entries are relative to Data/VID."""
+    vid, _ = tiny_vid(tmp_path / "Data" / "VID", num_videos=2, num_frames=6, det_images=0)
+    (tmp_path / "annotations").mkdir()
+    ann = tmp_path / "annotations" / "train.json"
+    shutil.move(vid, ann)
+    return ann
+
+
+def test_data_check_names_the_real_flag_and_the_folder_that_holds_the_images(tmp_path, tiny_vid, capsys):
+    ann = _demo_layout(tmp_path, tiny_vid)
+    assert main(["data", "check", str(ann), "--images", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"pass --images {tmp_path / 'Data' / 'VID'}" in out and "--images-root" not in out
+    assert main(["data", "check", str(ann), "--images", str(tmp_path / "Data" / "VID")]) == 0
+    # nowhere to be found: the hint still names the flag that exists
+    assert main(["data", "check", str(ann), "--images", str(tmp_path / "annotations")]) == 1
+    out = capsys.readouterr().out
+    assert "as --images" in out and "--images-root" not in out
+
+
+def test_a_parse_error_shows_the_subcommand_usage(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "check", str(tmp_path / "a.json"), "--images-root", "x"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: lvod data check") and "unrecognized arguments: --images-root x" in err
+
+
+def test_data_check_and_stats_count_the_same_tracks(tmp_path, tiny_vid, capsys):
+    vid, _ = tiny_vid(tmp_path, num_videos=3, num_frames=6, det_images=0)
+    d = json.loads(vid.read_text())
+    # a second object in video 1 (new instance id), and a crowd-only instance that is no track
+    extra = [dict(a, id=1000 + i, instance_id=7) for i, a in enumerate(d["annotations"]) if a["video_id"] == 1]
+    crowd = [dict(a, id=2000 + i, instance_id=8, iscrowd=1) for i, a in enumerate(d["annotations"][:2])]
+    d["annotations"] += extra + crowd
+    d["tracks"] = [{"id": 1, "category_id": 1, "video_id": 1}]  # a TAO-style record list
+    vid.write_text(json.dumps(d))
+    assert main(["data", "check", str(vid)]) == 0
+    check = capsys.readouterr().out
+    assert main(["stats", str(vid), "--out", str(tmp_path / "stats")]) == 0
+    summary = json.loads((tmp_path / "stats" / "summary.json").read_text())
+    assert summary["tracks"] == 4  # one per video + the second object of video 1
+    assert f"tracks {summary['tracks']}\n" in check and "TAO 'tracks' records: 1)" in check
+    assert "a track is one object followed through a video" in check
