@@ -137,7 +137,9 @@ def test_lvod_eval_prints_tables_and_writes_json_and_csv(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     # class 1: one of two objects found -> precision 1 up to recall 0.5: 51 of 101 recall points
-    assert "| bbox_mAP_50 | 75.2 |" in out and "| g1 [0, 10) | 1/2 | 50.5 | 50.5 |" in out
+    # one unit everywhere: fractions as in metrics.json, labelled
+    assert "| bbox_mAP_50 | 0.752 |" in out and "| g1 [0, 10) | 1/2 | 0.505 | 0.505 |" in out
+    assert "AP as a fraction, 0-1" in out
     m = json.loads((tmp_path / "m.json").read_text())
     assert [(g["group"], g["bin"], g["basis"]) for g in m["groups"]] == [
         ("g1", "[0, 10)", "instances"),

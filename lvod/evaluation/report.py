@@ -414,14 +414,15 @@ def _motion_masks(gt, p, motion_iou):
 
 
 def _fmt(v, ci=None) -> str:
-    text = "-" if v is None else f"{100 * v:.1f}"
-    return text if ci is None else f"{text} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+    text = "-" if v is None else f"{v:.3f}"
+    return text if ci is None else f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
 def format_tables(m: dict) -> str:
-    """Markdown: overall, per group, motion, per class (AP in percent)."""
+    """Markdown: overall, per group, motion, per class. AP is a fraction in 0..1, as in
+    ``metrics.json``, ``summary.md`` and the README (one unit for everything a user reads)."""
     lines = [
-        f"## Detection AP ({m['protocol']})",
+        f"## Detection AP ({m['protocol']} protocol; AP as a fraction, 0-1)",
         "",
         "| metric | value |",
         "| --- | --- |",
