@@ -113,9 +113,10 @@ class TrainConfig:
     max_keep_iter_ckpts: int = 2
     log_interval: int = 50
     init_from: str = ""
+    reinit_classifier: bool = False
     freeze: str = choice("none", ("none", "all_but_classifier"))
     find_unused_parameters: bool = False
-    tensorboard: bool = True
+    tensorboard: bool = False  # on: pip install -e ".[tensorboard]" (README command 1 does not install it)
     progress_bar: bool = True
     stop_after_iters: int = 0
 

@@ -72,6 +72,11 @@ def run_notebook(
             cwd=str(cwd or Path.cwd()),
             progress_bar=False,
             log_output=False,
+            # The kernel talks to papermill over TCP on 127.0.0.1 (this machine only) and
+            # ipykernel warns "running over TCP without encryption" at every start, which
+            # reads like a security problem on a headless run: keep the kernel's own log to
+            # errors. Cell output, warnings and tracebacks go to the notebook as before.
+            extra_arguments=["--IPKernelApp.log_level=ERROR"],
         )
     finally:
         html_path = _export_html(out) if html and out.exists() else None

@@ -3,8 +3,10 @@
 Each test pins one fix so that it cannot come back unnoticed.
 """
 
+import glob
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -57,3 +59,31 @@ def test_data_check_and_stats_count_the_same_tracks(tmp_path, tiny_vid, capsys):
     assert summary["tracks"] == 4  # one per video + the second object of video 1
     assert f"tracks {summary['tracks']}\n" in check and "TAO 'tracks' records: 1)" in check
     assert "a track is one object followed through a video" in check
+
+
+def test_demo_configs_do_not_ask_for_tensorboard_that_command_1_does_not_install():
+    from lvod.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    configs = sorted(glob.glob(str(repo / "configs" / "demo" / "*.toml")))
+    assert configs
+    for path in configs:
+        assert load_config(path).train.tensorboard is False, path
+
+
+def test_notebook_kernels_do_not_warn_about_tcp_at_every_run(monkeypatch, tmp_path):
+    """papermill gets the kernel option that keeps ipykernel's TCP warning out of the run's
+    stderr (the end-to-end check is in tests/test_notebooks.py)."""
+    import papermill
+
+    from lvod import notebooks
+
+    seen = {}
+
+    def fake_execute(src, dst, **kw):
+        seen.update(kw)
+        Path(dst).write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    notebooks.run_notebook(tmp_path / "x.ipynb", tmp_path / "out", html=False)
+    assert seen["extra_arguments"] == ["--IPKernelApp.log_level=ERROR"]
