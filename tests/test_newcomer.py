@@ -87,3 +87,42 @@ def test_notebook_kernels_do_not_warn_about_tcp_at_every_run(monkeypatch, tmp_pa
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     notebooks.run_notebook(tmp_path / "x.ipynb", tmp_path / "out", html=False)
     assert seen["extra_arguments"] == ["--IPKernelApp.log_level=ERROR"]
+
+
+@pytest.mark.parametrize("damage", ["text", "pickle", "object_column", "missing", "dtype", "shape", "lengths"])
+def test_a_damaged_results_file_is_a_clear_error(tmp_path, capsys, damage):
+    import pickle
+
+    import numpy as np
+
+    path = tmp_path / "r.npz"
+    good = {
+        "image_id": np.array([1, 2]),
+        "category_id": np.array([1, 1]),
+        "bbox": np.zeros((2, 4), np.float32),
+        "score": np.array([0.5, 0.4], np.float32),
+    }
+    if damage == "text":
+        path.write_text("not an archive")
+    elif damage == "pickle":
+        path.write_bytes(pickle.dumps({"image_id": [1]}))
+    else:
+        cols = dict(good)
+        if damage == "object_column":
+            cols["score"] = np.array([0.5, None], dtype=object)
+        elif damage == "missing":
+            del cols["score"]
+        elif damage == "dtype":
+            cols["category_id"] = np.array(["a", "b"])
+        elif damage == "shape":
+            cols["bbox"] = np.zeros(8, np.float32)
+        elif damage == "lengths":
+            cols["image_id"] = np.array([1, 2, 3])
+        with open(path, "wb") as fh:
+            np.savez(fh, **cols)
+    ann = tmp_path / "gt.json"
+    ann.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    assert main(["eval", "--ann", str(ann), "--results", str(path), "--out", str(tmp_path / "m.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(path) in err and "lvod test" in err and "Traceback" not in err
+    assert not (tmp_path / "m.json").exists()

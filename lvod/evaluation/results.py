@@ -183,18 +183,40 @@ class ResultsWriter:
         return False
 
 
+_NPZ_FIX = "pass the results.npz that `lvod test` (or lvod.evaluation.results.ResultsWriter) wrote"
+_NPZ_KINDS = {"image_id": "iu", "category_id": "iu", "bbox": "f", "score": "f"}
+
+
 def load_npz(path) -> Detections:
+    """Read an lvod ``.npz`` results file; anything else is a DataError naming the file,
+    the column and the fix (never a traceback; nothing is unpickled)."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(path, "file", f"is not an .npz archive of arrays ({e})", _NPZ_FIX) from None
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array saved under an .npz name
+        raise DataError(path, "file", "holds one array, not lvod's columns", _NPZ_FIX)
+    with z:
         missing = [c for c in COLUMNS if c not in z.files]
         if missing:
-            raise DataError(
-                path,
-                "columns",
-                f"missing {missing} (has {z.files})",
-                "write results with lvod.evaluation.results.ResultsWriter",
-            )
-        return Detections(*(z[c] for c in COLUMNS)).check(path)
+            raise DataError(path, "columns", f"missing {missing} (has {z.files})", _NPZ_FIX)
+        cols = {}
+        for c in COLUMNS:
+            try:
+                cols[c] = z[c]
+            except (ValueError, OSError, zipfile.BadZipFile) as e:  # object arrays, truncated members
+                raise DataError(path, f"column {c}", f"cannot be read as a plain array ({e})", _NPZ_FIX) from None
+            if cols[c].dtype.kind not in _NPZ_KINDS[c]:
+                want = "integers" if _NPZ_KINDS[c] == "iu" else "floats"
+                raise DataError(path, f"column {c}", f"has dtype {cols[c].dtype}, lvod writes {want}", _NPZ_FIX)
+        if cols["bbox"].ndim != 2 or cols["bbox"].shape[1:] != (4,):
+            raise DataError(path, "column bbox", f"has shape {cols['bbox'].shape}, not (N, 4)", _NPZ_FIX)
+        try:
+            dets = Detections(*(cols[c] for c in COLUMNS))
+        except ValueError as e:  # columns of different lengths
+            raise DataError(path, "columns", str(e), _NPZ_FIX) from None
+        return dets.check(path)
 
 
 def _bad_record(recs: list) -> int:
