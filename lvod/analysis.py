@@ -94,6 +94,14 @@ def frame_detections(dets, image_id: int, cat_ids):
     return boxes, labels, np.asarray(dets.score)[sel]
 
 
+def frame_ground_truth(gt, row: int):
+    """One frame's non-crowd ground truth as ``(boxes x1y1x2y2, contiguous labels 1..C)``."""
+    sel = np.flatnonzero((np.asarray(gt.ann_image_idx) == row) & ~np.asarray(gt.ann_iscrowd, dtype=bool))
+    xywh = np.asarray(gt.ann_boxes, dtype=np.float64).reshape(-1, 4)[sel]
+    boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    return boxes, np.asarray(gt.ann_labels)[sel]
+
+
 def pick_frames(gt, n: int, *, rare=()) -> list[int]:
     """Image rows to show: frames holding rare-class boxes first, then the most crowded ones."""
     valid = ~gt.ann_iscrowd

@@ -220,14 +220,21 @@ def gain_bars(frame, run: str, baseline: str, rows=None):
     return fig
 
 
-def weight_norms(norms: dict, counts):
-    """Classifier weight norm per class against training count, one series per run."""
+def weight_norms(norms: dict, counts, names=None):
+    """Classifier weight norm per class against training count, one series per run.
+
+    ``names``: class names in the order of ``counts`` (ticks are the names, from the most
+    to the least frequent class; without names, the class index)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    order = np.argsort(-np.asarray(counts))
+    order = np.argsort(-np.asarray(counts), kind="stable")
+    fig, ax = plt.subplots(figsize=(max(7, 0.4 * len(order)), 3.8))
     for i, (run, n) in enumerate(norms.items()):
         ax.plot(np.arange(len(order)), np.asarray(n)[order], marker="o", ms=3, label=run, color=f"C{i}")
-    ax.set_xlabel("classes, sorted from most to least frequent")
+    if names is not None:
+        ax.set_xticks(np.arange(len(order)), [str(names[i]) for i in order], rotation=75, fontsize=8)
+        ax.set_xlabel("class, from most to least frequent in training")
+    else:
+        ax.set_xlabel("classes, sorted from most to least frequent")
     ax.set_ylabel("||w_c||")
     ax.legend()
     ax.set_title("classifier weight norm per class (BAGS paper's diagnostic)")
@@ -235,23 +242,70 @@ def weight_norms(norms: dict, counts):
     return fig
 
 
-def draw_frame(image, boxes, labels, scores, names, *, ax=None, score_thr: float = 0.3, title: str = ""):
-    """Show an image (H, W, 3 uint8) with ``[x1, y1, x2, y2]`` boxes and class names."""
+def _place_labels(anchors, height: float) -> list:
+    """Move text anchors ``(x, y, width)`` down until no two label boxes overlap (greedy,
+    in the given order); returns the new ``(x, y)``."""
+    placed, out = [], []
+    for x, y, w in anchors:
+        while any(abs(y - py) < height and x < px + pw and px < x + w for px, py, pw in placed):
+            y += height
+        placed.append((x, y, w))
+        out.append((x, y))
+    return out
+
+
+def draw_frame(
+    image,
+    boxes,
+    labels,
+    scores,
+    names,
+    *,
+    ax=None,
+    score_thr: float = 0.3,
+    title: str = "",
+    gt_boxes=None,
+    gt_labels=None,
+    max_dets: int = 10,
+):
+    """Show an image (H, W, 3 uint8) with ``[x1, y1, x2, y2]`` detections (solid, class and
+    score above the box) and, when given, the ground truth (dashed white, class name under
+    the box). At most ``max_dets`` detections at or above ``score_thr`` are drawn, highest
+    score first; labels are moved apart so that they stay readable."""
     plt = _plt()
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(5, 4))
     ax.imshow(image)
-    for box, label, score in zip(np.asarray(boxes), np.asarray(labels), np.asarray(scores)):
-        if score < score_thr:
-            continue
-        x1, y1, x2, y2 = box
+    h = np.asarray(image).shape[0]
+    line = 0.045 * h  # label height in pixels at fontsize 6 on the usual panel size
+    texts = []
+    if gt_boxes is not None:
+        for box, label in zip(np.asarray(gt_boxes).reshape(-1, 4), np.asarray(gt_labels).reshape(-1)):
+            x1, y1, x2, y2 = box
+            ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="white", lw=1.2, ls="--"))
+            texts.append((x1, y2 + 1, f"GT {names[int(label)]}", "white", "k"))
+    scores = np.asarray(scores)
+    keep = [i for i in np.argsort(-scores, kind="stable") if scores[i] >= score_thr][:max_dets]
+    boxes, labels = np.asarray(boxes).reshape(-1, 4), np.asarray(labels).reshape(-1)
+    for i in keep:
+        x1, y1, x2, y2 = boxes[i]
         ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="lime", lw=1.2))
-        ax.text(
-            x1,
-            y1,
-            f"{names[int(label)]} {score:.2f}",
-            color="k",
+        texts.append((x1, max(y1 - line, 0), f"{names[int(labels[i])]} {scores[i]:.2f}", "lime", "k"))
+    width = np.asarray(image).shape[1]
+    spots = _place_labels([(x, y, 0.012 * width * len(t)) for x, y, t, _, _ in texts], line)
+    for (x, y), (_, _, text, face, colour) in zip(spots, texts):
+        ax.text(x, y, text, color=colour, fontsize=6, va="top", bbox={"facecolor": face, "alpha": 0.7, "pad": 0.5})
+    if gt_boxes is not None:
+        from matplotlib.lines import Line2D
+
+        ax.legend(
+            handles=[
+                Line2D([], [], color="lime", lw=1.2, label="detection"),
+                Line2D([], [], color="white", lw=1.2, ls="--", label="ground truth"),
+            ],
             fontsize=6,
-            bbox={"facecolor": "lime", "alpha": 0.7, "pad": 0.5},
+            loc="lower right",
+            facecolor="0.3",
+            labelcolor="white",
         )
     ax.set_axis_off()
     ax.set_title(title, fontsize=8)

@@ -2,6 +2,8 @@
 
 import json
 
+import matplotlib
+import matplotlib.container
 import numpy as np
 import pytest
 
@@ -169,3 +171,44 @@ def test_load_run_of_a_bags_head_reads_the_group_table_its_config_names(tmp_path
     loaded = analysis.load_run(_run_folder(run, {"roi_head.predictor.fc_cls.weight": w}, config=model))
     assert loaded.head == "bags"
     np.testing.assert_allclose(loaded.weight_norms, [1, 2, 3])
+
+
+def test_intervals_become_error_bars_in_the_group_class_and_gain_plots():
+    """metrics with bootstrap intervals -> group/class frames carry them -> the plots draw
+    them; a gain bar is coloured only when its paired verdict says so."""
+    from lvod import plots
+
+    def m(a50, lo, hi, g_ci):
+        return {
+            "classwise": [
+                {"category_id": 1, "name": "a", "ap50": a50, "ap50_ci": [lo, hi], "num_gt": 3},
+                {"category_id": 2, "name": "b", "ap50": 0.5, "ap50_ci": None, "num_gt": 3},
+            ],
+            "groups": [{"group": "rare", "bin": "[0, 10)", "ap50": a50, "ap50_ci": g_ci}],
+        }
+
+    metrics = {"softmax": m(0.6, 0.4, 0.7, [0.4, 0.7]), "bags": m(0.7, 0.5, 0.8, None)}
+    lo, hi = analysis.group_frame(metrics, "lo"), analysis.group_frame(metrics, "hi")
+    assert list(lo.index) == ["rare [0, 10)"] and lo.loc["rare [0, 10)", "softmax"] == 0.4
+    assert np.isnan(hi.loc["rare [0, 10)", "bags"])  # tested without an interval
+    fig = plots.grouped_bars(analysis.group_frame(metrics), ylabel="AP@50", title="t", lo=lo, hi=hi)
+    bars = [c for c in fig.axes[0].containers if isinstance(c, matplotlib.container.BarContainer)]
+    assert bars[0].errorbar is not None and bars[1].errorbar is None  # softmax has bars, bags none
+    segments = bars[0].errorbar.lines[2][0].get_segments()
+    np.testing.assert_allclose([s[:, 1] for s in segments], [[0.4, 0.7]])
+
+    frame = analysis.compare_runs(metrics, baseline="softmax")
+    assert frame["ap50_lo_softmax"].tolist()[0] == 0.4 and np.isnan(frame["ap50_lo_softmax"].tolist()[1])
+    frame["train_boxes"] = [5, 500]
+    fig = plots.ap_vs_frequency(frame, ["softmax", "bags"])
+    assert any(getattr(c, "has_yerr", False) for c in fig.axes[0].containers)
+
+    rows = [
+        {"method": "bags", "scope": "class", "key": "a", "diff_ci": [0.05, 0.15], "verdict": "better"},
+        {"method": "bags", "scope": "class", "key": "b", "diff_ci": [-0.1, 0.1], "verdict": "unclear"},
+    ]
+    fig = plots.gain_bars(frame, "bags", "softmax", rows=rows)
+    patches = fig.axes[0].patches
+    # classes from frequent to rare: b (500 boxes) first, unclear -> grey; a better -> green
+    assert patches[0].get_facecolor()[:3] == pytest.approx((0.6, 0.6, 0.6))
+    assert patches[1].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb("C2"))

@@ -126,3 +126,54 @@ def test_a_damaged_results_file_is_a_clear_error(tmp_path, capsys, damage):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(path) in err and "lvod test" in err and "Traceback" not in err
     assert not (tmp_path / "m.json").exists()
+
+
+# ----------------------------------------------------------------------------- plots a reader can read
+
+
+def test_weight_norm_plot_names_the_classes():
+    from lvod import plots
+
+    fig = plots.weight_norms({"softmax": [1.0, 2.0, 3.0]}, counts=[5, 50, 500], names=["rare_cls", "mid", "head"])
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert ticks == ["head", "mid", "rare_cls"]  # most to least frequent, by name
+
+
+def test_instances_plot_has_a_legend_naming_the_groups():
+    import pandas as pd
+
+    from lvod import plots
+    from lvod.groups import build_groups
+
+    stats = pd.DataFrame({"category_id": [1, 2, 3], "name": ["a", "b", "c"], "boxes": [5, 50, 500]})
+    table = build_groups([1, 2, 3], [5, 50, 500], method="edges", edges=(10, 100))
+    fig = plots.instances_per_class(stats, table)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["rare [0, 10)", "common [10, 100)", "frequent [100, inf)"]
+
+
+def test_frames_draw_ground_truth_dashed_and_keep_labels_apart():
+    import numpy as np
+
+    from lvod import plots
+
+    image = np.zeros((100, 200, 3), np.uint8)
+    # three detections on the same spot: their labels would print on top of each other
+    boxes = np.array([[10, 40, 60, 80]] * 3, float)
+    fig = plots.draw_frame(
+        image,
+        boxes,
+        [1, 2, 1],
+        [0.9, 0.8, 0.1],
+        ["bg", "cat", "dog"],
+        gt_boxes=np.array([[12, 42, 58, 78]], float),
+        gt_labels=[1],
+        score_thr=0.3,
+    )
+    ax = fig.axes[0]
+    styles = sorted((p.get_linestyle(), p.get_edgecolor()[:3]) for p in ax.patches)
+    assert styles == [("--", (1.0, 1.0, 1.0)), ("solid", (0.0, 1.0, 0.0)), ("solid", (0.0, 1.0, 0.0))]  # 1 GT, 2 kept
+    texts = {t.get_text(): t.get_position() for t in ax.texts}
+    assert set(texts) == {"GT cat", "cat 0.90", "dog 0.80"}
+    assert texts["cat 0.90"][1] != texts["dog 0.80"][1]  # moved apart
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["detection", "ground truth"]
