@@ -19,7 +19,8 @@ them and pass plain arguments down.
 
 The classification head is a checked choice (``model.head``, one of :data:`HEAD_SETTINGS`)
 and each head with settings has its own typed section (``[model.bags]``,
-``[model.seesaw]``); a section for a head that is not chosen is refused, naming the file.
+``[model.seesaw]``, ``[model.eqlv2]``, ``[model.fedloss]``); a section for a head that is
+not chosen is refused, naming the file.
 The frequency-group table is a model setting (``model.groups_file``): the BAGS head needs
 it, and evaluation uses it for per-group AP with any head.
 
@@ -69,6 +70,12 @@ class DataConfig:
 
     The pixel normalisation is the model's (``model.image_mean`` / ``model.image_std``):
     the pipeline reads it from there, so training and inference cannot disagree.
+
+    ``sampler``: which key frames an epoch visits (``lvod.engine.samplers``): ``uniform``
+    (each once, shuffled), ``repeat_factor`` (LVIS repeat factor sampling, class factor
+    ``max(1, sqrt(repeat_threshold / f))`` with ``f`` the fraction of training key frames
+    holding the class), ``class_balanced`` (a class uniformly, then one of its key frames;
+    cRT's sampling; an epoch = as many draws as there are key frames).
     """
 
     root: str = "data/ILSVRC2015"
@@ -83,6 +90,12 @@ class DataConfig:
     filter_empty_gt: bool = True
     imgs_per_gpu: int = 1
     workers_per_gpu: int = 2
+    sampler: str = choice("uniform", ("uniform", "repeat_factor", "class_balanced"))
+    repeat_threshold: float = 0.001
+
+    def __post_init__(self):
+        if not self.repeat_threshold > 0:
+            raise ValueError(f"repeat_threshold must be > 0 (LVIS uses 0.001), got {self.repeat_threshold}")
 
 
 @dataclass
@@ -94,6 +107,12 @@ class TrainConfig:
     count of finished epochs) after which the lr is multiplied by ``lr_gamma``.
     ``stop_after_iters`` (> 0) ends the run early at that global iteration, with a
     checkpoint there, without changing the schedule (a later run resumes from it).
+
+    Decoupled protocols (cRT, BAGS stage 2): ``init_from`` (a checkpoint; weights only,
+    fresh optimiser and schedule; skipped when the run resumes) loads every matching
+    weight and skips a classifier of another shape; ``reinit_classifier`` re-initialises
+    the classifier (``fc_cls``; ``fc_reg`` stays); ``freeze = "all_but_classifier"`` trains
+    ``fc_cls`` alone (everything else ``requires_grad=False``, BatchNorm in eval).
     """
 
     lr: float = 0.01
@@ -127,10 +146,35 @@ class TestConfig:
 
     Which frames are aggregated at test time is the detector's business and lives in the
     model section (``model.fgfa_window``: FGFA's sliding window; ``model.selsa_test_refs``:
-    SELSA's refs spread over the whole video), next to the code that uses it.
+    SELSA's refs spread over the whole video; ``model.dff_key_frame_interval``: DFF's key
+    frames), next to the code that uses it.
+
+    Post-processing of the detections (``lvod test`` and ``lvod infer``):
+
+    - ``calibrate``: post-hoc calibration of the classifier before NMS, ``""`` / ``"none"``
+      (off), ``"NAME:PARAM=VALUE"`` (``tau_norm:tau=1``, ``logit_adjust:tau=1``,
+      ``norcal:gamma=0.5``; options ``count=images``, ``rescale=false``), ``"NAME:auto"`` or
+      ``"auto"`` (the choice ``lvod calibrate`` stored beside the checkpoint);
+      ``lvod.models.calibration`` has the maths and which head takes which.
+    - ``rescoring``: ``"seq_nms"`` rescores each video's detections with Seq-NMS
+      (``lvod.engine.rescoring``): links of IoU > ``seq_nms_link_iou`` between consecutive
+      frames, ``seq_nms_rescore`` ``"avg"`` or ``"max"`` along the chosen sequence, and
+      (``seq_nms_suppress``) same-class boxes overlapping it by IoU > ``seq_nms_suppress_iou``
+      removed.
     """
 
     workers: int = 2
+    calibrate: str = ""
+    rescoring: str = choice("none", ("none", "seq_nms"))
+    seq_nms_link_iou: float = 0.5
+    seq_nms_rescore: str = choice("avg", ("avg", "max"))
+    seq_nms_suppress: bool = True
+    seq_nms_suppress_iou: float = 0.3
+
+    def __post_init__(self):
+        for name in ("seq_nms_link_iou", "seq_nms_suppress_iou"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
 
 # ----------------------------------------------------------------------------- model
@@ -171,15 +215,65 @@ class SeesawConfig:
             raise ValueError(f"seesaw p and q must be >= 0, got p={self.p}, q={self.q}")
 
 
+@dataclass
+class EqlV2Config:
+    """``[model.eqlv2]``: Equalization Loss v2 (Tan et al., CVPR 2021), the paper's and
+    mmdetection's defaults.
+
+    A class's accumulated positive/negative gradient ratio ``g`` is mapped by
+    ``f(g) = 1 / (1 + exp(-gamma (g - mu)))``; its negatives are weighted ``f(g)``, its
+    positives ``1 + alpha (1 - f(g))``. ``test_with_obj``: at inference the class scores
+    are multiplied by ``1 - P(background)`` from the objectness logit (mmdetection's
+    default).
+    """
+
+    gamma: float = 12.0
+    mu: float = 0.8
+    alpha: float = 4.0
+    test_with_obj: bool = True
+
+    def __post_init__(self):
+        if self.gamma <= 0 or self.alpha < 0:
+            raise ValueError(f"eqlv2 needs gamma > 0 and alpha >= 0, got gamma={self.gamma}, alpha={self.alpha}")
+
+
+@dataclass
+class FedLossConfig:
+    """``[model.fedloss]``: Federated loss (Zhou et al., 2021; detectron2's defaults).
+
+    Sigmoid cross-entropy over the classes of the batch plus negative classes sampled with
+    probability proportional to ``count ** weight_power``, ``num_classes_sampled`` object
+    classes in all (with fewer classes than that, every class is in every batch: plain
+    sigmoid cross-entropy). The counts are the group table's (``model.groups_file``):
+    training instances per class, or images per class for a table built with
+    ``lvod groups --basis images`` (the paper's image counts). ``prior_prob``: the class
+    logits' initial bias ``-log((1 - p) / p)`` (CenterNet2's 0.01), so a class never seen
+    in training does not start at score 0.5.
+    """
+
+    num_classes_sampled: int = 50
+    weight_power: float = 0.5
+    prior_prob: float = 0.01
+
+    def __post_init__(self):
+        if self.num_classes_sampled < 1 or self.weight_power < 0 or not 0 < self.prior_prob < 1:
+            raise ValueError(
+                "fedloss needs num_classes_sampled >= 1, weight_power >= 0 and 0 < prior_prob < 1; got "
+                f"{self.num_classes_sampled}, {self.weight_power}, {self.prior_prob}"
+            )
+
+
 # Each head and its settings section (None: no settings). The model side of the same
 # choice is ``lvod.models.heads.HEADS``; a test holds the two tables to the same names.
 HEAD_SETTINGS: dict[str, type | None] = {
     "softmax": None,
     "bags": BagsConfig,
     "seesaw": SeesawConfig,
+    "eqlv2": EqlV2Config,
+    "fedloss": FedLossConfig,
 }
 # The detectors (``lvod.models.build.DETECTORS`` builds them; a test holds the names equal).
-DETECTOR_KINDS = ("single", "fgfa", "selsa")
+DETECTOR_KINDS = ("single", "fgfa", "selsa", "dff", "temporal_roi_align")
 # FGFA's feature-warp grid: "aligned" (zero flow = identity) or "mmtracking" (its zoo
 # weights' grid, one feature cell towards the top-left; docs/checkpoint_mapping.md).
 WARP_GRIDS = ("aligned", "mmtracking")
@@ -206,7 +300,11 @@ class ModelConfig:
     ``bbox_coder.target_stds`` -> ``roi_target_stds``; ``test_cfg.rcnn.{score_thr, nms,
     max_per_img}`` -> ``test_{score_thr, nms_iou, max_dets}``; FGFA test ``frame_range``
     -> ``fgfa_window``; SELSA test ``num_ref_imgs`` -> ``selsa_test_refs``;
-    ``aggregator.num_attention_blocks`` -> ``selsa_attention_blocks``;
+    ``aggregator.num_attention_blocks`` -> ``selsa_attention_blocks``; DFF
+    ``test_cfg.key_frame_interval`` -> ``dff_key_frame_interval``; Temporal RoI Align
+    ``bbox_roi_extractor.num_most_similar_points`` -> ``troi_most_similar_points``,
+    ``num_temporal_attention_blocks`` -> ``troi_attention_blocks``, its
+    ``bbox_head.num_shared_fcs`` -> ``troi_shared_fcs``;
     ``bbox_head.num_classes`` -> ``num_classes``; ``img_norm_cfg.{mean,std}`` ->
     ``image_{mean,std}`` (docs/config_mapping.md has the whole table).
     """
@@ -217,7 +315,9 @@ class ModelConfig:
     head: str = choice("softmax", HEAD_SETTINGS)
     bags: BagsConfig = field(default_factory=BagsConfig)
     seesaw: SeesawConfig = field(default_factory=SeesawConfig)
-    groups_file: str = ""  # frequency-group table (lvod groups): BAGS, per-group AP
+    eqlv2: EqlV2Config = field(default_factory=EqlV2Config)
+    fedloss: FedLossConfig = field(default_factory=FedLossConfig)
+    groups_file: str = ""  # frequency-group table (lvod groups): BAGS, fedloss counts, per-group AP
     backbone_weights: str | None = None  # torchvision ResNet state dict (.pth)
     flownet_weights: str | None = None  # mmtracking FlowNetSimple state dict (FGFA)
     frozen_stages: int = 1  # -1: nothing frozen (training from scratch)
@@ -261,6 +361,10 @@ class ModelConfig:
     image_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     selsa_test_refs: int = 14
     selsa_attention_blocks: int = 16
+    dff_key_frame_interval: int = 10  # DFF test: backbone on frames 0, k, 2k, ...; flow-warped between
+    troi_most_similar_points: int = 2  # Temporal RoI Align: most similar points per reference map
+    troi_attention_blocks: int = 4  # its temporal attention heads (0: plain average)
+    troi_shared_fcs: int = 3  # its bbox head's shared FCs, a SelsaAggregator after each
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -276,6 +380,18 @@ class ModelConfig:
             raise ValueError(
                 f"fc_channels {self.fc_channels} must be divisible by "
                 f"selsa_attention_blocks {self.selsa_attention_blocks}"
+            )
+        if self.dff_key_frame_interval < 1:
+            raise ValueError(f"dff_key_frame_interval must be >= 1, got {self.dff_key_frame_interval}")
+        if self.troi_most_similar_points < 1 or self.troi_shared_fcs < 1 or self.troi_attention_blocks < 0:
+            raise ValueError(
+                "troi_most_similar_points and troi_shared_fcs must be >= 1 and troi_attention_blocks >= 0, got "
+                f"{self.troi_most_similar_points}, {self.troi_shared_fcs}, {self.troi_attention_blocks}"
+            )
+        if self.troi_attention_blocks and self.neck_channels % self.troi_attention_blocks:
+            raise ValueError(
+                f"neck_channels {self.neck_channels} must be divisible by troi_attention_blocks "
+                f"{self.troi_attention_blocks}"
             )
         if len(self.image_mean) != 3 or len(self.image_std) != 3:
             raise ValueError("image_mean and image_std must have 3 values (R, G, B)")

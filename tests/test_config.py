@@ -27,6 +27,12 @@ def test_configs_exist():
         "faster_rcnn_r50_dc5_1x_imagenetvid.toml",
         "fgfa_r18_demo_softmax.toml",
         "fgfa_r18_demo_bags.toml",
+        "fgfa_r18_demo_eqlv2.toml",
+        "fgfa_r18_demo_fedloss.toml",
+        "eqlv2_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "fedloss_fgfa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "eqlv2_selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
+        "fedloss_selsa_faster_rcnn_r50_dc5_1x_imagenetvid.toml",
     ):
         assert want in names
 

@@ -1,5 +1,6 @@
 """Tests of the classification heads and their pure loss/score maths (lvod.models.heads/losses)."""
 
+import inspect
 import math
 from types import SimpleNamespace
 
@@ -421,7 +422,15 @@ def test_head_table_and_config_sections_name_the_same_heads():
     assert ModelConfig(head="seesaw").head_settings() == {"p": 0.8, "q": 2.0, "eps": 0.01}
     head = build_head("seesaw", 8, 3, **ModelConfig(head="seesaw").head_settings())
     assert (head.p, head.q, head.eps) == (0.8, 2.0, 0.01)
-    assert HEADS["bags"].uses_groups and not HEADS["seesaw"].uses_groups
+    assert ModelConfig(head="eqlv2").head_settings() == {"gamma": 12.0, "mu": 0.8, "alpha": 4.0, "test_with_obj": True}
+    uses_groups = {name for name, cls in HEADS.items() if cls.uses_groups}
+    assert uses_groups == {"bags", "fedloss"}
+    for name in HEAD_SETTINGS:
+        params = inspect.signature(HEADS[name].__init__).parameters
+        settings = ModelConfig(head=name).head_settings()
+        assert settings.keys() <= params.keys(), name  # every config key is a constructor argument
+        for key, value in settings.items():
+            assert params[key].default == value, (name, key)  # with the same default
 
 
 def test_seesaw_losses_return_detached_parts_beside_loss_cls():

@@ -6,7 +6,8 @@ pipeline: ``load_cocovid`` -> ``TrainDataset`` (bilateral refs, random flip) -> 
 -> the detector's losses; then ``run_inference`` (the per-video FGFA window) writes the
 detections and ``evaluate`` scores them against the same frames. It must reach AP@50 near 1:
 if the loss, a head's inference, box decoding, the data transforms or the evaluation broke,
-it would not. The BAGS head reads the demo's committed group table, as training does.
+it would not. The BAGS and federated-loss heads read the demo's committed group table, as
+training does.
 About 25 s per head on one CPU thread.
 """
 
@@ -24,6 +25,7 @@ from lvod.engine.inference import build_test_transform, run_inference
 from lvod.evaluation.report import evaluate
 from lvod.evaluation.results import ResultsWriter, load_npz
 from lvod.models import build_model
+from lvod.models.heads import HEADS
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_FRAMES = 4
@@ -58,7 +60,7 @@ def few_demo_frames(demo, out: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("head", ["softmax", "bags", "seesaw"])
+@pytest.mark.parametrize("head", ["softmax", "bags", "seesaw", "eqlv2", "fedloss"])
 def test_tiny_fgfa_overfits_demo_frames(head, demo_data, tmp_path, one_thread):
     torch.manual_seed(0)
     coco = load_cocovid(few_demo_frames(demo_data, tmp_path), images_root=demo_data["images_root"])
@@ -66,7 +68,7 @@ def test_tiny_fgfa_overfits_demo_frames(head, demo_data, tmp_path, one_thread):
     dataset = TrainDataset([(coco, True, True)], data)
     assert len(dataset) == NUM_FRAMES
     groups = None
-    if head == "bags":
+    if HEADS[head].uses_groups:  # bags: its logit layout; fedloss: its class counts
         groups = load_groups(REPO / "intermediate_files" / "demo" / "groups.json")
     model = build_model(
         ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head, frozen_stages=4),

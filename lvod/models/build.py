@@ -45,7 +45,8 @@ PredictorFactory = Callable[[], nn.Module]
 
 def read_group_table(cfg: ModelConfig, cat_ids: Sequence[int] | None = None) -> GroupTable | None:
     """The frequency-group table of ``cfg.groups_file`` (checked against ``cat_ids`` when
-    given), or None when no file is set. A ``bags`` head without a file is a DataError."""
+    given), or None when no file is set. A head with ``uses_groups`` (``bags``: its logit
+    layout, ``fedloss``: its class counts) without a file is a DataError."""
     if not cfg.groups_file:
         if HEADS[cfg.head].uses_groups:
             raise DataError(

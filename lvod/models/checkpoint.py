@@ -23,7 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lvod.errors import DataError
-from lvod.models.heads import BagsHead, BoxPredictor, SeesawHead, SoftmaxHead
+from lvod.io import atomic_write
+from lvod.models.heads import BagsHead, BoxPredictor, EqlV2Head, SeesawHead, SoftmaxHead
 
 
 # ------------------------------------------------------------------------ the key mapping
@@ -96,13 +97,13 @@ def bg_last_to_first(t: Tensor) -> Tensor:
 def _convert_cls_rows(t: Tensor, head: BoxPredictor | None, key: str, source) -> Tensor:
     if isinstance(head, SoftmaxHead) and t.shape[0] == head.num_classes + 1:
         return bg_last_to_first(t)
-    if head is None or isinstance(head, (BagsHead, SeesawHead)) or t.shape[0] != head.num_logits:
-        return t  # BAGS rows follow the checkpoint's tables; seesaw is already mmdet's layout
+    if head is None or isinstance(head, (BagsHead, SeesawHead, EqlV2Head)) or t.shape[0] != head.num_logits:
+        return t  # BAGS rows follow the checkpoint's tables; seesaw and eqlv2 are already mmdet's layout
     raise DataError(
         source,
         key,
         f"unknown classifier layout for {type(head).__name__}",
-        "import into a softmax, bags or seesaw head",
+        "import into a softmax, bags, seesaw or eqlv2 head",
     )
 
 
