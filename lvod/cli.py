@@ -186,6 +186,14 @@ def _add_engine(sub):
     how.add_argument("--resume", action="store_true", help="continue from the run folder's latest.pth")
     how.add_argument("--resume-from", default=None, metavar="CKPT", help="continue from this checkpoint")
     t.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CKPT",
+        help="start from a trained run's weights (weights only, fresh optimiser, iteration 0): the decoupled "
+        "protocols, e.g. configs/demo/fgfa_r18_demo_crt.toml --init-from RUN/latest.pth; = train.init_from=CKPT. "
+        "A resume of the new run continues it and does not initialise again",
+    )
+    t.add_argument(
         "--seeds",
         default=None,
         metavar="S1,S2,...",
@@ -451,6 +459,10 @@ def _train_seeds(a, cfg, run_dir: Path) -> int:
 
 
 def _train(a) -> int:
+    if a.init_from:  # a config override, so that torchrun, --seeds and the run's config carry it
+        path = a.init_from
+        quoted = f"'{path}'" if "'" not in path else '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        a.overrides = [*a.overrides, f"train.init_from={quoted}"]
     cfg = load_config(a.config, a.overrides)
     run_dir = Path(a.work_dir) if a.work_dir else default_run_dir(cfg)
     if a.seeds:

@@ -8,9 +8,11 @@
 - :class:`TrainDataset`: key frames of one or more CocoVid files (e.g. ImageNet VID +
   DET), each item a key frame, its refs and its targets.
 - :func:`collate`: a list of items -> one batch in the detector's input layout.
-- :class:`ResumableSampler`: shuffled (per-epoch seed), split across ranks, able to start
-  mid-epoch at a given batch; every sample carries its own seed so that ref choice and
-  flip do not depend on workers, ranks or where the run was resumed.
+- :func:`build_sampler`: the ``data.sampler`` choice (``uniform``, ``repeat_factor``,
+  ``class_balanced``; the samplers are in ``lvod.engine.samplers``): shuffled per epoch,
+  split across ranks, able to start mid-epoch at a given batch; every sample carries its
+  own seed so that ref choice and flip do not depend on workers, ranks or where the run
+  was resumed.
 
 Edge decisions (mmtracking 0.x ``CocoVideoDataset.ref_img_sampling`` returns fewer refs
 when one side of the key is outside the video; lvod keeps T fixed instead): a slot that
@@ -31,6 +33,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from lvod.config import ModelConfig
+from lvod.engine.samplers import (
+    ClassBalancedSampler,
+    RepeatFactorSampler,
+    ResumableSampler,
+    class_frame_table,
+    repeat_factors,
+)
 from lvod.errors import DataError
 
 REF_SAMPLERS = ("bilateral_uniform", "uniform", "key_copy")
@@ -216,6 +225,21 @@ class TrainDataset(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.cat_ids)
 
+    def key_labels(self) -> list[np.ndarray]:
+        """The classes of each key frame (item order): int64 arrays of the distinct labels
+        (1..C) of its training targets (non-crowd boxes of positive size), what the
+        class-aware samplers count."""
+        per_source = []
+        for coco in self.sources:
+            ok = ~coco.ann_iscrowd & (coco.ann_boxes[:, 2] > 0) & (coco.ann_boxes[:, 3] > 0)
+            per_source.append(ok)
+        out = []
+        for s, clip, pos in self.keys:
+            coco, ok = self.sources[s], per_source[s]
+            anns = coco.anns_of_image(int(self.videos[clip][pos]))
+            out.append(np.unique(coco.ann_labels[anns[ok[anns]]]).astype(np.int64))
+        return out
+
     def _targets(self, coco, row: int):
         anns = coco.anns_of_image(row)
         anns = anns[~coco.ann_iscrowd[anns]]
@@ -283,63 +307,28 @@ def collate(batch: list[dict], size_divisor: int = 16) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- sampler
-
-
-class ResumableSampler(torch.utils.data.Sampler):
-    """Shuffled, rank-split, resumable order of ``(index, sample_seed)`` pairs.
-
-    Epoch ``e`` uses the permutation of ``torch.Generator().manual_seed(seed + e)``,
-    padded by wrapping to a multiple of ``world_size * batch_size`` (every rank gets the
-    same number of full batches), rank r takes positions r, r + world_size, ...
-    ``set_epoch(e, start_batch)`` skips the first ``start_batch`` batches of the epoch (the
-    part consumed before a resume). A sample's seed depends only on
-    ``(seed, epoch, position in the epoch)``.
-    """
-
-    def __init__(
-        self,
-        num_samples: int,
-        batch_size: int = 1,
-        *,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        shuffle: bool = True,
-    ):
-        if num_samples < 1:
-            raise ValueError("ResumableSampler needs at least one sample")
-        self.n, self.batch_size, self.seed = num_samples, batch_size, seed
-        self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
-        self.epoch, self.start_batch = 0, 0
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Batches each rank draws in one epoch."""
-        return math.ceil(self.n / (self.world_size * self.batch_size))
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def epoch_order(self, epoch: int) -> np.ndarray:
-        """The global order of epoch ``epoch``, padded: int64 ``[world * batch * batches]``."""
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(self.n, generator=gen).numpy()
-        else:
-            order = np.arange(self.n)
-        total = self.batches_per_epoch * self.world_size * self.batch_size
-        return np.resize(order, total)
-
-    def __iter__(self):
-        order = self.epoch_order(self.epoch)
-        positions = np.arange(self.rank, len(order), self.world_size)
-        seeds = np.random.SeedSequence([self.seed, self.epoch]).generate_state(len(order), np.uint64)
-        for p in positions[self.start_batch * self.batch_size :]:
-            yield int(order[p]), int(seeds[p] >> np.uint64(1))
-
-    def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+def build_sampler(dataset: TrainDataset, data, rank: int = 0, world_size: int = 1, seed: int = 0):
+    """The sampler ``data.sampler`` names over ``dataset``'s key frames (``uniform``: every
+    key frame once per epoch; ``repeat_factor``: LVIS repeat factor sampling with threshold
+    ``data.repeat_threshold``; ``class_balanced``: a class uniformly, then one of its key
+    frames; ``lvod.engine.samplers``)."""
+    batch = data.imgs_per_gpu
+    if data.sampler == "uniform":
+        return ResumableSampler(len(dataset), batch, seed=seed, rank=rank, world_size=world_size)
+    if data.sampler == "repeat_factor":
+        factors = repeat_factors(dataset.key_labels(), dataset.num_classes(), data.repeat_threshold)
+        return RepeatFactorSampler(factors, batch, seed=seed, rank=rank, world_size=world_size)
+    if data.sampler == "class_balanced":
+        table = class_frame_table(dataset.key_labels(), dataset.num_classes())
+        if len(table[0]) == 0:
+            raise DataError(
+                dataset.sources[0].path,
+                "key frames",
+                "have no training boxes, so no class can be sampled (data.sampler = 'class_balanced')",
+                "check the annotations, or use data.sampler = 'uniform'",
+            )
+        return ClassBalancedSampler(len(dataset), table, batch, seed=seed, rank=rank, world_size=world_size)
+    raise AssertionError(f"lvod bug: data.sampler={data.sampler!r} has no implementation")  # config checks it
 
 
 def build_train_loader(
@@ -368,7 +357,7 @@ def build_train_loader(
             coco = load_cocovid(root / src.ann_file, images_root=images_root)
             sources.append((coco, src.load_as_video, src.key_frames_only))
     dataset = TrainDataset(sources, data, mean=mean, std=std)
-    sampler = ResumableSampler(len(dataset), data.imgs_per_gpu, seed=seed, rank=rank, world_size=world_size)
+    sampler = build_sampler(dataset, data, rank, world_size, seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=data.imgs_per_gpu,

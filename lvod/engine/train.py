@@ -11,6 +11,15 @@ differs from the checkpoint's logs the harmless differences and refuses the othe
 The model returns a dict: its ``loss_*`` terms are summed and optimised; every other key
 is a detached diagnostic (per-group BAGS losses, kept RoIs, ...) that is only logged.
 
+Decoupled protocols (cRT, BAGS stage 2): ``train.init_from`` starts from a trained run's
+weights (:func:`init_from_checkpoint`: weights only, fresh optimiser and schedule at
+iteration 0; a classifier of another shape is skipped, any other mismatch refused),
+``train.reinit_classifier`` re-initialises ``fc_cls``, ``train.freeze`` trains it alone (the
+optimiser gets the trainable parameters only). The run folder (``init_from.json``) and
+every checkpoint (``init_from``) record the source: path, sha256, its config name and
+fingerprint, its iteration. A resume continues the decoupled run from its own checkpoint
+and does not initialise again.
+
 The command line (``lvod train``, ``lvod.cli``) uses :func:`default_run_dir`,
 :func:`find_resume_checkpoint`, :func:`torchrun_command` and :func:`train`. Several nodes::
 
@@ -173,25 +182,229 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def init_and_freeze(model, cfg: Config, log, resuming: bool) -> None:
-    """``train.init_from`` (skipped on resume; logs an ``init_from`` record) and
-    ``train.freeze`` (``all_but_classifier``: the decoupled protocol)."""
-    if cfg.train.init_from and not resuming:
-        weights = ckpt_io.state_dict_of(ckpt_io.load_checkpoint(cfg.train.init_from))
-        report = ckpt_io.load_matching_weights(model, weights)
-        log(
-            {
-                "event": "init_from",
-                "path": cfg.train.init_from,
-                **{k: (len(v) if k == "loaded" else v) for k, v in report.items()},
-            }
+# ----------------------------------------------------------------------------- decoupled protocols
+# cRT (Kang et al., ICLR 2020) and BAGS' own protocol: start from a trained detector
+# (train.init_from), re-initialise the classifier (train.reinit_classifier), train it alone
+# (train.freeze = "all_but_classifier"), cRT with data.sampler = "class_balanced".
+
+
+def _predictor_prefix(model) -> str | None:
+    """State-dict prefix of the model's one box predictor (``"...predictor."``), or None
+    when it has none (then no weight counts as the classifier)."""
+    from lvod.models.heads import BoxPredictor
+
+    found = [name for name, m in model.named_modules() if isinstance(m, BoxPredictor)]
+    if len(found) > 1:
+        raise ValueError(f"expected one box predictor in the model, found {len(found)}: {found}")
+    return (found[0] + "." if found[0] else "") if found else None
+
+
+def is_classifier_key(name: str, prefix: str | None) -> bool:
+    """Whether state-dict key ``name`` belongs to the classifier: the predictor's weights and
+    state (``fc_cls``, a head's buffers such as Seesaw's ``cum_samples``), not ``fc_reg``."""
+    return prefix is not None and name.startswith(prefix) and not name.startswith(prefix + "fc_reg.")
+
+
+def plan_init_weights(own: dict, weights: dict, prefix: str | None) -> dict:
+    """Which of ``weights`` (a checkpoint's state dict) load into a model whose state dict
+    is ``own``; pure, nothing is copied.
+
+    Returns ``{"load": {name: tensor}, "shape_mismatch": [...], "missing": [...],
+    "unexpected": [...], "refused": {name: reason}}``: ``load`` every tensor whose name and
+    shape match; the three lists name the classifier keys (:func:`is_classifier_key`) that
+    differ in shape, are only in the model, or only in the file (they keep the model's
+    fresh values); ``refused`` every other key that does not match (a different detector).
+    """
+
+    def shape(t) -> list[int]:
+        return list(t.shape)
+
+    out = {"load": {}, "shape_mismatch": [], "missing": [], "unexpected": [], "refused": {}}
+    for name, value in weights.items():
+        clf = is_classifier_key(name, prefix)
+        if name not in own:
+            if clf:
+                out["unexpected"].append(name)
+            else:
+                out["refused"][name] = "in the file, not in this model"
+        elif not torch.is_tensor(value):
+            out["refused"][name] = f"is a {type(value).__name__} in the file, not a tensor"
+        elif value.shape == own[name].shape:
+            out["load"][name] = value
+        elif clf:
+            out["shape_mismatch"].append(name)
+        else:
+            out["refused"][name] = f"shape {shape(value)} in the file, {shape(own[name])} in this model"
+    for name in own:
+        if name not in weights:
+            if is_classifier_key(name, prefix):
+                out["missing"].append(name)
+            else:
+                out["refused"][name] = "in this model, not in the file"
+    return out
+
+
+def _sha256(path, chunk: int = 1 << 24) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_fingerprint(config: dict | None) -> str | None:
+    """A short hash of a resolved config dict (as checkpoints store it)."""
+    import hashlib
+    import json
+
+    if not isinstance(config, dict):
+        return None
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reset_classifier(model, seed: int) -> list[str]:
+    """Re-initialise the box predictor's classifier with the head's own
+    ``reset_classifier()`` (``fc_cls`` as a new head starts it; ``fc_reg`` stays), drawing
+    from torch's generator seeded with ``seed`` inside a forked RNG state: the same weights
+    on every rank, whatever was drawn before, and the global RNG left as it was. Returns
+    the names re-initialised."""
+    prefix = _predictor_prefix(model)
+    if prefix is None:
+        raise ValueError("the model has no box predictor: there is no classifier to re-initialise")
+    pred = model.get_submodule(prefix[:-1]) if prefix else model
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(seed))
+        pred.reset_classifier()
+    return [f"{prefix}fc_cls.weight", f"{prefix}fc_cls.bias"]
+
+
+def init_from_checkpoint(model, path, *, reinit_classifier: bool = False, seed: int = 0) -> dict:
+    """Load a trained run's weights into ``model`` for a decoupled run (weights only:
+    ``torch.load(weights_only=True)``, no optimiser, schedule or RNG state).
+
+    Every weight whose name and shape match is loaded. The classifier may differ (a
+    softmax run initialising a BAGS stage 2: another ``fc_cls`` shape): it is skipped and
+    keeps its fresh initialisation, with a log line. Any other difference (another
+    detector kind, depth, width or number of classes, or a file that is not an lvod
+    checkpoint) raises ``DataError`` naming the file and the keys. ``reinit_classifier``
+    loads none of the classifier's weights and state and re-initialises ``fc_cls``
+    (:func:`reset_classifier` with ``seed``).
+
+    Returns the provenance record that the run folder and its checkpoints keep:
+    ``{"path", "resolved", "sha256", "name", "config_fingerprint", "source_iter", "head",
+    "loaded", "shape_mismatch", "missing", "unexpected", "classifier"}`` (``classifier``:
+    ``"loaded"``, ``"fresh"`` (not loadable, freshly built) or ``"re-initialised"``).
+    """
+    path = Path(path)
+    ckpt = ckpt_io.load_checkpoint(path)
+    weights = ckpt_io.state_dict_of(ckpt)
+    prefix = _predictor_prefix(model)
+    plan = plan_init_weights(model.state_dict(), weights, prefix)
+    if plan["refused"]:
+        shown = "; ".join(f"{k}: {why}" for k, why in list(plan["refused"].items())[:8])
+        more = len(plan["refused"]) - 8
+        raise DataError(
+            path,
+            "model weights",
+            f"{len(plan['refused'])} weights outside the classifier do not match this config's model "
+            f"({shown}{f'; and {more} more' if more > 0 else ''})",
+            "initialise from a run of the same detector (model.kind, depth, widths, number of classes): "
+            "only the classifier (fc_cls) may differ; an mmtracking checkpoint goes through lvod's importer",
         )
-    if cfg.train.freeze == "all_but_classifier":
+    if reinit_classifier:  # the whole classifier starts fresh: its weights and its state (Seesaw's counts, ...)
+        plan["load"] = {k: v for k, v in plan["load"].items() if not is_classifier_key(k, prefix)}
+    model.load_state_dict(plan["load"], strict=False)
+    skipped = plan["shape_mismatch"] + plan["missing"] + plan["unexpected"]
+    if skipped:
+        logger.info(
+            "init_from %s: classifier weights not loaded (the head differs: %s); they keep their fresh initialisation",
+            path,
+            ", ".join(
+                f"{k} shape {list(weights[k].shape)} -> {list(model.state_dict()[k].shape)}"
+                for k in plan["shape_mismatch"]
+            )
+            or ", ".join(plan["missing"] + plan["unexpected"]),
+        )
+    classifier = "fresh" if plan["shape_mismatch"] or plan["missing"] else "loaded"
+    if reinit_classifier:
+        names = reset_classifier(model, seed)
+        classifier = "re-initialised"
+        logger.info("init_from %s: classifier %s re-initialised", path, ", ".join(names))
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    model_cfg = (config or {}).get("model") or {}
+    return {
+        "path": str(path),
+        "resolved": str(path.resolve()),
+        "sha256": _sha256(path),
+        "name": (config or {}).get("name"),
+        "config_fingerprint": config_fingerprint(config),
+        "source_iter": ckpt.get("iter") if isinstance(ckpt.get("iter"), int) else None,
+        "head": model_cfg.get("head") if isinstance(model_cfg, dict) else None,
+        "loaded": len(plan["load"]),
+        "shape_mismatch": plan["shape_mismatch"],
+        "missing": plan["missing"],
+        "unexpected": plan["unexpected"],
+        "classifier": classifier,
+    }
+
+
+def init_and_freeze(model, cfg: Config, log, state: dict | None, write_dir=None) -> dict | None:
+    """``train.init_from`` (+ ``train.reinit_classifier``) on a fresh start, and
+    ``train.freeze`` always (``requires_grad`` is not saved, so a resume freezes again).
+
+    On a fresh start with ``init_from`` it logs an ``init_from`` record, writes
+    ``<write_dir>/init_from.json`` (rank 0 passes the run folder) and returns the
+    provenance record (:func:`init_from_checkpoint`); on a resume it returns the resumed
+    checkpoint's record (None when it has none): the weights come from there.
+    """
+    tc = cfg.train
+    record = None
+    if state is not None:
+        record = state.get("init_from")
+        if tc.init_from:
+            logger.info("resuming: train.init_from (%s) is not applied again", tc.init_from)
+    elif tc.init_from:
+        record = init_from_checkpoint(model, tc.init_from, reinit_classifier=tc.reinit_classifier, seed=tc.seed)
+        log({"event": "init_from", "iter": 0, **record})
+        if write_dir is not None:
+            from lvod.io import save_json
+
+            save_json(record, Path(write_dir) / "init_from.json")
+    if tc.freeze == "all_but_classifier":
         from lvod.models.checkpoint import freeze_all_but_classifier
 
-        freeze_all_but_classifier(model)
-    elif cfg.train.freeze != "none":  # lvod.config validates the choice
+        trainable = freeze_all_but_classifier(model)
+        it = 0 if state is None else state["iter"]
+        log({"event": "freeze", "iter": it, "mode": tc.freeze, "trainable": trainable})
+    elif tc.freeze != "none":  # lvod.config validates the choice
         raise AssertionError(f"lvod bug: train.freeze={cfg.train.freeze!r} has no implementation")
+    return record
+
+
+def check_decoupled_config(cfg: Config, resuming: bool) -> None:
+    """Refuse decoupled settings that would do nothing, and a missing ``init_from`` file
+    before the run folder is written."""
+    if cfg.train.reinit_classifier and not cfg.train.init_from:
+        raise DataError(
+            "<config>",
+            "train.reinit_classifier",
+            "is true but train.init_from is empty: the classifier of a fresh model is already freshly initialised",
+            "set train.init_from (lvod train CONFIG --init-from RUN/latest.pth), or drop reinit_classifier",
+        )
+    if cfg.train.init_from and not resuming and not Path(cfg.train.init_from).is_file():
+        raise DataError(
+            cfg.train.init_from,
+            "train.init_from",
+            "does not exist",
+            "pass a trained run's checkpoint, e.g. --init-from work_dirs/<run>/latest.pth",
+        )
+    if cfg.train.freeze != "none" and not cfg.train.init_from:
+        logger.warning(
+            "train.freeze = %r without train.init_from: only the classifier of an untrained detector will learn",
+            cfg.train.freeze,
+        )
 
 
 def _check_sampler_resume(state: dict, path, world: int, imgs_per_gpu: int, iters_per_epoch: int) -> int:
@@ -247,6 +460,7 @@ class TrainingRun:
     meter: IntervalMeter
     checkpoints: ckpt_io.CheckpointWriter
     bar: object = None  # tqdm on rank 0 with train.progress_bar
+    init_record: dict | None = None  # where a decoupled run's weights came from (train.init_from)
 
 
 def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) -> None:
@@ -270,6 +484,7 @@ def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) ->
             "epoch": epoch,
             "iter": it,
             "config": config_to_dict(cfg),
+            **({"init_from": run.init_record} if run.init_record else {}),
         },
     )
 
@@ -378,6 +593,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
     run_dir, tc = Path(run_dir), cfg.train
     state = ckpt_io.load_checkpoint(resume) if resume else None
     changed = ckpt_io.check_resume_config(state, cfg, resume) if state else {}
+    check_decoupled_config(cfg, resuming=state is not None)
     rank, world, local_rank, joined = _join_process_group()
     device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
     log, bar = _no_log, None
@@ -401,7 +617,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
             from lvod.models import build_model
 
             model = build_model(cfg.model, dataset.cat_ids)
-        init_and_freeze(model, cfg, log, resuming=state is not None)
+        init_record = init_and_freeze(model, cfg, log, state, run_dir if rank == 0 else None)
         model.to(device)
         params, optimizer, scaler, amp = _build_optimizer(model, tc, base_lr, device)
         if state:
@@ -426,6 +642,8 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
                 "total_iters": total_iters,
                 "key_frames": len(dataset),
                 "skipped_empty_key_frames": dataset.num_skipped_empty,
+                **sampler.describe(),
+                "trainable_params": sum(p.numel() for p in params),
                 "resumed_from": str(resume) if resume else None,
                 "run_dir": str(run_dir),
             }
@@ -456,6 +674,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
             meter=IntervalMeter(),
             bar=bar,
             checkpoints=ckpt_io.CheckpointWriter(run_dir, rank=rank, world=world, max_keep_iter=tc.max_keep_iter_ckpts),
+            init_record=init_record,
         )
         it = start_iter
         for epoch in range(start_iter // ipe, tc.epochs):
