@@ -14,7 +14,7 @@ from PIL import Image
 from lvod.data.cocovid import load_cocovid
 from lvod.data.demo import CLASSES, format_summary, key_frames, make_demo
 
-TINY = dict(num_train_videos=3, num_val_videos=2, frames_per_video=8, image_size=(96, 80))
+TINY = dict(num_train_videos=3, num_val_videos=2, num_heldout_videos=2, frames_per_video=8, image_size=(96, 80))
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_same_seed_gives_byte_identical_files(tmp_path):
     a, b, c = (make_demo(tmp_path / n, seed=s, **TINY) for n, s in (("a", 3), ("b", 3), ("c", 4)))
     fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
-    assert len(fa) == 3 * 8 + 2 * 8 + 3  # frames + two json + README
+    assert len(fa) == 3 * 8 + 2 * 8 + 2 * 8 + 4  # frames + three json + README
     assert fa == fb
     assert fa.keys() == fc.keys() and fa != fc  # another seed draws other scenes
 
@@ -159,3 +159,17 @@ def test_loads_with_cocovid_loader(demo):
         assert c.num_anns == len(data[split]["annotations"])
         assert c.cat_names == [n for n, *_ in CLASSES]
         assert int(c.img_is_key.sum()) == (600 if split == "train" else 0)
+
+
+def test_heldout_split_is_drawn_like_train_and_changes_nothing_else(tmp_path):
+    with_h = make_demo(tmp_path / "h", seed=3, **TINY)
+    without = make_demo(tmp_path / "n", seed=3, **{**TINY, "num_heldout_videos": 0})
+    assert "heldout_json" not in without and not (tmp_path / "n" / "annotations" / "heldout.json").exists()
+    for split in ("train", "val"):  # byte-identical with or without the extra split
+        assert Path(with_h[f"{split}_json"]).read_bytes() == Path(without[f"{split}_json"]).read_bytes()
+    held = json.loads(Path(with_h["heldout_json"]).read_text())
+    train = json.loads(Path(with_h["train_json"]).read_text())
+    assert len(held["videos"]) == 2 and all(v["name"].startswith("heldout/") for v in held["videos"])
+    assert any(im["is_vid_train_frame"] for im in held["images"])  # key frames flagged, like train
+    assert {im["file_name"] for im in held["images"]}.isdisjoint(im["file_name"] for im in train["images"])
+    assert held["annotations"] != train["annotations"]  # its own seeds
