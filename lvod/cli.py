@@ -34,6 +34,8 @@ from lvod.data.demo import format_summary as format_demo_summary
 from lvod.data.demo import make_demo
 from lvod.data.imagenet_vid import LIST_FILES, convert_imagenet_vid, format_counts
 from lvod.data.longtail import write_longtail_split
+from lvod.engine.calibrate import calibrate_run
+from lvod.engine.heldout import write_held_out_files
 from lvod.engine.infer import infer_video
 from lvod.engine.test import test_model
 from lvod.engine.train import NonFiniteLossError, default_run_dir, find_resume_checkpoint, torchrun_command, train
@@ -67,6 +69,34 @@ def _add_uncertainty(parser) -> None:
         action="store_true",
         help="also report AP-fixed: no per-image cap, at most 10,000 detections per class (Dave et al. 2021)",
     )
+
+
+def _add_postprocessing(parser) -> None:
+    """--calibrate / --rescoring, shared by lvod test and lvod infer."""
+    parser.add_argument(
+        "--calibrate",
+        default=None,
+        metavar="NAME[:PARAM=VALUE]",
+        help="post-hoc calibration before NMS: tau_norm:tau=T, logit_adjust:tau=T, norcal:gamma=G "
+        "(options ,count=images ,rescale=false), NAME:auto or auto (the choice of lvod calibrate), "
+        "none (default: the config's test.calibrate)",
+    )
+    parser.add_argument(
+        "--rescoring",
+        choices=("none", "seq_nms"),
+        default=None,
+        help="temporal rescoring of each video's detections (default: the config's test.rescoring; "
+        "options test.seq_nms_link_iou, _rescore, _suppress, _suppress_iou)",
+    )
+
+
+def _postprocessing_line(r) -> str:
+    c, s = r.get("calibration"), r.get("rescoring") or {"method": "none"}
+    calib = "none" if not c or c.get("method") is None else c["spec"]
+    if c and c.get("from"):
+        calib += f" (auto, from {c['from']})"
+    resc = "none" if s["method"] == "none" else f"seq_nms (link IoU {s['link_iou']}, {s['rescore']})"
+    return f"calibration: {calib}; rescoring: {resc}"
 
 
 def _bootstrap_arg(value):
@@ -221,6 +251,7 @@ def _add_engine(sub):
     e.add_argument("--out", default=None, help="results file: .json (COCO results), .npz or .pkl")
     e.add_argument("--groups", default=None, help="groups.json for per-group AP (default: the config's)")
     e.add_argument("--device", default="auto")
+    _add_postprocessing(e)
     _add_uncertainty(e)
     e.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     e.set_defaults(func=_test)
@@ -236,6 +267,7 @@ def _add_engine(sub):
     i.add_argument("--score-thr", type=float, default=0.3, help="score threshold for drawing")
     i.add_argument("--max-frames", type=int, default=None)
     i.add_argument("--device", default="auto")
+    _add_postprocessing(i)
     i.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     i.set_defaults(func=_infer)
 
@@ -265,6 +297,45 @@ def _add_engine(sub):
     )
     _add_uncertainty(v)
     v.set_defaults(func=_eval)
+
+    k = sub.add_parser(
+        "calibrate",
+        help="choose a post-hoc calibration's parameter on held-out training videos (RUN/calibration.json)",
+    )
+    k.add_argument("run", help="run folder (config.resolved.json + checkpoint); with --write-split also a config")
+    k.add_argument("--checkpoint", default="latest.pth", help="checkpoint in the run folder, or a path")
+    k.add_argument("--config", default=None, help="config (default: RUN/config.resolved.json)")
+    k.add_argument(
+        "--method",
+        default="norcal",
+        help="tau_norm, logit_adjust, norcal, or several comma-separated (one network pass for all)",
+    )
+    k.add_argument("--grid", default=None, help="parameter values, e.g. 0,0.25,0.5,0.75,1 (default; 0 always added)")
+    k.add_argument(
+        "--split",
+        default="val_held_out",
+        help="val_held_out (default: a seeded fraction of the training videos), or an annotation file "
+        "disjoint from data.val",
+    )
+    k.add_argument("--images-root", default=None, help="with --split FILE: the folder its file names are relative to")
+    k.add_argument("--fraction", type=float, default=0.2, help="held-out fraction of the training videos")
+    k.add_argument("--seed", type=int, default=0, help="seed of the held-out selection")
+    k.add_argument("--no-cover-classes", action="store_true", help="do not add a video for classes left out")
+    k.add_argument(
+        "--metric", choices=("bbox_mAP_50", "bbox_mAP", "mean_group_ap50"), default="bbox_mAP_50", help="chosen on"
+    )
+    k.add_argument("--count", choices=("instances", "images"), default="instances", help="n_c of the class prior")
+    k.add_argument("--no-rescale", action="store_true", help="tau_norm: W/||W||^tau without keeping the mean norm")
+    k.add_argument("--device", default="auto")
+    k.add_argument(
+        "--write-split",
+        default=None,
+        metavar="DIR",
+        help="only write DIR/held_out.json and DIR/train_without_held_out.json (a clean protocol: train on the "
+        "second, then calibrate with --split DIR/held_out.json) and stop",
+    )
+    k.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    k.set_defaults(func=_calibrate)
 
     c = sub.add_parser(
         "compare",
@@ -500,12 +571,15 @@ def _test(a) -> int:
         bootstrap=_bootstrap_arg(a.bootstrap),
         seed=a.bootstrap_seed,
         ap_fixed=a.ap_fixed,
+        calibrate=a.calibrate,
+        rescoring=a.rescoring,
     )
     inf, files = r["inference"], r["files"]
     print(
         f"inference: {inf['frames']} frames in {inf['videos']} videos, {inf['detections']} detections, "
         f"{inf['frames_per_second']:.2f} frames/s on {inf['device']}"
     )
+    print(_postprocessing_line(r))
     print(f"wrote {files['results']}")
     if r["note"]:
         print(r["note"])
@@ -534,8 +608,11 @@ def _infer(a) -> int:
         random_weights=a.random_weights,
         max_frames=a.max_frames,
         overrides=a.overrides,
+        calibrate=a.calibrate,
+        rescoring=a.rescoring,
     )
     count, total = r["frames"], r["total_frames"]
+    print(_postprocessing_line(r))
     print(
         f"{r['kind']} {r['input']}: {count} frames"
         + (f" (first {count} of {total})" if count < total else "")
@@ -547,6 +624,61 @@ def _infer(a) -> int:
         print(f"wrote {count} drawn frames to {r['files']['frames']}")
     if r["files"]["video"] is not None:
         print(f"wrote {r['files']['video']}")
+    return 0
+
+
+def _calibrate(a) -> int:
+    if a.write_split:
+        cfg_path = a.config or (a.run if Path(a.run).is_file() else Path(a.run) / "config.resolved.json")
+        w = write_held_out_files(
+            load_config(cfg_path, a.overrides),
+            a.write_split,
+            fraction=a.fraction,
+            seed=a.seed,
+            cover_classes=not a.no_cover_classes,
+        )
+        print(f"held out {len(w['videos'])} videos: wrote {w['held_out']} and {w['train']}")
+        print(
+            f"train on the second (data.train ann_file, images_root {w['images_root']}), then: lvod calibrate RUN "
+            f"--split {w['held_out']} --images-root {w['images_root']}"
+        )
+        return 0
+    r = calibrate_run(
+        a.run,
+        config=a.config,
+        checkpoint=a.checkpoint,
+        methods=a.method,
+        grid=a.grid,
+        split=a.split,
+        fraction=a.fraction,
+        seed=a.seed,
+        cover_classes=not a.no_cover_classes,
+        images_root=a.images_root,
+        metric=a.metric,
+        count=a.count,
+        rescale=not a.no_rescale,
+        device=a.device,
+        overrides=a.overrides,
+    )
+    held = r["held_out"]
+    print(
+        f"held-out: {len(held['videos'])} videos, {held['frames']} frames, {held['boxes']} boxes from {held['source']}"
+        + (" (the detector was trained on them: the parameter is chosen on seen data)" if held["in_training"] else "")
+    )
+    print(f"\nchosen on {r['metric']}\n\n| method | param | value | bbox_mAP_50 | bbox_mAP | mean_group_ap50 |")
+    print("|---|---|---|---|---|---|")
+    for row in r["table"]:
+        mark = " (best)" if row["best"] else ""
+        print(
+            f"| {row['method']} | {row['param']} | {row['value']:g}{mark} | {row['bbox_mAP_50']:.4f} | "
+            f"{row['bbox_mAP']:.4f} | {row['mean_group_ap50']:.4f} |"
+        )
+    c = r["choice"]
+    if c["method"] is None:
+        print(f"\nchoice: none (no grid value beats the uncalibrated detector, {r['metric']} {c['metric']:.4f})")
+    else:
+        print(f"\nchoice: {c['spec']} ({r['metric']} {c['metric']:.4f}, {c['gain']:+.4f} over uncalibrated)")
+    print(f"wrote {r['file']}; use it with: lvod test CONFIG --checkpoint CKPT --calibrate auto")
     return 0
 
 

@@ -254,6 +254,62 @@ def _video_frames(
         yield tensor.to(device, non_blocking=True), meta
 
 
+def frame_numpy(det: dict) -> dict:
+    """One frame's detections as numpy: ``boxes`` float32 (K, 4), ``scores`` float32 (K,),
+    ``labels`` int64 (K,) (what rescoring functions take)."""
+    return {
+        "boxes": _numpy(det["boxes"], np.float32).reshape(-1, 4),
+        "scores": _numpy(det["scores"], np.float32).reshape(-1),
+        "labels": _numpy(det["labels"], np.int64).reshape(-1),
+    }
+
+
+def iter_detections(
+    model,
+    ds,
+    images_root,
+    transform: Transform,
+    *,
+    device="auto",
+    progress: bool = True,
+    video_ids=None,
+    workers: int = 0,
+    as_video: bool = True,
+) -> Iterator[tuple[int, np.ndarray, int, dict]]:
+    """The detector's output frame by frame: ``(video_id, rows, k, det)`` for frame ``k`` of
+    the clip whose image rows are ``rows`` (``det`` as ``detect_video`` yields it). The
+    arguments are :func:`run_inference`'s; so are the checks (one result per frame)."""
+    from tqdm import tqdm
+
+    device = resolve_device(device)
+    model.eval()
+    order = [v["id"] for v in ds.videos] if video_ids is None else list(video_ids)
+    clips = [(v, ds.frame_rows(v)) for v in order]
+    if not as_video:
+        clips = [(v, rows[i : i + 1]) for v, rows in clips for i in range(len(rows))]
+    total = int(sum(len(rows) for _, rows in clips))
+    bar = tqdm(total=total, unit="frame", desc="inference", disable=not progress, dynamic_ncols=True, leave=False)
+    try:
+        for vid, rows in clips:
+            if len(rows) == 0:
+                continue
+            frames = _video_frames(ds, rows, images_root, transform, device, workers)
+            k = -1
+            with torch.inference_mode(), contextlib.closing(frames):
+                for k, det in enumerate(model.detect_video(frames, len(rows))):
+                    if k >= len(rows):
+                        raise RuntimeError(f"detector yielded more than {len(rows)} frames for video {vid}")
+                    yield vid, rows, k, det
+                    bar.update(1)
+            if k + 1 != len(rows):
+                raise RuntimeError(
+                    f"detector yielded {k + 1} results for video {vid} with "
+                    f"{len(rows)} frames; it must yield one per frame"
+                )
+    finally:
+        bar.close()
+
+
 def run_inference(
     model,
     ds,
@@ -266,6 +322,7 @@ def run_inference(
     video_ids=None,
     workers: int = 0,
     as_video: bool = True,
+    rescore: Callable[[list[dict]], list[dict]] | None = None,
 ) -> dict:
     """Detect every frame of ``ds`` video by video and stream the results into ``writer``.
 
@@ -287,52 +344,54 @@ def run_inference(
         workers: threads decoding and transforming frames ahead of the model (0 = none).
         as_video: False runs every frame as a one-frame video (``load_as_video = false``
             sources such as ImageNet DET: no temporal context).
+        rescore: optional per-video post-processing (``lvod.engine.rescoring.seq_nms``):
+            called with the video's frames (:func:`frame_numpy` dicts, in order) once the
+            detector has yielded its last frame, returns the frames to write. The video's
+            detections wait in memory until then (one video's, never the split's).
 
     Returns:
         ``{"videos": int, "frames": int, "detections": int, "seconds": float,
-        "frames_per_second": float}``.
+        "frames_per_second": float, "rescoring_seconds": float}``.
 
     Raises:
         RuntimeError: the detector yields a different number of frames than it was given.
         DataError: a frame file is missing, undecodable or of another size than annotated.
     """
-    from tqdm import tqdm
-
-    device = resolve_device(device)
-    model.eval()
-    order = [v["id"] for v in ds.videos] if video_ids is None else list(video_ids)
-    clips = [(v, ds.frame_rows(v)) for v in order]
-    if not as_video:
-        clips = [(v, rows[i : i + 1]) for v, rows in clips for i in range(len(rows))]
-    total = int(sum(len(rows) for _, rows in clips))
     cat_ids = np.asarray(ds.cat_ids, np.int64)
     n_frames = n_dets = n_videos = 0
+    rescore_seconds = 0.0
     start = time.perf_counter()
-    bar = tqdm(total=total, unit="frame", desc="inference", disable=not progress, dynamic_ncols=True, leave=False)
-    try:
-        for vid, rows in clips:
-            if len(rows) == 0:
-                continue
-            frames = _video_frames(ds, rows, images_root, transform, device, workers)
-            k = -1
-            with torch.inference_mode(), contextlib.closing(frames):
-                for k, det in enumerate(model.detect_video(frames, len(rows))):
-                    if k >= len(rows):
-                        raise RuntimeError(f"detector yielded more than {len(rows)} frames for video {vid}")
-                    cats, xywh, scores = to_coco_columns(det, cat_ids)
-                    image_ids = np.full(len(cats), ds.img_ids[rows[k]], np.int64)
-                    writer.add(Detections(image_ids, cats, xywh, scores))
-                    n_dets += len(cats)
-                    bar.update(1)
-            if k + 1 != len(rows):
-                raise RuntimeError(
-                    f"detector yielded {k + 1} results for video {vid} with "
-                    f"{len(rows)} frames; it must yield one per frame"
-                )
+    pending: list[dict] = []
+
+    def write(rows, k, det) -> int:
+        cats, xywh, scores = to_coco_columns(det, cat_ids)
+        writer.add(Detections(np.full(len(cats), ds.img_ids[rows[k]], np.int64), cats, xywh, scores))
+        return len(cats)
+
+    for _vid, rows, k, det in iter_detections(
+        model,
+        ds,
+        images_root,
+        transform,
+        device=device,
+        progress=progress,
+        video_ids=video_ids,
+        workers=workers,
+        as_video=as_video,
+    ):
+        if rescore is None:
+            n_dets += write(rows, k, det)
+        else:
+            pending.append(frame_numpy(det))
+        if k + 1 == len(rows):
+            if rescore is not None:
+                t0 = time.perf_counter()
+                done = rescore(pending)
+                rescore_seconds += time.perf_counter() - t0
+                n_dets += sum(write(rows, i, d) for i, d in enumerate(done))
+                pending = []
             n_frames += len(rows)
             n_videos += 1
-    finally:
-        bar.close()
     seconds = time.perf_counter() - start
     return {
         "videos": n_videos,
@@ -340,4 +399,5 @@ def run_inference(
         "detections": n_dets,
         "seconds": seconds,
         "frames_per_second": n_frames / seconds if seconds > 0 else 0.0,
+        "rescoring_seconds": rescore_seconds,
     }

@@ -10,6 +10,12 @@ overrides=())`` keeps the original's command line (``test.py <config> --checkpoi
 2. stream every video through ``run_inference`` into the compact results file
    (``lvod.evaluation.results.ResultsWriter``: columns on disk, assembled atomically), so
    ImageNet VID val (176k frames x 100 detections) never exists as Python dicts;
+   With ``calibrate`` (``--calibrate`` / ``test.calibrate``) the RoI head scores with a
+   post-hoc calibration (``lvod.models.calibration``; ``auto`` reads the checkpoint
+   folder's ``calibration.json`` from ``lvod calibrate``); with ``rescoring = "seq_nms"``
+   (``--rescoring`` / ``test.rescoring``) each video's detections are rescored by Seq-NMS
+   (``lvod.engine.rescoring``) before they are written. Both are recorded in
+   ``metrics.json`` (``calibration``, ``rescoring``);
 3. with ``--eval bbox``: evaluate (``lvod.evaluation.evaluate``: AP@50 as mmtracking
    reports it, per class, per frequency group, per motion speed) and write ``metrics.json``
    (+ ``metrics_classwise.csv``, ``metrics_groups.csv``) beside the results.
@@ -130,8 +136,15 @@ def test_model(
     bootstrap: int | str = 0,
     seed: int = 0,
     ap_fixed: bool | int = False,
+    calibrate=None,
+    rescoring: str | None = None,
 ) -> dict:
     """``lvod test``: run inference on ``config``'s test split, write the results, evaluate.
+
+    ``calibrate``: ``"none"``, ``"auto"``, ``"NAME:PARAM=VALUE"`` or a
+    :class:`~lvod.models.calibration.Calibration` (None: the config's ``test.calibrate``).
+    ``rescoring``: ``"none"`` or ``"seq_nms"`` (None: the config's ``test.rescoring``, whose
+    ``test.seq_nms_*`` options apply either way).
 
     ``bootstrap``/``seed``/``ap_fixed``: as :func:`lvod.evaluation.evaluate` (intervals over
     videos, AP-fixed beside the standard numbers).
@@ -145,9 +158,14 @@ def test_model(
     ``bbox_mAP_50``, ``classwise``, ``groups``, ``motion``, ...; only with ``"bbox"`` in
     ``eval``) plus, always:
 
-    - ``"inference"``: ``frames``, ``videos``, ``detections``, ``frames_per_second``
-      (from :func:`run_inference`), ``device``, ``config``, ``checkpoint``, ``results``
-      (the .npz), ``wall_seconds``; also written into ``metrics.json``;
+    - ``"inference"``: ``frames``, ``videos``, ``detections``, ``frames_per_second``,
+      ``rescoring_seconds`` (from :func:`run_inference`), ``device``, ``config``,
+      ``checkpoint``, ``results`` (the .npz), ``wall_seconds``; also written into
+      ``metrics.json``;
+    - ``"calibration"``: None, or the calibration applied (``method``, ``param``,
+      ``value``, ``spec``, ``head``, ``count``/``rescale``, ``counts_from``; with ``auto``
+      also ``from`` and ``asked``); ``"rescoring"``: ``{"method": "none"}`` or the Seq-NMS
+      options; both also in ``metrics.json``;
     - ``"files"``: ``{"results": .npz, "coco_json": .json or None, "metrics",
       "classwise", "groups": the metrics files or absent}`` (Paths; not in metrics.json);
     - ``"note"``: a sentence for the user (``--out X.pkl`` is written as ``X.npz``) or None.
@@ -156,13 +174,22 @@ def test_model(
     """
     from lvod.bags_io import load_groups
     from lvod.config import Config, load_config
+    from lvod.engine.calibrate import build_calibrator, resolve_calibration
     from lvod.engine.inference import build_test_transform, load_model, resolve_device, run_inference
+    from lvod.engine.rescoring import rescorer, rescoring_options
     from lvod.evaluation import ResultsWriter, evaluate, load_results, write_coco_json, write_metrics
     from lvod.models import read_group_table
+    from lvod.models.calibration import check_supported, parse_calibration
 
     metrics = _check_eval(eval)
     npz, coco_json, note = results_paths(out, checkpoint)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    where = "--calibrate" if calibrate is not None else f"{cfg.name or '<config>'}: test.calibrate"
+    calibration = parse_calibration(calibrate if calibrate is not None else cfg.test.calibrate, where)
+    calibration, calib_info = resolve_calibration(calibration, checkpoint, where)
+    if calibration is not None:
+        check_supported(cfg.model.head, calibration.method, where)
+    seq_options = rescoring_options(cfg.test, rescoring)
     if groups is not None and not Path(groups).is_file():
         raise DataError(groups, "groups file", "does not exist", "write it with `lvod groups` or leave --groups out")
     ds, images_root = load_split(cfg)
@@ -172,6 +199,9 @@ def test_model(
     model, _ = load_model(
         cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids, groups=model_table
     )
+    calib_record = build_calibrator(cfg, model, calibration, ds.cat_ids, calib_info)
+    if calib_record is not None:
+        logger.info("calibration: %s", calib_record.get("spec", "none"))
     transform = build_test_transform(cfg.data, cfg.model.image_mean, cfg.model.image_std)
     t0 = time.perf_counter()
     with ResultsWriter(npz) as writer:
@@ -185,6 +215,7 @@ def test_model(
             progress=progress,
             workers=cfg.test.workers,
             as_video=cfg.data.val.load_as_video,
+            rescore=rescorer(seq_options),
         )
     logger.info(
         "inference: %d frames in %d videos, %d detections, %.2f frames/s on %s",
@@ -207,12 +238,16 @@ def test_model(
         "results": str(npz),
         "wall_seconds": time.perf_counter() - t0,
     }
-    result: dict = {"inference": inference}
+    post = {
+        "calibration": calib_record,
+        "rescoring": {"method": "none"} if seq_options is None else seq_options.to_dict(),
+    }
+    result: dict = {"inference": inference, **post}
     if "bbox" in metrics:
         dets = dets if dets is not None else load_results(npz)
         metrics = evaluate(
             ds, dets, groups=eval_table, results_file=str(npz), bootstrap=bootstrap, seed=seed, ap_fixed=ap_fixed
         )
-        result = {**metrics, "inference": inference}
+        result = {**metrics, "inference": inference, **post}
         files.update(write_metrics(result, npz.with_name("metrics.json")))
     return {**result, "files": files, "note": note}

@@ -103,6 +103,12 @@ class RoIHead(nn.Module):
         self.num_samples, self.pos_fraction, self.add_gt = num_samples, pos_fraction, add_gt_as_proposals
         self.stds = tuple(float(s) for s in target_stds)
         self.score_thr, self.nms_iou, self.max_dets = score_thr, nms_iou, max_dets
+        # Test-time hooks, unset by default: ``score_fn(cls_logits (R, L) float) -> (R, C+1)``
+        # replaces ``predictor.scores`` (post-hoc calibration, lvod.models.calibration);
+        # ``tap(cls_logits, boxes (R, C, 4), img_size)`` sees every image's raw outputs
+        # before the score threshold and NMS (lvod calibrate re-scores a grid from them).
+        self.score_fn = None
+        self.tap = None
 
     @property
     def predictor(self) -> nn.Module:
@@ -180,7 +186,7 @@ class RoIHead(nn.Module):
         out = []
         for i, (p, x) in enumerate(zip(proposals, pooled.split([len(q) for q in proposals]))):
             if p.shape[0] == 0:
-                out.append(_empty(feats.device))
+                out.append(self._no_proposals(feats.device, image_sizes[i]))
                 continue
             emb = self.bbox_head.embed(x, None if refs is None else refs[i])
             out.append(self.predict(emb, p, image_sizes[i]))
@@ -190,13 +196,22 @@ class RoIHead(nn.Module):
     def predict(self, emb: Tensor, proposals: Tensor, img_size: tuple[int, int]) -> dict:
         """One image: ``emb (R, D)`` of ``proposals (R, 4)`` -> scored, decoded, NMS-ed boxes."""
         if proposals.shape[0] == 0:
-            return _empty(emb.device)
+            return self._no_proposals(emb.device, img_size)
         cls_logits, box_deltas = self.predictor(emb)
-        scores = self.predictor.scores(cls_logits.float())[:, 1:]  # (R, C)
+        cls_logits = cls_logits.float()
         boxes = bc.decode(proposals.float(), box_deltas.float(), self.stds, img_size)
-        return multiclass_nms(
-            boxes.reshape(proposals.shape[0], -1, 4), scores, self.score_thr, self.nms_iou, self.max_dets
-        )
+        boxes = boxes.reshape(proposals.shape[0], -1, 4)  # (R, C, 4)
+        if self.tap is not None:
+            self.tap(cls_logits, boxes, img_size)
+        scores = (self.score_fn or self.predictor.scores)(cls_logits)[:, 1:]  # (R, C)
+        return multiclass_nms(boxes, scores, self.score_thr, self.nms_iou, self.max_dets)
+
+    def _no_proposals(self, device, img_size) -> dict:
+        """The empty result of an image without proposals (the tap sees it too)."""
+        if self.tap is not None:
+            logits = torch.zeros((0, self.predictor.num_logits), device=device)
+            self.tap(logits, torch.zeros((0, self.predictor.num_classes, 4), device=device), img_size)
+        return _empty(device)
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, score_thr: float, nms_iou: float, max_dets: int) -> dict:
