@@ -107,6 +107,10 @@ class TrainConfig:
     count of finished epochs) after which the lr is multiplied by ``lr_gamma``.
     ``stop_after_iters`` (> 0) ends the run early at that global iteration, with a
     checkpoint there, without changing the schedule (a later run resumes from it).
+    Checkpoints: ``iter_N.pth`` every ``checkpoint_interval`` iterations and
+    ``epoch_N.pth`` at each epoch end; a run keeps only its newest one (``latest.pth``
+    points at it; all a resume needs) plus the epoch ends listed in ``keep_checkpoints``
+    (e.g. ``[4, 7]``).
 
     Decoupled protocols (cRT, BAGS stage 2): ``init_from`` (a checkpoint; weights only,
     fresh optimiser and schedule; skipped when the run resumes) loads every matching
@@ -129,7 +133,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     checkpoint_interval: int = 5000
-    max_keep_iter_ckpts: int = 2
+    keep_checkpoints: list[int] = field(default_factory=list)  # epoch ends kept besides the newest checkpoint
     log_interval: int = 50
     init_from: str = ""
     reinit_classifier: bool = False
@@ -665,6 +669,13 @@ def migrate_legacy_keys(tree: dict, prov: dict) -> list[str]:
     section can take raises ``DataError`` naming the file.
     """
     notes: list[str] = []
+    train = tree.get("train") if isinstance(tree.get("train"), dict) else {}
+    if "max_keep_iter_ckpts" in train:  # before train.keep_checkpoints (2026-11)
+        train.pop("max_keep_iter_ckpts")
+        notes.append(
+            f"{_where(prov, 'train.max_keep_iter_ckpts')}: train.max_keep_iter_ckpts is gone: a run keeps its "
+            "newest checkpoint plus the epoch ends in train.keep_checkpoints"
+        )
     data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
     if not any(old.split(".")[1] in data for old, _ in _MOVED_TO_MODEL) and not (
         isinstance(tree.get("model"), dict) and "head_kwargs" in tree["model"]

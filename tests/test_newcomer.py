@@ -177,3 +177,13 @@ def test_frames_draw_ground_truth_dashed_and_keep_labels_apart():
     assert set(texts) == {"GT cat", "cat 0.90", "dog 0.80"}
     assert texts["cat 0.90"][1] != texts["dog 0.80"][1]  # moved apart
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["detection", "ground truth"]
+
+
+def test_an_old_config_with_max_keep_iter_ckpts_still_loads(tmp_path):
+    from lvod.config import load_config
+
+    cfg = tmp_path / "old.toml"
+    cfg.write_text("[train]\nmax_keep_iter_ckpts = 3\n")
+    with pytest.warns(FutureWarning, match="max_keep_iter_ckpts is gone"):
+        c = load_config(cfg)
+    assert c.train.keep_checkpoints == []

@@ -134,14 +134,18 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_sources):
     assert [r["lr"] for r in log_a if r["event"] == "train"][:4] == pytest.approx(
         [0.05 / 3, 0.05 * 5 / 9, 0.05 * 7 / 9, 0.05]
     )
-    assert sorted(p.name for p in (tmp_path / "b").glob("*.pth")) == [
-        "epoch_1.pth",
-        "epoch_2.pth",
-        "iter_6.pth",
-        "iter_8.pth",
-        "latest.pth",
-    ]  # newest 2 kept
+    # a run keeps its newest checkpoint only (train.keep_checkpoints adds epoch ends)
+    assert sorted(p.name for p in (tmp_path / "b").glob("*.pth")) == ["epoch_2.pth", "latest.pth"]
     assert json.loads((tmp_path / "a" / "config.resolved.json").read_text())["train"]["lr"] == 0.05
+
+
+def test_keep_checkpoints_keeps_the_newest_and_the_epoch_ends_asked_for(tmp_path, tiny_sources):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "epoch_9_notes.pth").write_bytes(b"mine")  # not a checkpoint name: untouched
+    train(make_cfg(epochs=3, keep_checkpoints=[1]), tmp_path / "run", model=fresh_model(), sources=tiny_sources)
+    names = sorted(p.name for p in (tmp_path / "run").glob("*.pth"))
+    assert names == ["epoch_1.pth", "epoch_3.pth", "epoch_9_notes.pth", "latest.pth"]
+    assert (tmp_path / "run" / "latest.pth").read_bytes() == (tmp_path / "run" / "epoch_3.pth").read_bytes()
 
 
 def test_nan_guard_names_iteration_and_loss(tmp_path, tiny_sources):
@@ -449,4 +453,4 @@ amp = false
         terms = {k: v for k, v in r.items() if k.startswith("loss_")}
         assert set(terms) == {"loss_rpn_cls", "loss_rpn_bbox", "loss_cls", "loss_bbox"}
         assert r["loss"] == pytest.approx(sum(terms.values())) and r["epoch"] == 1
-    assert sorted(p.name for p in run.glob("*.pth")) == ["epoch_1.pth", "iter_1.pth", "latest.pth"]
+    assert sorted(p.name for p in run.glob("*.pth")) == ["epoch_1.pth", "latest.pth"]

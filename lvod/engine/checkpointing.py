@@ -13,7 +13,8 @@ A checkpoint is a dict of tensors and plain Python values only, so that
   as a plain dict), ``format`` = ``"lvod-train-checkpoint"``.
 
 :class:`CheckpointWriter` writes ``iter_N.pth`` / ``epoch_N.pth``, points ``latest.pth``
-at the newest and prunes old ``iter_N.pth``.
+at the newest and deletes the older ones except the epoch ends ``train.keep_checkpoints``
+asks for.
 """
 
 from __future__ import annotations
@@ -144,15 +145,16 @@ def load_matching_weights(model: torch.nn.Module, weights: dict) -> dict:
     }
 
 
-def prune_iter_checkpoints(run_dir, keep: int) -> list[Path]:
-    """Delete all but the newest ``keep`` ``iter_N.pth`` files; returns the deleted ones."""
-    found = []
-    for p in Path(run_dir).glob("iter_*.pth"):
-        m = re.fullmatch(r"iter_(\d+)\.pth", p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    found.sort()
-    old = [p for _, p in found[:-keep]] if keep > 0 else [p for _, p in found]
+_CKPT_NAME = re.compile(r"(iter|epoch)_(\d+)\.pth")
+
+
+def prune_checkpoints(run_dir, newest, keep_epochs=()) -> list[Path]:
+    """Delete every ``iter_N.pth`` / ``epoch_N.pth`` of ``run_dir`` except ``newest`` (the
+    checkpoint ``latest.pth`` points at) and ``epoch_N.pth`` for N in ``keep_epochs``;
+    returns the deleted files. Other files (``latest.pth``, a user's copies) are never
+    touched."""
+    keep = {Path(newest).name} | {f"epoch_{int(e)}.pth" for e in keep_epochs}
+    old = [p for p in sorted(Path(run_dir).glob("*_*.pth")) if _CKPT_NAME.fullmatch(p.name) and p.name not in keep]
     for p in old:
         p.unlink(missing_ok=True)
     return old
@@ -162,12 +164,14 @@ class CheckpointWriter:
     """Writes a run's checkpoints: ``<run>/<name>``, then ``latest.pth`` and pruning.
 
     Every rank calls :meth:`save` (the RNG states of all ranks are gathered into the
-    checkpoint); rank 0 writes. After an ``iter_*.pth`` only the newest
-    ``max_keep_iter`` of them are kept (``epoch_*.pth`` are never pruned).
+    checkpoint); rank 0 writes. After each save only the newest checkpoint (what
+    ``latest.pth`` points at, all a resume needs) and the epoch ends listed in
+    ``keep_epochs`` (``train.keep_checkpoints``) stay on disk.
     """
 
-    def __init__(self, run_dir, *, rank: int, world: int, max_keep_iter: int):
-        self.run_dir, self.rank, self.world, self.max_keep_iter = Path(run_dir), rank, world, max_keep_iter
+    def __init__(self, run_dir, *, rank: int, world: int, keep_epochs=()):
+        self.run_dir, self.rank, self.world = Path(run_dir), rank, world
+        self.keep_epochs = tuple(int(e) for e in keep_epochs)
 
     def save(self, name: str, state: dict) -> Path | None:
         """Write ``state`` plus ``rng`` (one :func:`rng_state` per rank) as ``name``;
@@ -182,8 +186,7 @@ class CheckpointWriter:
             return None
         path = save_checkpoint({**state, "rng": rngs}, self.run_dir / name)
         update_latest(path, self.run_dir / "latest.pth")
-        if name.startswith("iter_"):
-            prune_iter_checkpoints(self.run_dir, self.max_keep_iter)
+        prune_checkpoints(self.run_dir, path, self.keep_epochs)
         return path
 
 
@@ -202,7 +205,7 @@ RESUME_HARMLESS_KEYS = frozenset(
         "train.tensorboard",
         "train.log_interval",
         "train.checkpoint_interval",
-        "train.max_keep_iter_ckpts",
+        "train.keep_checkpoints",
         "train.init_from",
         "train.find_unused_parameters",
         "data.root",

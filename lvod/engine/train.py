@@ -673,7 +673,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
             log=log,
             meter=IntervalMeter(),
             bar=bar,
-            checkpoints=ckpt_io.CheckpointWriter(run_dir, rank=rank, world=world, max_keep_iter=tc.max_keep_iter_ckpts),
+            checkpoints=ckpt_io.CheckpointWriter(run_dir, rank=rank, world=world, keep_epochs=tc.keep_checkpoints),
             init_record=init_record,
         )
         it = start_iter
