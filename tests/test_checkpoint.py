@@ -65,6 +65,39 @@ def selsa_model():
     return _build("selsa")
 
 
+@pytest.fixture(scope="module")
+def dff_model():
+    return _build("dff")
+
+
+@pytest.fixture(scope="module")
+def temporal_roi_align_model():
+    return _build("temporal_roi_align")
+
+
+def troi_layout(selsa: dict) -> dict:
+    """mmtracking 0.14's Temporal RoI Align R50-DC5 state dict layout, derived from its
+    config and modules (not in the shapes file; docs/checkpoint_mapping.md): SELSA's keys,
+    a third shared FC with its SelsaAggregator (``num_shared_fcs=3``), and
+    ``TemporalRoIAlign``'s ``embed_network`` (an mmcv ConvModule 512 -> 512, 3x3, no norm, so
+    with a bias)."""
+    out = dict(selsa)
+    out[f"{ck._CLS}.shared_fcs.2.weight"] = [1024, 1024]
+    out[f"{ck._CLS}.shared_fcs.2.bias"] = [1024]
+    for fc in ("fc_embed", "ref_fc_embed", "fc", "ref_fc"):
+        out[f"{ck._CLS}.aggregator.2.{fc}.weight"] = [1024, 1024]
+        out[f"{ck._CLS}.aggregator.2.{fc}.bias"] = [1024]
+    out["detector.roi_head.bbox_roi_extractor.embed_network.conv.weight"] = [512, 512, 3, 3]
+    out["detector.roi_head.bbox_roi_extractor.embed_network.conv.bias"] = [512]
+    return out
+
+
+def _zoo_sd(kind: str, zoo_shapes: dict) -> dict:
+    if kind == "temporal_roi_align":
+        return _synthetic(troi_layout(zoo_shapes["selsa_r50_dc5"]))
+    return _synthetic(zoo_shapes[f"{kind}_r50_dc5"])
+
+
 def _assert_every_tensor_arrived(model, sd, report):
     own = model.state_dict()
     n_cls = 0
@@ -100,14 +133,43 @@ def test_batch_counters_are_copied_into_eval_bn_and_dropped_for_frozen_bn(fgfa_s
             assert torch.equal(own[stem + part], fgfa_sd[stem + part].to(own[stem + part].dtype))
 
 
-@pytest.mark.parametrize("kind", ["fgfa", "selsa"])
+@pytest.mark.parametrize("kind", ["fgfa", "selsa", "dff", "temporal_roi_align"])
 def test_import_every_mmtracking_tensor_lands_at_its_lvod_key(kind, zoo_shapes, fgfa_sd, request):
     model = request.getfixturevalue(f"{kind}_model")
-    sd = fgfa_sd if kind == "fgfa" else _synthetic(zoo_shapes["selsa_r50_dc5"])
+    sd = fgfa_sd if kind == "fgfa" else _zoo_sd(kind, zoo_shapes)
+    assert len(sd) == {"fgfa": 369, "selsa": 350, "dff": 367, "temporal_roi_align": 362}[kind]
+    assert ck.checkpoint_kind(sd) == kind
     report = ck.import_mmtracking({"state_dict": sd}, model, kind=kind)
     _assert_every_tensor_arrived(model, sd, report)
     assert len(report.loaded) + len(report.dropped) == len(sd)
     assert sorted(report.permuted) == [f"{ck._CLS}.predictor.fc_cls.bias", f"{ck._CLS}.predictor.fc_cls.weight"]
+
+
+def test_troialign_model_has_the_derived_layout(zoo_shapes, temporal_roi_align_model):
+    got = {
+        k.replace("bbox_head.predictor.", "bbox_head."): list(v.shape)
+        for k, v in temporal_roi_align_model.state_dict().items()
+    }
+    assert got == troi_layout(zoo_shapes["selsa_r50_dc5"])
+    n = sum(p.numel() for p in temporal_roi_align_model.parameters())
+    assert n == 70_628_627 + 1_049_600 + 4_198_400 + 2_359_808  # SELSA + FC + aggregator + embed conv
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "why"),
+    [
+        ("fgfa", "dff", r"has 'aggregator\.\*' keys, so it is not an mmtracking dff checkpoint \(looks like: fgfa\)"),
+        ("dff", "selsa", r"has no 'detector\.roi_head\.bbox_head\.aggregator\.\*' keys.*looks like: dff"),
+        ("temporal_roi_align", "selsa", r"has 'detector\.roi_head\.bbox_roi_extractor\.\*' keys"),
+        ("selsa", "temporal_roi_align", r"not an mmtracking temporal_roi_align checkpoint \(looks like: selsa\)"),
+    ],
+)
+def test_import_refuses_another_detectors_checkpoint(source, kind, why, zoo_shapes, fgfa_sd, dff_model):
+    sd = fgfa_sd if source == "fgfa" else _zoo_sd(source, zoo_shapes)
+    before = dff_model.state_dict()["detector.rpn_head.rpn_cls.bias"].clone()
+    with pytest.raises(DataError, match=why):
+        ck.import_mmtracking(sd, dff_model, kind=kind)
+    assert torch.equal(dff_model.state_dict()["detector.rpn_head.rpn_cls.bias"], before)  # nothing copied
 
 
 def test_import_reports_missing_and_unexpected_and_refuses_shape_mismatch(fgfa_sd, fgfa_model):
@@ -170,9 +232,13 @@ def test_cls_rows_by_head_type():
     assert ck._convert_cls_rows(w, bags, "k", "s") is w  # original BAGS rows copied as they are
 
 
-def test_mapping_doc_holds_the_code_table():
+def test_mapping_doc_holds_the_code_table(tmp_path):
     text = REPO_DOC.read_text()
     assert ck.mapping_table_markdown() in text
+    stale = tmp_path / "mapping.md"  # the generator puts the table back in place
+    stale.write_text(text.replace("| `motion.*` | `motion.*` | copy |", "| `motion.*` | `old.*` | copy |"))
+    assert ck.write_mapping_doc(stale) and stale.read_text() == text
+    assert not ck.write_mapping_doc(stale)
     for rule in ck.KEY_RULES:  # every rule appears once, in code order
         assert text.count(f"| `{rule.mm}` |") == 1
     assert (

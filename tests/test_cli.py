@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     ["test"],
     ["infer"],
     ["eval"],
+    ["calibrate"],
     ["notebooks", "run"],
     ["notebooks", "list"],
     ["demo-job"],

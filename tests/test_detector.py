@@ -190,10 +190,10 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         model({"depthh": 18})
     with pytest.raises(DataError, match="must be an integer"):
         model({"depth": "50"})
-    with pytest.raises(DataError, match="'dff' is not one of"):
-        model({"kind": "dff"})
+    with pytest.raises(DataError, match="'mega' is not one of"):
+        model({"kind": "mega"})
     with pytest.raises(ValueError, match="kind"):
-        ModelConfig(kind="dff")
+        ModelConfig(kind="mega")
     with pytest.raises(ValueError, match="depth"):
         ResNetDC5(42)
 

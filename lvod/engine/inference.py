@@ -61,7 +61,7 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
     """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
 
     ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
-    state dict, or an mmtracking 0.x FGFA/SELSA model-zoo file (``{"state_dict": ...}`` with
+    state dict, or an mmtracking 0.x FGFA/SELSA/DFF/TRoI model-zoo file (``{"state_dict": ...}`` with
     mmdet key names), which goes through ``lvod.models.checkpoint.import_mmtracking``. All
     are read with ``torch.load(weights_only=True)``.
 
@@ -88,21 +88,21 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
         ckpt = load_checkpoint(checkpoint)
         weights = state_dict_of(ckpt)
         if isinstance(ckpt.get("state_dict"), dict) and MM_CLS_KEY in weights:
-            from lvod.models.checkpoint import import_mmtracking
+            from lvod.models.checkpoint import KIND_SIGNATURE, import_mmtracking
 
-            if cfg.model.kind not in ("fgfa", "selsa"):
+            if cfg.model.kind not in KIND_SIGNATURE:
                 raise DataError(
                     checkpoint,
                     "state_dict",
-                    "is an mmtracking checkpoint, which lvod "
-                    f"imports into FGFA or SELSA only, not model.kind = {cfg.model.kind!r}",
-                    "use an fgfa or selsa config",
+                    "is an mmtracking checkpoint, which lvod imports into "
+                    f"{', '.join(KIND_SIGNATURE)} detectors only, not model.kind = {cfg.model.kind!r}",
+                    "use the config of the checkpoint's detector",
                 )
             report = import_mmtracking(ckpt, model, kind=cfg.model.kind)
             missing, unexpected = report.missing, report.unexpected
-            if cfg.model.kind == "fgfa" and cfg.model.flow_warp != "mmtracking":
+            if cfg.model.kind in ("fgfa", "dff") and cfg.model.flow_warp != "mmtracking":
                 warnings.warn(
-                    f"{checkpoint}: mmtracking FGFA weights were trained with mmtracking's "
+                    f"{checkpoint}: mmtracking {cfg.model.kind.upper()} weights were trained with mmtracking's "
                     "warp grid, which lvod's default 'aligned' grid corrects (up to one "
                     "feature cell apart at the right and bottom edges); set "
                     "model.flow_warp=mmtracking to reproduce mmtracking's detections",

@@ -7,7 +7,7 @@ passes explicit arguments down to parts that take their parts::
 
     predictor = build_head(cfg.head, ..., groups=table, **cfg.head_settings())
     detector  = FasterRCNN(backbone, neck, rpn_head, roi_head, ...)
-    model     = DETECTORS[cfg.kind](cfg, detector parts)   # SingleFrameDetector, FGFA, SELSA
+    model     = DETECTORS[cfg.kind](cfg, detector parts)   # SingleFrameDetector, FGFA, SELSA, DFF, SelsaTRoIAlign
 
 Adding a detector is one module plus one entry in :data:`DETECTORS` (and its name in
 ``lvod.config.DETECTOR_KINDS``); adding a head is one class plus one entry in
@@ -31,12 +31,14 @@ from lvod.groups import GroupTable
 from lvod.models.backbone import ChannelMapperNeck, ResNetDC5
 from lvod.models.checkpoint import load_flownet_weights, load_torchvision_resnet
 from lvod.models.detector import FasterRCNN, SingleFrameDetector
+from lvod.models.dff import DFF
 from lvod.models.fgfa import FGFA, EmbedAggregator
 from lvod.models.flownet import FlowNetSimple
 from lvod.models.heads import HEADS, build_head
 from lvod.models.roi_head import BBoxHead, RoIHead
 from lvod.models.rpn import ProposalSettings, RPNHead
 from lvod.models.selsa import SELSA, SelsaAggregator
+from lvod.models.temporal_roi_align import SelsaBBoxHead, SelsaTRoIAlign, TemporalRoIAlign, TemporalRoIHead
 
 # A predictor factory: called where the old code built the head (after the RPN), so the
 # random initialisation order of every part stays what it was.
@@ -105,10 +107,17 @@ def check_group_table(groups, num_classes: int, cat_ids=None, *, source: str | N
 
 
 def build_faster_rcnn(
-    cfg: ModelConfig, predictor: PredictorFactory, aggregators: list[nn.Module] | None = None
+    cfg: ModelConfig,
+    predictor: PredictorFactory,
+    aggregators: list[nn.Module] | None = None,
+    *,
+    bbox_head_type: Callable[..., nn.Module] = BBoxHead,
+    roi_head_type: Callable[..., nn.Module] = RoIHead,
 ) -> FasterRCNN:
     """The shared parts, with the ResNet weights of ``cfg.backbone_weights`` when set.
-    ``predictor()`` makes the box predictor (the head) once the RPN exists."""
+    ``predictor()`` makes the box predictor (the head) once the RPN exists.
+    ``bbox_head_type`` / ``roi_head_type``: called as ``BBoxHead`` / ``RoIHead`` are
+    (Temporal RoI Align's heads)."""
     backbone = ResNetDC5(cfg.depth, cfg.frozen_stages, cfg.backbone_norm)
     if cfg.backbone_weights:  # a path, or torchvision://IMAGENET1K_V1 where online
         load_torchvision_resnet(backbone, cfg.backbone_weights)
@@ -126,8 +135,8 @@ def build_faster_rcnn(
         pos_fraction=cfg.rpn_pos_fraction,
         allowed_border=cfg.rpn_allowed_border,
     )
-    bbox_head = BBoxHead(cfg.neck_channels * cfg.roi_size**2, cfg.fc_channels, predictor(), aggregators)
-    roi_head = RoIHead(
+    bbox_head = bbox_head_type(cfg.neck_channels * cfg.roi_size**2, cfg.fc_channels, predictor(), aggregators)
+    roi_head = roi_head_type(
         bbox_head,
         roi_size=cfg.roi_size,
         sampling_ratio=cfg.roi_sampling_ratio,
@@ -159,11 +168,17 @@ def _single(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
     return SingleFrameDetector(build_faster_rcnn(cfg, predictor))
 
 
-def _fgfa(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
-    detector = build_faster_rcnn(cfg, predictor)
+def _motion(cfg: ModelConfig) -> FlowNetSimple:
+    """FGFA's and DFF's FlowNetSimple, with the weights of ``cfg.flownet_weights`` when set."""
     motion = FlowNetSimple(cfg.flow_img_scale, cfg.flow_scale_factor, cfg.image_mean, cfg.image_std, cfg.flownet_width)
     if cfg.flownet_weights:
         load_flownet_weights(motion, cfg.flownet_weights)
+    return motion
+
+
+def _fgfa(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
+    detector = build_faster_rcnn(cfg, predictor)
+    motion = _motion(cfg)
     return FGFA(detector, motion, EmbedAggregator(cfg.neck_channels), window=cfg.fgfa_window, warp_grid=cfg.flow_warp)
 
 
@@ -172,10 +187,32 @@ def _selsa(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
     return SELSA(build_faster_rcnn(cfg, predictor, aggregators), test_refs=cfg.selsa_test_refs)
 
 
+def _dff(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
+    detector = build_faster_rcnn(cfg, predictor)
+    return DFF(detector, _motion(cfg), key_frame_interval=cfg.dff_key_frame_interval, warp_grid=cfg.flow_warp)
+
+
+def _temporal_roi_align(cfg: ModelConfig, predictor: PredictorFactory) -> nn.Module:
+    n = cfg.troi_shared_fcs
+    aggregators = [SelsaAggregator(cfg.fc_channels, cfg.selsa_attention_blocks) for _ in range(n)]
+
+    def bbox_head(*args) -> nn.Module:
+        return SelsaBBoxHead(*args, num_shared_fcs=n)
+
+    def roi_head(bbox_head: nn.Module, **settings) -> nn.Module:
+        extractor = TemporalRoIAlign(cfg.neck_channels, cfg.troi_most_similar_points, cfg.troi_attention_blocks)
+        return TemporalRoIHead(bbox_head, extractor, **settings)
+
+    detector = build_faster_rcnn(cfg, predictor, aggregators, bbox_head_type=bbox_head, roi_head_type=roi_head)
+    return SelsaTRoIAlign(detector, test_refs=cfg.selsa_test_refs)
+
+
 DETECTORS: dict[str, Callable[[ModelConfig, PredictorFactory], nn.Module]] = {
     "single": _single,
     "fgfa": _fgfa,
     "selsa": _selsa,
+    "dff": _dff,
+    "temporal_roi_align": _temporal_roi_align,
 }
 assert tuple(DETECTORS) == DETECTOR_KINDS, "lvod.config.DETECTOR_KINDS and DETECTORS disagree"
 
@@ -183,7 +220,7 @@ assert tuple(DETECTORS) == DETECTOR_KINDS, "lvod.config.DETECTOR_KINDS and DETEC
 def build_model(
     cfg: ModelConfig, cat_ids: Sequence[int] | None = None, *, groups: GroupTable | None = None
 ) -> nn.Module:
-    """The detector of ``cfg`` (``SingleFrameDetector``, ``FGFA`` or ``SELSA``).
+    """The detector of ``cfg`` (``SingleFrameDetector``, ``FGFA``, ``SELSA``, ``DFF`` or ``SelsaTRoIAlign``).
 
     ``cat_ids``: the data's sorted category ids (None where there is no annotation file,
     e.g. ``lvod infer`` on a user's video); ``model.num_classes`` must equal their number.

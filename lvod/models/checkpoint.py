@@ -3,9 +3,10 @@ FlowNetSimple weights, and the decoupled-training freeze.
 
 - ``load_torchvision_resnet(backbone, spec)``: a torchvision ResNet state dict from a local
   file, or ``"torchvision://IMAGENET1K_V1"`` (torchvision's weight enum; downloads).
-- ``import_mmtracking(state_dict_or_path, model, kind=...)``: mmtracking 0.x FGFA / SELSA
-  R50-DC5 checkpoints (model-zoo layout) renamed through ``KEY_RULES``, the one mapping
-  definition; ``mapping_table_markdown()`` renders it for ``docs/checkpoint_mapping.md``.
+- ``import_mmtracking(state_dict_or_path, model, kind=...)``: mmtracking 0.x FGFA / SELSA /
+  DFF / Temporal RoI Align R50-DC5 checkpoints (model-zoo layout) renamed through
+  ``KEY_RULES``, the one mapping definition; ``mapping_table_markdown()`` renders it and
+  ``write_mapping_doc()`` writes it into ``docs/checkpoint_mapping.md``.
 - ``load_flownet_weights(motion, path)``: the FlowNetSimple pretrained file.
 - ``freeze_all_but_classifier(model)``: BAGS' decoupled protocol (train ``fc_cls`` only).
 
@@ -39,7 +40,8 @@ class KeyRule:
     note: str = ""
 
 
-_CLS = "detector.roi_head.bbox_head"
+_ROI = "detector.roi_head"
+_CLS = f"{_ROI}.bbox_head"
 KEY_RULES: tuple[KeyRule, ...] = (
     KeyRule(
         f"{_CLS}.fc_cls.*",
@@ -60,13 +62,57 @@ KEY_RULES: tuple[KeyRule, ...] = (
         'BatchNorm batch counter: copied into model.backbone_norm = "eval" (mmtracking\'s '
         'norm_eval BatchNorm); dropped for "frozen" (FrozenBatchNorm2d has none)',
     ),
-    KeyRule(f"{_CLS}.aggregator.*", f"{_CLS}.aggregator.*", "copy", "SELSA: SelsaAggregator after each shared FC"),
-    KeyRule("detector.*", "detector.*", "copy", "backbone (torchvision ResNet names), neck, rpn_head, shared_fcs"),
-    KeyRule("motion.*", "motion.*", "copy", "FGFA: FlowNetSimple"),
+    KeyRule(
+        f"{_CLS}.aggregator.*",
+        f"{_CLS}.aggregator.*",
+        "copy",
+        "SELSA / Temporal RoI Align: SelsaAggregator after each shared FC (2 / 3)",
+    ),
+    KeyRule(
+        f"{_ROI}.bbox_roi_extractor.*",
+        f"{_ROI}.bbox_roi_extractor.*",
+        "copy",
+        "Temporal RoI Align: TemporalRoIAlign's embed_network.conv (3x3, 512 -> 512, with bias)",
+    ),
+    KeyRule(
+        "detector.*",
+        "detector.*",
+        "copy",
+        "backbone (torchvision ResNet names), neck, rpn_head, shared_fcs (3 in Temporal RoI Align)",
+    ),
+    KeyRule("motion.*", "motion.*", "copy", "FGFA, DFF: FlowNetSimple"),
     KeyRule("aggregator.*", "aggregator.*", "copy", "FGFA: embedding convs"),
 )
 
-KIND_SIGNATURE = {"fgfa": "motion.", "selsa": f"{_CLS}.aggregator."}
+# The modules a checkpoint of each kind has (KIND_SIGNATURE) and those it cannot have
+# (KIND_EXCLUDES): FGFA = motion + aggregator, DFF = motion alone, SELSA = RoI aggregators,
+# Temporal RoI Align = RoI aggregators + the temporal RoI extractor.
+KIND_SIGNATURE = {
+    "fgfa": "motion.",
+    "selsa": f"{_CLS}.aggregator.",
+    "dff": "motion.",
+    "temporal_roi_align": f"{_ROI}.bbox_roi_extractor.",
+}
+KIND_EXCLUDES = {
+    "fgfa": (),
+    "selsa": (f"{_ROI}.bbox_roi_extractor.",),
+    "dff": ("aggregator.",),
+    "temporal_roi_align": (),
+}
+
+
+def checkpoint_kind(state) -> str | None:
+    """The mmtracking detector whose modules the keys of ``state`` show (``"fgfa"``,
+    ``"dff"``, ``"temporal_roi_align"``, ``"selsa"``), or None (a plain detector)."""
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in state)
+
+    if has("motion."):
+        return "fgfa" if has("aggregator.") else "dff"
+    if has(f"{_ROI}.bbox_roi_extractor."):
+        return "temporal_roi_align"
+    return "selsa" if has(f"{_CLS}.aggregator.") else None
 
 
 def map_key(mm_key: str) -> tuple[str | None, KeyRule | None]:
@@ -87,6 +133,30 @@ def mapping_table_markdown() -> str:
     for r in KEY_RULES:
         rows.append(f"| `{r.mm}` | {'(dropped)' if r.lvod is None else f'`{r.lvod}`'} | {r.transform} | {r.note} |")
     return "\n".join(rows) + "\n"
+
+
+def write_mapping_doc(path) -> bool:
+    """Put ``mapping_table_markdown()`` in place of the mapping table of the markdown file
+    ``path`` (``docs/checkpoint_mapping.md``: the table that starts with its header row);
+    the file is written atomically, and only when the table changed. Returns whether it did.
+
+        python -c "from lvod.models.checkpoint import write_mapping_doc as w; w('docs/checkpoint_mapping.md')"
+    """
+    text = Path(path).read_text(encoding="utf-8")
+    table = mapping_table_markdown()
+    header = table.split("\n", 1)[0]
+    start = text.find(header)
+    if start < 0:
+        raise DataError(path, "key mapping", f"has no table starting with {header!r}", "add that header row")
+    end = start
+    while end < len(text) and text.startswith("|", end):  # the table: consecutive "|" lines
+        end = text.find("\n", end) + 1 or len(text)
+    new = text[:start] + table + text[end:]
+    if new == text:
+        return False
+    with atomic_write(path, "w") as f:
+        f.write(new)
+    return True
 
 
 def bg_last_to_first(t: Tensor) -> Tensor:
@@ -189,25 +259,29 @@ def _find_predictor(model: nn.Module) -> tuple[str, BoxPredictor]:
 
 # ------------------------------------------------------------------------ importers
 def import_mmtracking(state_dict_or_path, model: nn.Module, *, kind: str) -> ImportReport:
-    """Load an mmtracking 0.x ``kind`` ("fgfa" | "selsa") checkpoint into an lvod detector.
+    """Load an mmtracking 0.x ``kind`` ("fgfa" | "selsa" | "dff" | "temporal_roi_align")
+    checkpoint into an lvod detector.
 
     Keys are renamed by ``KEY_RULES``; the softmax classifier's rows are moved from mmdet's
     background-last to lvod's background-first order; BAGS checkpoints of the original
     group-softmax repo are copied row for row (their meaning follows the tables they were
     trained with). Raises ``DataError`` on a shape mismatch (nothing is copied then) or
-    when the checkpoint lacks the ``kind``'s own modules.
+    when the checkpoint lacks the ``kind``'s own modules (or has another kind's: a DFF file
+    has no ``aggregator.*``, a SELSA file no ``bbox_roi_extractor.*``).
     """
     if kind not in KIND_SIGNATURE:
         raise ValueError(f"kind must be one of {sorted(KIND_SIGNATURE)}, got {kind!r}")
     state, source = read_state_dict(state_dict_or_path)
-    if not any(k.startswith(KIND_SIGNATURE[kind]) for k in state):
-        other = [k for k, sig in KIND_SIGNATURE.items() if any(s.startswith(sig) for s in state)]
+    has = any(k.startswith(KIND_SIGNATURE[kind]) for k in state)
+    extra = [x for x in KIND_EXCLUDES[kind] if any(k.startswith(x) for k in state)]
+    if not has or extra:
+        other = checkpoint_kind(state)
+        why = f"has '{extra[0]}*' keys" if has else f"has no '{KIND_SIGNATURE[kind]}*' keys"
         raise DataError(
             source,
             "state_dict",
-            f"has no '{KIND_SIGNATURE[kind]}*' keys, so it is "
-            f"not an mmtracking {kind} checkpoint (looks like: {other or 'neither'})",
-            f"pass kind={other[0]!r}" if other else "pass an FGFA or SELSA checkpoint",
+            f"{why}, so it is not an mmtracking {kind} checkpoint (looks like: {other or 'none of them'})",
+            f"pass kind={other!r}" if other else f"pass a checkpoint of one of {', '.join(KIND_SIGNATURE)}",
         )
     own = model.state_dict()
     try:
