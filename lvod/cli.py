@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,26 @@ def _add_engine(sub):
     t.add_argument("config", help="config file under configs/")
     t.add_argument("--work-dir", default=None, help="run folder (default work_dirs/<config name>)")
     t.add_argument("--gpus", type=int, default=1, help="GPUs on this node; > 1 launches torchrun")
+    nodes = t.add_argument_group(
+        "several machines",
+        "run the same command on every machine (tools/slurm_train.sh does it under SLURM); the run folder "
+        "must be on a file system they all see. Static rendezvous: --nnodes N --node-rank R --master-addr HOST "
+        "(node 0's address); c10d rendezvous: --nnodes N --rdzv-endpoint HOST:PORT (torchrun numbers the nodes)",
+    )
+    nodes.add_argument("--nnodes", type=int, default=None, help="number of machines (default 1)")
+    nodes.add_argument("--node-rank", type=int, default=None, help="this machine's rank, 0..N-1 (static)")
+    nodes.add_argument("--master-addr", default=None, metavar="HOST", help="node 0's address (static)")
+    nodes.add_argument("--master-port", type=int, default=None, metavar="PORT", help="its port (static, default 29500)")
+    nodes.add_argument(
+        "--rdzv-endpoint",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="where the machines meet: with --node-rank node 0's address (static, port 29500), "
+        "without it a c10d rendezvous (port 29400)",
+    )
+    nodes.add_argument(
+        "--rdzv-id", default=None, metavar="ID", help="c10d rendezvous id (default lvod-<run folder name>)"
+    )
     how = t.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue from the run folder's latest.pth")
     how.add_argument("--resume-from", default=None, metavar="CKPT", help="continue from this checkpoint")
@@ -264,7 +285,13 @@ def _add_engine(sub):
     i.add_argument("--out", required=True, help="output folder")
     i.add_argument("--draw", action="store_true", help="also write frames with boxes drawn")
     i.add_argument("--video", action="store_true", help="also write a video with boxes drawn")
-    i.add_argument("--score-thr", type=float, default=0.3, help="score threshold for drawing")
+    i.add_argument(
+        "--score-thr",
+        type=float,
+        default=0.3,
+        help="draw boxes with at least this score (default 0.3); detections.json keeps every detection "
+        "above the model's own threshold, model.test_score_thr",
+    )
     i.add_argument("--max-frames", type=int, default=None)
     i.add_argument("--device", default="auto")
     _add_postprocessing(i)
@@ -513,7 +540,7 @@ def _parse_seeds(text: str) -> list[int]:
 
 def _train_seeds(a, cfg, run_dir: Path) -> int:
     """``lvod train --seeds``: one run folder per seed, one after the other or side by side."""
-    if a.gpus > 1 or a.resume_from:
+    if a.gpus > 1 or a.nnodes or a.resume_from:
         raise UsageError("--seeds trains on this process's device; launch torchrun per seed for several GPUs")
     runs = seed_runs(run_dir, _parse_seeds(a.seeds))
     if a.side_by_side:
@@ -541,9 +568,17 @@ def _train(a) -> int:
     if a.side_by_side:
         raise UsageError("--side-by-side goes with --seeds")
     resume = a.resume_from or a.resume
-    if a.gpus > 1 and "LOCAL_RANK" not in os.environ:
-        cmd = torchrun_command(a.config, run_dir, a.gpus, resume, a.overrides)
-        print(f"run folder: {run_dir}\nlaunching: {' '.join(cmd)}", flush=True)
+    nodes = {
+        k: getattr(a, k)
+        for k in ("nnodes", "node_rank", "master_addr", "master_port", "rdzv_endpoint", "rdzv_id")
+        if getattr(a, k) is not None
+    }
+    if (a.gpus > 1 or nodes) and "LOCAL_RANK" not in os.environ:
+        try:
+            cmd = torchrun_command(a.config, run_dir, a.gpus, resume, a.overrides, **nodes)
+        except ValueError as exc:  # flags that do not go together
+            raise UsageError(str(exc)) from None
+        print(f"run folder: {run_dir}\nlaunching: {shlex.join(cmd)}", flush=True)
         return subprocess.call(cmd)
     checkpoint = find_resume_checkpoint(run_dir, resume)
     rank = int(os.environ.get("RANK", "0"))
@@ -612,12 +647,18 @@ def _infer(a) -> int:
         rescoring=a.rescoring,
     )
     count, total = r["frames"], r["total_frames"]
+    drawing = r["files"]["frames"] is not None or r["files"]["video"] is not None
     print(_postprocessing_line(r))
     print(
         f"{r['kind']} {r['input']}: {count} frames"
         + (f" (first {count} of {total})" if count < total else "")
-        + f", {r['detections']} detections with score >= {r['score_thr']}; "
-        f"class names from {r['class_names_from']}"
+        + f", {r['detections']} detections written (score >= {r['min_score']:g}, model.test_score_thr), "
+        + (
+            f"{r['drawn']} drawn (score >= {r['score_thr']:g}, --score-thr)"
+            if drawing
+            else f"{r['above_score_thr']} with score >= {r['score_thr']:g} (--score-thr; --draw or --video draws them)"
+        )
+        + f"; class names from {r['class_names_from']}"
     )
     print(f"wrote {r['files']['detections']}")
     if r["files"]["frames"] is not None:

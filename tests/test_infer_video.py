@@ -152,7 +152,7 @@ def _check_detections(doc, num_frames, width, height, names=("car", "person")):
         for (x1, y1, x2, y2), label, name in zip(f["boxes"], f["labels"], f["names"]):
             assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
             assert name == names[label - 1]
-        assert all(s >= doc["score_thr"] for s in f["scores"])
+        assert all(s >= doc["min_score"] for s in f["scores"])
         assert f["scores"] == sorted(f["scores"], reverse=True) or n < 2
     return total
 
@@ -264,18 +264,41 @@ def test_infer_bikes_subset_and_frame_folder(external_data, tiny_config, tmp_pat
     assert doc["frames"][0]["file"] == "000100.JPEG"
 
 
-def test_infer_score_threshold_filters(external_data, tiny_config, tmp_path):
+def test_score_thr_chooses_what_is_drawn_and_the_json_keeps_every_detection(external_data, tiny_config, tmp_path):
+    """``--score-thr`` is for drawing only: detections.json holds every detection above the
+    model's own threshold (``model.test_score_thr``), which alone filters it."""
     from lvod.engine.infer import infer_video
 
-    kw = dict(device="cpu", random_weights=True, max_frames=2, overrides=SMALL, progress=False)
-    infer_video(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "a", score_thr=0.0, **kw)
-    infer_video(tiny_config(), None, external_data / BIKES_MP4, tmp_path / "b", score_thr=0.45, **kw)
-    a = json.loads((tmp_path / "a" / "detections.json").read_text())
-    b = json.loads((tmp_path / "b" / "detections.json").read_text())
-    for fa, fb in zip(a["frames"], b["frames"]):
-        expect = [s for s in fa["scores"] if s >= 0.45]
-        assert fb["scores"] == expect, "same seed and input: thresholding only drops boxes"
-    assert sum(map(len, (f["scores"] for f in a["frames"]))) > sum(map(len, (f["scores"] for f in b["frames"])))
+    kw = dict(device="cpu", random_weights=True, max_frames=2, progress=False)
+    a = infer_video(
+        tiny_config(), None, external_data / BIKES_MP4, tmp_path / "a", score_thr=0.0, overrides=SMALL, **kw
+    )
+    b = infer_video(
+        tiny_config(), None, external_data / BIKES_MP4, tmp_path / "b", score_thr=0.45, draw=True, overrides=SMALL, **kw
+    )
+    ja = json.loads((tmp_path / "a" / "detections.json").read_text())
+    jb = json.loads((tmp_path / "b" / "detections.json").read_text())
+    assert ja["frames"] == jb["frames"], "the drawing threshold does not touch detections.json"
+    assert (jb["min_score"], jb["draw_score_thr"]) == (pytest.approx(1e-4), 0.45)
+    scores = [s for f in jb["frames"] for s in f["scores"]]
+    above = sum(s >= 0.45 for s in scores)
+    assert 0 < above < len(scores), "random weights: some scores on each side of 0.45"
+    assert (b["detections"], b["above_score_thr"], b["drawn"]) == (len(scores), above, above)
+    assert (a["detections"], a["drawn"]) == (len(scores), 0)  # nothing drawn without --draw / --video
+    assert (tmp_path / "b" / "frames" / "000001.jpg").exists()
+
+    c = infer_video(
+        tiny_config(),
+        None,
+        external_data / BIKES_MP4,
+        tmp_path / "c",
+        overrides=(*SMALL, "model.test_score_thr=0.45"),
+        **kw,
+    )
+    jc = json.loads((tmp_path / "c" / "detections.json").read_text())
+    for fa, fc in zip(ja["frames"], jc["frames"]):
+        assert fc["scores"] == [s for s in fa["scores"] if s >= 0.45], "the model's threshold filters the json"
+    assert c["detections"] == above and jc["min_score"] == 0.45
 
 
 def test_infer_needs_checkpoint_or_random_weights(external_data, tiny_config, tmp_path):
@@ -292,24 +315,24 @@ def test_lvod_infer_prints_what_it_wrote(external_data, tiny_config, tmp_path, c
     from lvod.cli import main
 
     out = tmp_path / "o"
-    assert (
-        main(
-            [
-                "infer",
-                str(tiny_config()),
-                str(external_data / BIKES_MP4),
-                "--out",
-                str(out),
-                "--random-weights",
-                "--max-frames",
-                "2",
-                "--device",
-                "cpu",
-                *SMALL,
-            ]
-        )
-        == 0
-    )
+    args = ["infer", str(tiny_config()), str(external_data / BIKES_MP4), "--out", str(out), "--random-weights"]
+    args += ["--max-frames", "2", "--device", "cpu", *SMALL]
+    assert main(args) == 0
     text = capsys.readouterr().out
-    assert f"video {external_data / BIKES_MP4}: 2 frames (first 2 of 250)" in text
+    doc = json.loads((out / "detections.json").read_text())
+    written = sum(len(f["scores"]) for f in doc["frames"])
+    above = sum(s >= 0.3 for f in doc["frames"] for s in f["scores"])
+    assert (
+        f"video {external_data / BIKES_MP4}: 2 frames (first 2 of 250), {written} detections written "
+        f"(score >= 0.0001, model.test_score_thr), {above} with score >= 0.3 "
+        "(--score-thr; --draw or --video draws them)"
+    ) in text
     assert f"wrote {out / 'detections.json'}" in text and "drawn frames" not in text
+
+    assert main([*args, "--draw", "--score-thr", "0.4"]) == 0
+    above = sum(s >= 0.4 for f in doc["frames"] for s in f["scores"])
+    text = capsys.readouterr().out
+    assert (
+        f", {written} detections written (score >= 0.0001, model.test_score_thr), {above} drawn (score >= 0.4" in text
+    )
+    assert f"wrote 2 drawn frames to {out / 'frames'}" in text

@@ -10,7 +10,14 @@ A checkpoint is a dict of tensors and plain Python values only, so that
 - ``sampler``: ``{"epoch", "batch", "seed", "world_size", "batch_size"}`` (``batch``:
   batches already consumed in ``epoch``);
 - ``epoch`` (finished epochs), ``iter`` (global iterations done), ``config`` (resolved,
-  as a plain dict), ``format`` = ``"lvod-train-checkpoint"``.
+  as a plain dict), ``format`` = ``"lvod-train-checkpoint"``;
+- ``classes``: ``{"cat_ids", "names", "ann_file"}``, the detector's classes in label order
+  (label = index + 1), and ``groups``: the frequency-group table as
+  ``lvod.bags_io.groups_to_dict`` writes it (only when ``model.groups_file`` is set), so
+  ``lvod test`` / ``lvod infer`` need no data or groups file to name and build the
+  detector (``lvod.engine.train.model_identity``; read back by
+  ``lvod.engine.inference.checkpoint_classes`` / ``checkpoint_group_table``). Checkpoints
+  written before these keys have neither.
 
 :class:`CheckpointWriter` writes ``iter_N.pth`` / ``epoch_N.pth``, points ``latest.pth``
 at the newest and deletes the older ones except the epoch ends ``train.keep_checkpoints``

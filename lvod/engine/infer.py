@@ -7,22 +7,31 @@ detector's ``detect_video`` (with its test-time window and feature cache) and wr
 - ``detections.json`` (always), written as a stream and renamed into place at the end::
 
       {"input": str, "kind": "video" | "frames" | "image", "num_frames": int,
-       "total_frames": int, "fps": float, "score_thr": float, "config": str,
-       "checkpoint": str | null, "random_weights": bool,
+       "total_frames": int, "fps": float, "min_score": float, "draw_score_thr": float,
+       "config": str, "checkpoint": str | null, "random_weights": bool,
        "classes": [{"label": 1..C, "category_id": int, "name": str}, ...],
+       "class_names_from": str,
        "frames": [{"index": 0-based frame, "file": frame file or "<video>#<index>",
                    "width": W0, "height": H0,
                    "boxes": [[x1, y1, x2, y2], ...] in original pixels,
                    "scores": [...], "labels": [1..C], "names": [...]}, ...]}
 
-  Only detections with ``score >= score_thr`` are listed (``--score-thr 0`` keeps the
-  detector's full output, up to ``model.test_max_dets`` per frame).
-- ``frames/%06d.jpg`` with the boxes drawn (``draw=True``) and/or ``video.mp4``
-  (``video=True``, mp4v codec, the input's frame rate; 25 fps for frame folders).
+  Every detection the detector outputs is listed: those with ``score >= min_score``
+  (the model's own test threshold, ``model.test_score_thr``), at most
+  ``model.test_max_dets`` per frame, highest score first. ``score_thr`` (``--score-thr``)
+  only chooses what is drawn (``draw_score_thr``); to keep a smaller file, raise the
+  model's threshold (``model.test_score_thr=0.05`` as an override).
+- ``frames/%06d.jpg`` with the boxes at or above ``score_thr`` drawn (``draw=True``) and/or
+  ``video.mp4`` (``video=True``, mp4v codec, the input's frame rate; 25 fps for frame
+  folders).
 
-Class names: a checkpoint's ``"classes"`` entry (``{"cat_ids": [...], "names": [...]}``)
-when it has one, an mmtracking checkpoint's ``meta.CLASSES``, else the categories of the
-config's ``data.val.ann_file`` when that file exists, else ``class_1..class_C``.
+Class names (:func:`class_table`): the checkpoint's ``"classes"`` entry (every checkpoint
+``lvod train`` writes carries one, ``lvod.engine.train.model_identity``), so the names do not
+depend on the folder ``lvod infer`` runs in; an mmtracking checkpoint's ``meta.CLASSES``;
+for a checkpoint without either (written before lvod stored its classes) the categories of
+the config's ``data.val.ann_file`` when that file is reachable, else ``class_1..class_C``,
+with a warning that says so. The detector is built with the group table the checkpoint
+carries (BAGS, federated loss), so no ``groups.json`` needs to be reachable either.
 
 Post-processing as ``lvod test``: ``calibrate`` (``--calibrate`` / ``test.calibrate``,
 :mod:`lvod.models.calibration`; ``auto`` reads ``calibration.json`` beside the checkpoint)
@@ -48,46 +57,74 @@ import numpy as np
 import torch
 
 from lvod.engine import video_io
-from lvod.engine.inference import build_test_transform, frame_numpy, load_model, prefetch, resolve_device
+from lvod.engine.inference import (
+    build_test_transform,
+    checkpoint_classes,
+    frame_numpy,
+    load_model,
+    prefetch,
+    resolve_device,
+)
 from lvod.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 
-def class_table(cfg, ckpt: dict) -> tuple[list[int], list[str], str]:
-    """``(cat_ids, names, source)`` of the detector's C classes (label = index + 1)."""
+def class_table(cfg, ckpt: dict, checkpoint=None) -> tuple[list[int], list[str], str]:
+    """``(cat_ids, names, source)`` of the detector's C classes (label = index + 1);
+    ``source`` says where they came from, in words (the CLI prints it).
+
+    The checkpoint's class list when it has one; an mmtracking checkpoint's
+    ``meta.CLASSES``; else (a checkpoint written before lvod stored its classes, or no
+    checkpoint) the categories of ``data.val.ann_file`` when reachable from here, else
+    ``class_1..class_C``. The last two warn when there is a checkpoint (``UserWarning``):
+    the names then depend on the folder the command runs in.
+    """
     num = int(cfg.model.num_classes)
-    classes = ckpt.get("classes") if isinstance(ckpt, dict) else None
-    if isinstance(classes, dict) and len(classes.get("names", ())) == num:
-        return [int(c) for c in classes["cat_ids"]], [str(n) for n in classes["names"]], "checkpoint"
+    classes = checkpoint_classes(ckpt)
+    if classes is not None and len(classes[0]) == num:
+        return classes[0], classes[1], "checkpoint"
     meta = ckpt.get("meta") if isinstance(ckpt, dict) else None  # mmtracking checkpoints
     if isinstance(meta, dict) and len(meta.get("CLASSES") or ()) == num:
-        return list(range(1, num + 1)), [str(n) for n in meta["CLASSES"]], "checkpoint meta"
+        return list(range(1, num + 1)), [str(n) for n in meta["CLASSES"]], "checkpoint meta (mmtracking CLASSES)"
+    old = f"{checkpoint} carries no class list (written before lvod stored one)" if checkpoint is not None else None
     ann = cfg.data.val.ann_file
-    if ann:
-        path = Path(cfg.data.root) / ann
-        if path.is_file():
-            with open(path, "rb") as fh:
-                cats = sorted(json.load(fh).get("categories", []), key=lambda c: c["id"])
-            if len(cats) == num:
-                return [int(c["id"]) for c in cats], [str(c["name"]) for c in cats], str(path)
-    return list(range(1, num + 1)), [f"class_{k}" for k in range(1, num + 1)], "none"
+    path = Path(cfg.data.root) / ann if ann else None
+    if path is not None and path.is_file():
+        with open(path, "rb") as fh:
+            cats = sorted(json.load(fh).get("categories", []), key=lambda c: c["id"])
+        if len(cats) == num:
+            if old:
+                warnings.warn(f"{old}: class names from data.val.ann_file {path}", UserWarning, stacklevel=3)
+            return [int(c["id"]) for c in cats], [str(c["name"]) for c in cats], f"{path} (data.val.ann_file)"
+    where = (
+        f"data.val.ann_file {path} is not reachable from {Path.cwd()}"
+        if path is not None and not path.is_file()
+        else f"data.val.ann_file {path} has another number of categories"
+        if path is not None
+        else "data.val.ann_file is not set"
+    )
+    if old:
+        warnings.warn(
+            f"{old} and {where}: the classes are named class_1..class_{num}; retrain with this lvod, or set "
+            "data.root so that data.val.ann_file is the annotation file of the training data",
+            UserWarning,
+            stacklevel=3,
+        )
+    return list(range(1, num + 1)), [f"class_{k}" for k in range(1, num + 1)], f"none ({where})"
 
 
-def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str], score_thr: float) -> dict:
-    """One ``frames`` entry of detections.json (detections at or above ``score_thr``);
-    ``det`` as :func:`lvod.engine.inference.frame_numpy` returns it."""
-    scores = det["scores"]
-    keep = scores >= score_thr
-    boxes = det["boxes"][keep]
-    labels = det["labels"][keep]
+def _frame_record(index: int, name: str, size_hw, det: dict, names: list[str]) -> dict:
+    """One ``frames`` entry of detections.json: every detection of the frame; ``det`` as
+    :func:`lvod.engine.inference.frame_numpy` returns it."""
+    boxes, scores, labels = det["boxes"], det["scores"], det["labels"]
     return {
         "index": index,
         "file": name,
         "width": int(size_hw[1]),
         "height": int(size_hw[0]),
         "boxes": np.round(boxes.astype(np.float64), 2).tolist(),
-        "scores": np.round(scores[keep].astype(np.float64), 4).tolist(),
+        "scores": np.round(scores.astype(np.float64), 4).tolist(),
         "labels": labels.astype(int).tolist(),
         "names": [names[int(lb) - 1] for lb in labels],
     }
@@ -112,14 +149,19 @@ def infer_video(
 ) -> dict:
     """Detect objects in ``input`` and write ``out_dir/detections.json`` (+ drawings).
 
-    ``calibrate`` / ``rescoring``: as :func:`lvod.engine.test.test_model` (None: the
-    config's ``test.calibrate`` / ``test.rescoring``).
+    ``score_thr``: the score from which a box is drawn (``draw``/``video``);
+    ``detections.json`` lists every detection above the model's own threshold
+    (``model.test_score_thr``). ``calibrate`` / ``rescoring``: as
+    :func:`lvod.engine.test.test_model` (None: the config's ``test.calibrate`` /
+    ``test.rescoring``).
 
     Returns a summary: ``{"input": str, "kind": "video" | "frames" | "image",
     "frames": frames processed, "total_frames": frames in the input, "detections":
-    detections listed (score >= score_thr), "score_thr", "class_names_from": where the
-    class names came from, "calibration": record or None, "rescoring": its options,
-    "files": {"detections": Path, "frames": Path or None,
+    detections written to detections.json, "min_score": the model's threshold they are
+    above, "above_score_thr": how many of them have ``score >= score_thr``, "drawn": how
+    many boxes were drawn (``above_score_thr`` when drawing, else 0), "score_thr",
+    "class_names_from": where the class names came from, "calibration": record or None,
+    "rescoring": its options, "files": {"detections": Path, "frames": Path or None,
     "video": Path or None}}``. Bad inputs raise ``DataError``; running without a
     checkpoint warns (``UserWarning``) that the boxes mean nothing.
     """
@@ -140,7 +182,7 @@ def infer_video(
     source = video_io.open_source(input, max_frames=max_frames)
     dev = resolve_device(device)
     model, ckpt = load_model(cfg, checkpoint, random_weights=random_weights, device=dev)
-    cat_ids, names, names_from = class_table(cfg, ckpt)
+    cat_ids, names, names_from = class_table(cfg, ckpt, checkpoint)
     calib_record = build_calibrator(cfg, model, calibration, cat_ids, calib_info)
     if random_weights and checkpoint is None:
         warnings.warn("--random-weights: the detector is untrained, its boxes mean nothing", stacklevel=2)
@@ -167,15 +209,17 @@ def infer_video(
         "num_frames": source.num_frames,
         "total_frames": source.total_frames,
         "fps": source.fps,
-        "score_thr": score_thr,
+        "min_score": cfg.model.test_score_thr,
+        "draw_score_thr": score_thr,
         "config": str(config),
         "checkpoint": None if checkpoint is None else str(checkpoint),
         "random_weights": checkpoint is None,
         "classes": [{"label": i + 1, "category_id": c, "name": n} for i, (c, n) in enumerate(zip(cat_ids, names))],
+        "class_names_from": names_from,
         "calibration": calib_record,
         "rescoring": {"method": "none"} if seq_options is None else seq_options.to_dict(),
     }
-    count = kept = 0
+    count = written = above = 0
 
     def detections():
         """``(index, name, (H0, W0), det)`` per frame, in order (rescored at the end)."""
@@ -201,13 +245,15 @@ def infer_video(
         with atomic_write(out / "detections.json", "w", encoding="utf-8") as fh:
             fh.write(json.dumps(header)[:-1] + ', "frames": [\n')
             for index, name, size, det in detections():
-                rec = _frame_record(index, name, size, det, names, score_thr)
+                rec = _frame_record(index, name, size, det, names)
                 fh.write(("" if count == 0 else ",\n") + json.dumps(rec))
                 count += 1
-                kept += len(rec["scores"])
+                written += len(rec["scores"])
+                show = det["scores"] >= score_thr
+                above += int(show.sum())
                 if drawn is not None:
                     image = video_io.draw_detections(
-                        next(drawn).image, rec["boxes"], rec["scores"], rec["labels"], names
+                        next(drawn).image, det["boxes"][show], det["scores"][show], det["labels"][show], names
                     )
                     if frame_writer is not None:
                         frame_writer.write(index, image)
@@ -229,13 +275,26 @@ def infer_video(
             mp4.abort()
         if drawn is not None:
             drawn.close()
-    logger.info("%s %s: %d frames, %d detections with score >= %s", source.kind, source.path, count, kept, score_thr)
+    drew = above if drawn is not None else 0
+    logger.info(
+        "%s %s: %d frames, %d detections written (score >= %s), %d drawn (score >= %s)",
+        source.kind,
+        source.path,
+        count,
+        written,
+        cfg.model.test_score_thr,
+        drew,
+        score_thr,
+    )
     return {
         "input": str(source.path),
         "kind": source.kind,
         "frames": count,
         "total_frames": source.total_frames,
-        "detections": kept,
+        "detections": written,
+        "min_score": cfg.model.test_score_thr,
+        "above_score_thr": above,
+        "drawn": drew,
         "score_thr": score_thr,
         "class_names_from": names_from,
         "calibration": calib_record,

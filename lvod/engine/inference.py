@@ -13,16 +13,20 @@ Per frame the detector yields ``{"boxes" (K, 4) x1y1x2y2 original pixels, "score
 "labels" (K,) in 1..C}`` (docs/DESIGN.md "Detectors"); ``to_coco_columns`` turns that into
 the results columns: category ids ``ds.cat_ids[label - 1]`` and boxes ``[x, y, w, h]``.
 
-Also here: ``load_model(cfg, checkpoint)`` (lvod and mmtracking checkpoints, strict),
-``build_test_transform(DataConfig, mean, std)`` (the training pipeline's resize,
-normalisation and padding), ``prefetch`` (decode frames ahead on threads) and
-``resolve_device("auto" | "cpu" | "cuda[:i]")``.
+Also here: ``load_model(cfg, checkpoint)`` (lvod and mmtracking checkpoints, strict; the
+detector is built with the classes and group table the checkpoint carries, so no data or
+groups file is needed), ``checkpoint_classes`` / ``checkpoint_group_table`` /
+``check_checkpoint_classes`` (what a checkpoint says it detects, and the refusal of an
+annotation file that disagrees), ``build_test_transform(DataConfig, mean, std)`` (the
+training pipeline's resize, normalisation and padding), ``prefetch`` (decode frames ahead
+on threads) and ``resolve_device("auto" | "cpu" | "cuda[:i]")``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import time
 import warnings
 from collections import deque
@@ -41,6 +45,8 @@ from lvod.evaluation.results import Detections
 #                                        {"img_size": (h, w), "orig_size": (H0, W0)})
 Transform = Callable[[Tensor], tuple[Tensor, dict]]
 
+logger = logging.getLogger(__name__)
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> the first CUDA device when one is usable, else the CPU."""
@@ -57,21 +63,88 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 MM_CLS_KEY = "detector.roi_head.bbox_head.fc_cls.weight"  # only mmtracking checkpoints have it
 
 
-def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None, groups=None):
+def checkpoint_classes(ckpt: dict) -> tuple[list[int], list[str]] | None:
+    """``(cat_ids, names)`` of the classes an lvod checkpoint was trained on (label =
+    index + 1; its ``classes`` entry, ``lvod.engine.train.model_identity``), or None for a
+    checkpoint without one (written before lvod stored it, a bare state dict, mmtracking)."""
+    classes = ckpt.get("classes") if isinstance(ckpt, dict) else None
+    if not isinstance(classes, dict):
+        return None
+    ids, names = classes.get("cat_ids"), classes.get("names")
+    if not isinstance(ids, (list, tuple)) or not isinstance(names, (list, tuple)) or len(ids) != len(names):
+        return None
+    return [int(c) for c in ids], [str(n) for n in names]
+
+
+def checkpoint_group_table(ckpt: dict, checkpoint=None):
+    """The frequency-group table a checkpoint carries (``groups``, as
+    ``lvod.bags_io.groups_to_dict`` writes it), rebuilt and checked by
+    ``lvod.bags_io.groups_from_dict``; None when it carries none."""
+    from lvod.bags_io import groups_from_dict
+
+    data = ckpt.get("groups") if isinstance(ckpt, dict) else None
+    if not isinstance(data, dict):
+        return None
+    return groups_from_dict(data, f"{checkpoint or '<checkpoint>'} (its group table)")
+
+
+def check_checkpoint_classes(ann_file, cat_ids, names, ckpt: dict, checkpoint) -> bool:
+    """Refuse an annotation file whose categories are not the checkpoint's classes.
+
+    ``cat_ids`` / ``names``: the file's categories in ascending id order. A ``DataError``
+    names the file, the checkpoint and the first category that differs (id or name, or
+    the first one only one side has). Returns False, after a log line, when the
+    checkpoint carries no class list (nothing to compare: today's behaviour), else True.
+    """
+    classes = checkpoint_classes(ckpt)
+    if classes is None:
+        logger.info(
+            "%s carries no class list (written before lvod stored one, or not by lvod train): "
+            "assuming it was trained on the categories of %s",
+            checkpoint,
+            ann_file,
+        )
+        return False
+    mine = list(zip((int(c) for c in cat_ids), (str(n) for n in names)))
+    theirs = list(zip(*classes))
+    if mine == theirs:
+        return True
+    k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+
+    def show(side, i):
+        return f"id {side[i][0]} '{side[i][1]}'" if i < len(side) else "nothing"
+
+    raise DataError(
+        ann_file,
+        "categories",
+        f"disagree with the classes of checkpoint {checkpoint} ({len(mine)} vs {len(theirs)} classes): "
+        f"category {k + 1} in ascending id order is {show(mine, k)} here but {show(theirs, k)} in the checkpoint",
+        "evaluate on a split of the dataset the checkpoint was trained on "
+        f"({len(theirs)} classes: {', '.join(n for _, n in theirs[:5])}{', ...' if len(theirs) > 5 else ''}), "
+        "or pass the checkpoint trained on this file's categories",
+    )
+
+
+def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", cat_ids=None, groups=None, ckpt=None):
     """Build ``cfg.model`` and load ``checkpoint`` into it; every weight must find its place.
 
     ``checkpoint``: an lvod checkpoint (``{"model": state dict, "config", ...}``), a bare
     state dict, or an mmtracking 0.x FGFA/SELSA/DFF/TRoI model-zoo file (``{"state_dict": ...}`` with
     mmdet key names), which goes through ``lvod.models.checkpoint.import_mmtracking``. All
-    are read with ``torch.load(weights_only=True)``.
+    are read with ``torch.load(weights_only=True)``; ``ckpt``: the file already read (its
+    dict), so that it is read once.
 
     Returns ``(model in eval mode on device, checkpoint dict or {})``. Without a
     checkpoint ``random_weights`` must be True (initialised with seed 0, so runs repeat).
     The detector is built as training builds it (``lvod.models.build_model``), checked
-    against ``cat_ids`` when given; ``groups``: a group table the caller already read.
+    against ``cat_ids`` (default: the checkpoint's classes) and built with ``groups``, the
+    group table the caller already read, else the one the checkpoint carries, else
+    ``model.groups_file`` when the head needs a table. A checkpoint trained on another
+    number of classes than ``model.num_classes`` is refused naming both.
     """
     from lvod.engine.checkpointing import load_checkpoint, state_dict_of
     from lvod.models import build_model
+    from lvod.models.heads import HEADS
 
     if checkpoint is None and not random_weights:
         raise DataError(
@@ -81,11 +154,25 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
             "pass --checkpoint CKPT (a .pth written by lvod train), or "
             "--random-weights to smoke-test with an untrained detector",
         )
+    if ckpt is None:
+        ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
+    classes = checkpoint_classes(ckpt)
+    if classes is not None:
+        if len(classes[0]) != cfg.model.num_classes:
+            raise DataError(
+                checkpoint,
+                "classes",
+                f"the checkpoint was trained on {len(classes[0])} classes, the config's "
+                f"model.num_classes is {cfg.model.num_classes}",
+                "use the config the checkpoint was trained with (<run>/config.resolved.json)",
+            )
+        if cat_ids is None:
+            cat_ids = classes[0]
+    if groups is None and HEADS[cfg.model.head].uses_groups:
+        groups = checkpoint_group_table(ckpt, checkpoint)
     torch.manual_seed(0)
     model = build_model(cfg.model, cat_ids, groups=groups)
-    ckpt: dict = {}
     if checkpoint is not None:
-        ckpt = load_checkpoint(checkpoint)
         weights = state_dict_of(ckpt)
         if isinstance(ckpt.get("state_dict"), dict) and MM_CLS_KEY in weights:
             from lvod.models.checkpoint import KIND_SIGNATURE, import_mmtracking

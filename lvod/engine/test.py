@@ -34,8 +34,17 @@ Results files (``--out``):
   without unpickling) and says so (the returned ``"note"``, which the CLI prints).
 - no ``--out`` -> ``<checkpoint folder>/test/results.npz``.
 
-Per-group AP uses ``groups`` (a ``groups.json`` from ``lvod groups``), else the config's
-``model.groups_file`` when set. The function returns the metrics; ``lvod/cli.py`` prints them.
+Classes and group table come with the checkpoint (``lvod.engine.train.model_identity``): a
+test split whose categories are not the checkpoint's classes is refused (a ``DataError``
+naming the file, the checkpoint and the first category that differs), and the detector is
+built with the checkpoint's group table, so a BAGS or federated-loss run tests from any
+folder without its ``groups.json``. Checkpoints written before lvod stored these (and
+mmtracking ones) are taken as trained on the split's categories, with the config's
+``model.groups_file``, as before.
+
+Per-group AP uses ``groups`` (a ``groups.json`` from ``lvod groups``), else the checkpoint's
+table, else the config's ``model.groups_file`` when set. The function returns the metrics;
+``lvod/cli.py`` prints them.
 """
 
 from __future__ import annotations
@@ -122,6 +131,27 @@ def load_split(cfg):
     return ds, images_root
 
 
+def _warn_if_groups_file_differs(groups_file, table, checkpoint) -> None:
+    """Log a warning when the config's ``model.groups_file`` is reachable and holds another
+    table than the checkpoint's (which the detector was trained with, and which is used)."""
+    from lvod.bags_io import groups_to_dict, load_groups
+
+    if not groups_file or not Path(groups_file).is_file():
+        return
+    try:
+        same = groups_to_dict(load_groups(groups_file)) == groups_to_dict(table)
+    except DataError:
+        same = False
+    if not same:
+        logger.warning(
+            "model.groups_file %s differs from the group table %s was trained with; the checkpoint's is used "
+            "(pass --groups %s for per-group AP by that file)",
+            groups_file,
+            checkpoint,
+            groups_file,
+        )
+
+
 def test_model(
     config,
     checkpoint,
@@ -150,9 +180,11 @@ def test_model(
     videos, AP-fixed beside the standard numbers).
 
     ``config``: a config file (plus ``overrides``) or a loaded ``Config``. ``groups``: a
-    groups.json for per-group AP, else the config's ``model.groups_file`` (each file is
-    read once: the model is built with the config's table, the evaluation uses ``groups``
-    when given, else the same table).
+    groups.json for per-group AP, else the table the checkpoint carries, else the config's
+    ``model.groups_file`` (each file is read once: the model is built with the
+    checkpoint's or the config's table, the evaluation uses ``groups`` when given, else
+    the same table). The checkpoint is read once, before anything runs; a split whose
+    categories are not the checkpoint's classes raises ``DataError``.
 
     Returns the metrics dict that ``metrics.json`` holds (:func:`lvod.evaluation.evaluate`:
     ``bbox_mAP_50``, ``classwise``, ``groups``, ``motion``, ...; only with ``"bbox"`` in
@@ -175,7 +207,15 @@ def test_model(
     from lvod.bags_io import load_groups
     from lvod.config import Config, load_config
     from lvod.engine.calibrate import build_calibrator, resolve_calibration
-    from lvod.engine.inference import build_test_transform, load_model, resolve_device, run_inference
+    from lvod.engine.checkpointing import load_checkpoint
+    from lvod.engine.inference import (
+        build_test_transform,
+        check_checkpoint_classes,
+        checkpoint_group_table,
+        load_model,
+        resolve_device,
+        run_inference,
+    )
     from lvod.engine.rescoring import rescorer, rescoring_options
     from lvod.evaluation import ResultsWriter, evaluate, load_results, write_coco_json, write_metrics
     from lvod.models import read_group_table
@@ -193,11 +233,25 @@ def test_model(
     if groups is not None and not Path(groups).is_file():
         raise DataError(groups, "groups file", "does not exist", "write it with `lvod groups` or leave --groups out")
     ds, images_root = load_split(cfg)
-    model_table = read_group_table(cfg.model, ds.cat_ids)
+    ckpt = load_checkpoint(checkpoint) if checkpoint is not None else {}
+    if checkpoint is not None:
+        check_checkpoint_classes(ds.path, ds.cat_ids, ds.cat_names, ckpt, checkpoint)
+    model_table = checkpoint_group_table(ckpt, checkpoint)
+    if model_table is not None:
+        logger.info("group table: the one %s was trained with", checkpoint)
+        _warn_if_groups_file_differs(cfg.model.groups_file, model_table, checkpoint)
+    else:
+        model_table = read_group_table(cfg.model, ds.cat_ids)
     eval_table = load_groups(groups) if groups is not None else model_table
     dev = resolve_device(device)
     model, _ = load_model(
-        cfg, checkpoint, random_weights=random_weights, device=dev, cat_ids=ds.cat_ids, groups=model_table
+        cfg,
+        checkpoint,
+        random_weights=random_weights,
+        device=dev,
+        cat_ids=ds.cat_ids,
+        groups=model_table,
+        ckpt=ckpt,
     )
     calib_record = build_calibrator(cfg, model, calibration, ds.cat_ids, calib_info)
     if calib_record is not None:

@@ -20,10 +20,15 @@ every checkpoint (``init_from``) record the source: path, sha256, its config nam
 fingerprint, its iteration. A resume continues the decoupled run from its own checkpoint
 and does not initialise again.
 
-The command line (``lvod train``, ``lvod.cli``) uses :func:`default_run_dir`,
-:func:`find_resume_checkpoint`, :func:`torchrun_command` and :func:`train`. Several nodes::
+Every checkpoint also carries what the detector was trained to name (:func:`model_identity`:
+``classes`` = ``{"cat_ids", "names", "ann_file"}`` and, when ``model.groups_file`` is set,
+``groups`` = the frequency-group table as ``lvod.bags_io.groups_to_dict`` writes it), so that
+``lvod test`` / ``lvod infer`` need only the checkpoint and the config, from any folder.
 
-    torchrun --nnodes 2 --nproc_per_node 8 ... -m lvod.cli train CONFIG --work-dir DIR
+The command line (``lvod train``, ``lvod.cli``) uses :func:`default_run_dir`,
+:func:`find_resume_checkpoint`, :func:`torchrun_command` and :func:`train`. Several
+machines: ``lvod train CONFIG --gpus 4 --nnodes 2 --node-rank R --master-addr HOST`` on
+each (:func:`node_launch_args`; ``tools/slurm_train.sh`` does it under SLURM).
 """
 
 from __future__ import annotations
@@ -130,16 +135,101 @@ def find_resume_checkpoint(run_dir, resume) -> Path | None:
     return latest if latest.exists() else None
 
 
-def torchrun_command(config_path, run_dir, gpus: int, resume, overrides) -> list[str]:
+STATIC_PORT = 29500  # torchrun's default --master_port (static rendezvous)
+C10D_PORT = 29400  # torchrun's default port of a c10d rendezvous endpoint
+
+
+def split_endpoint(text: str) -> tuple[str, int | None]:
+    """``"host:port"`` -> ``("host", port)``; ``"host"`` -> ``("host", None)``; an IPv6
+    address takes brackets when it has a port (``"[::1]:29500"``)."""
+    host, sep, port = str(text).rpartition(":")
+    if sep and port.isdigit() and host and (":" not in host or (host.startswith("[") and host.endswith("]"))):
+        return host, int(port)
+    return str(text), None
+
+
+def node_launch_args(
+    run_dir,
+    *,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    master_addr: str | None = None,
+    master_port: int | None = None,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str | None = None,
+) -> list[str]:
+    """torchrun's arguments for a run over ``nnodes`` machines (``[]`` for one machine).
+
+    Two ways for the machines to meet, torchrun's own:
+
+    - static rendezvous, every node knows its rank: ``node_rank`` (0 .. nnodes-1) and the
+      address of node 0, as ``master_addr`` [+ ``master_port``] or ``rdzv_endpoint``
+      ``HOST[:PORT]`` (port 29500 by default) -> ``--nnodes N --node_rank R --master_addr
+      HOST --master_port PORT``. What a SLURM job does (``tools/slurm_train.sh``).
+    - c10d rendezvous, torchrun numbers the nodes: ``rdzv_endpoint`` ``HOST[:PORT]``
+      (port 29400 by default) and no ``node_rank`` -> ``--nnodes N --rdzv_backend c10d
+      --rdzv_endpoint HOST:PORT --rdzv_id ID`` (``rdzv_id`` by default
+      ``lvod-<run folder name>``, the same on every node).
+
+    Every node runs the same command but for its ``node_rank``. Options that do not go
+    together raise ``ValueError`` naming the ``lvod train`` flags.
+    """
+    if not isinstance(nnodes, int) or nnodes < 1:
+        raise ValueError(f"--nnodes {nnodes!r}: give the number of machines, 1 or more")
+    given = [
+        flag
+        for flag, value in (
+            ("--node-rank", node_rank),
+            ("--master-addr", master_addr),
+            ("--master-port", master_port),
+            ("--rdzv-endpoint", rdzv_endpoint),
+            ("--rdzv-id", rdzv_id),
+        )
+        if value is not None
+    ]
+    if nnodes == 1:
+        if given:
+            raise ValueError(f"{', '.join(given)} go(es) with --nnodes N > 1 (a run over several machines)")
+        return []
+    if master_addr is None and rdzv_endpoint is None:
+        raise ValueError(
+            f"--nnodes {nnodes}: say where the machines meet: --node-rank R --master-addr HOST_OF_NODE_0 "
+            "(static rendezvous, as tools/slurm_train.sh), or --rdzv-endpoint HOST:PORT (c10d rendezvous)"
+        )
+    if master_addr is not None and rdzv_endpoint is not None:
+        raise ValueError("--master-addr and --rdzv-endpoint both name the meeting point: give one")
+    if master_port is not None and master_addr is None:
+        raise ValueError("--master-port goes with --master-addr (or give --rdzv-endpoint HOST:PORT)")
+    args = ["--nnodes", str(nnodes)]
+    if node_rank is not None or master_addr is not None:  # static rendezvous
+        if node_rank is None:
+            raise ValueError("--master-addr (static rendezvous) needs --node-rank R, this machine's rank 0..N-1")
+        if not 0 <= node_rank < nnodes:
+            raise ValueError(f"--node-rank {node_rank}: must be in 0..{nnodes - 1} for --nnodes {nnodes}")
+        if rdzv_id is not None:
+            raise ValueError("--rdzv-id goes with a c10d rendezvous (--rdzv-endpoint without --node-rank)")
+        host, port = (master_addr, master_port) if master_addr is not None else split_endpoint(rdzv_endpoint)
+        port = STATIC_PORT if port is None else int(port)
+        return [*args, "--node_rank", str(node_rank), "--master_addr", host, "--master_port", str(port)]
+    host, port = split_endpoint(rdzv_endpoint)
+    run_id = rdzv_id if rdzv_id is not None else f"lvod-{Path(run_dir).name}"
+    endpoint = f"{host}:{C10D_PORT if port is None else port}"
+    return [*args, "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", run_id]
+
+
+def torchrun_command(config_path, run_dir, gpus: int, resume, overrides, **nodes) -> list[str]:
     """The command that runs ``lvod train`` on ``gpus`` GPUs of this node under
     ``torch.distributed.run``; ``resume``: True (``--resume``), a checkpoint path
-    (``--resume-from``) or False/None."""
+    (``--resume-from``) or False/None. ``nodes``: :func:`node_launch_args`'s keywords
+    for a run over several machines (none: this machine alone; the command is then
+    ``... --nproc_per_node G -m lvod.cli train ...``)."""
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--nproc_per_node",
         str(gpus),
+        *node_launch_args(run_dir, **nodes),
         "-m",
         "lvod.cli",
         "train",
@@ -425,6 +515,26 @@ def _check_sampler_resume(state: dict, path, world: int, imgs_per_gpu: int, iter
     return s["epoch"] * iters_per_epoch  # same epoch, new batch size
 
 
+def model_identity(data, table=None) -> dict:
+    """What a checkpoint carries so that test and inference need no data file and no
+    group-table file: ``{"classes": {"cat_ids": [...], "names": [...], "ann_file": str},
+    "groups": groups_to_dict(table)}`` (``groups`` only with a table). ``data``: the
+    training ``CocoVid`` (its ``cat_ids`` order is the detector's label order); plain
+    Python values only, so ``torch.load(weights_only=True)`` reads them."""
+    out = {
+        "classes": {
+            "cat_ids": [int(c) for c in data.cat_ids],
+            "names": [str(n) for n in data.cat_names],
+            "ann_file": str(data.path),
+        }
+    }
+    if table is not None:
+        from lvod.bags_io import groups_to_dict
+
+        out["groups"] = groups_to_dict(table)
+    return out
+
+
 def _memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -461,6 +571,7 @@ class TrainingRun:
     checkpoints: ckpt_io.CheckpointWriter
     bar: object = None  # tqdm on rank 0 with train.progress_bar
     init_record: dict | None = None  # where a decoupled run's weights came from (train.init_from)
+    identity: dict | None = None  # the classes (+ group table) every checkpoint carries (model_identity)
 
 
 def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) -> None:
@@ -485,6 +596,7 @@ def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) ->
             "iter": it,
             "config": config_to_dict(cfg),
             **({"init_from": run.init_record} if run.init_record else {}),
+            **(run.identity or {}),
         },
     )
 
@@ -613,10 +725,15 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
         if changed:
             diff = {k: list(v) for k, v in changed.items()}
             log({"event": "resume_config_diff", "iter": start_iter, "checkpoint": str(resume), "changed": diff})
+        table = None
+        if cfg.model.groups_file or model is None:
+            from lvod.models import read_group_table
+
+            table = read_group_table(cfg.model, dataset.cat_ids)  # read once: the model and the checkpoints
         if model is None:
             from lvod.models import build_model
 
-            model = build_model(cfg.model, dataset.cat_ids)
+            model = build_model(cfg.model, dataset.cat_ids, groups=table)
         init_record = init_and_freeze(model, cfg, log, state, run_dir if rank == 0 else None)
         model.to(device)
         params, optimizer, scaler, amp = _build_optimizer(model, tc, base_lr, device)
@@ -675,6 +792,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
             bar=bar,
             checkpoints=ckpt_io.CheckpointWriter(run_dir, rank=rank, world=world, keep_epochs=tc.keep_checkpoints),
             init_record=init_record,
+            identity=model_identity(dataset.sources[0], table),
         )
         it = start_iter
         for epoch in range(start_iter // ipe, tc.epochs):
