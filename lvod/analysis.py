@@ -43,6 +43,11 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     when old) by :func:`lvod.config.config_from_dict`; the checkpoint is read with
     ``weights_only=True``. A BAGS head's weight layout needs the group table: ``table``,
     else the checkpoint config's ``model.groups_file`` (:func:`lvod.models.read_group_table`).
+
+    A folder without its own checkpoint (a calibrated or rescored variant that
+    ``lvod test`` wrote from another run's weights) reads the checkpoint its
+    ``metrics.json`` names (``inference.checkpoint``); its weight norms are that
+    checkpoint's, before any post-hoc calibration.
     """
     import torch
 
@@ -50,7 +55,18 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     from lvod.evaluation.results import load_results
 
     path = Path(path)
+    metrics = load_metrics(path / "metrics.json")
     file = path / checkpoint
+    recorded = (metrics.get("inference") or {}).get("checkpoint")
+    if not file.exists() and recorded and Path(recorded).exists():
+        file = Path(recorded)
+    if not file.exists():
+        raise DataError(
+            file,
+            "file",
+            "the run folder has no checkpoint and its metrics.json names none that exists",
+            "pass the folder lvod train wrote, or re-run lvod test so metrics.json records the checkpoint",
+        )
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
     model = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, dict):
@@ -78,7 +94,7 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
         table = read_group_table(cfg.model, cat_ids)
     return Run(
         name=path.name,
-        metrics=load_metrics(path / "metrics.json"),
+        metrics=metrics,
         dets=load_results(path / results),
         head=head,
         weight_norms=classifier_weight_norms(weight.float().numpy(), head=head, table=table),

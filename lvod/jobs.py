@@ -1,17 +1,26 @@
 """The main job (README command 1) on the built-in demo data: :func:`run_demo_job`.
 
-Steps, each logged (``logging``, shown by the CLI) with where its output went:
-1. build the demo dataset (``data/demo``, a data cache reused when already there);
-2. per-class statistics and the frequency groups;
-3. notebook 01 (statistics and grouping), executed headless into the run folder;
-4. train the small FGFA with the softmax head and the same detector with BAGS — the two
-   runs go side by side, one CPU thread each (on 2 cores that is the fastest split),
-   launched and followed through :mod:`lvod.monitor`;
-5. evaluate both on the demo val split (:func:`lvod.engine.test.test_model`);
-6. notebook 04 comparing them, and a summary table.
+It answers the question lvod exists for: given one softmax FGFA baseline, which long-tail
+method helps the rare classes, by how much, and is the difference real? Steps, each logged
+(``logging``, shown by the CLI) with its elapsed time and where its output went:
 
-``quick=True`` runs the same steps on a tiny dataset for a few iterations: a smoke test of
-the whole chain, not a result.
+1. build the demo dataset into the run folder (``RUN/data``: train, val and a held-out
+   split drawn like train; reused when the same seed and sizes are already there);
+2. per-class statistics and the frequency groups (rare / common / frequent), notebook 01;
+3. train the softmax FGFA baseline with both cores (one process, two threads), with
+   ``iter/total`` and an ETA in the progress lines;
+4. test it on the val split, with bootstrap intervals;
+5. post-hoc calibration: ``tau_norm``, ``logit_adjust`` and ``norcal``, each parameter
+   chosen on the held-out videos (never on val), then tested on val;
+6. temporal rescoring: Seq-NMS on the baseline's val detections;
+7. the decoupled protocols from the baseline's checkpoint: cRT and BAGS stage 2
+   (classifier only), side by side (one thread each), then tested on val;
+8. ``lvod compare``: every method minus the baseline with paired-bootstrap intervals and
+   a verdict, ``report/summary.md``, and notebook 04 over all runs.
+
+Each run keeps only its last checkpoint (``train.keep_checkpoints``). ``quick=True`` runs
+the same steps on a tiny dataset for a few iterations: a smoke test of the whole chain,
+not a result.
 """
 
 from __future__ import annotations
@@ -25,69 +34,108 @@ from lvod import monitor
 
 logger = logging.getLogger(__name__)
 
-DEMO_DATA = Path("data/demo")
-HEADS = {"softmax": "configs/demo/fgfa_r18_demo_softmax.toml", "bags": "configs/demo/fgfa_r18_demo_bags.toml"}
-QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "frames_per_video": 12}
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+# the repository's demo configs (README command 1 installs lvod editable from the clone), so
+# that the job runs from any folder
+DEMO_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+BASELINE = str(DEMO_CONFIGS / "fgfa_r18_demo_softmax.toml")
+DECOUPLED = {
+    "crt": str(DEMO_CONFIGS / "fgfa_r18_demo_crt.toml"),
+    "bags_stage2": str(DEMO_CONFIGS / "fgfa_r18_demo_bags_stage2.toml"),
+}
+CALIBRATIONS = ("tau_norm", "logit_adjust", "norcal")
+CALIBRATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "num_heldout_videos": 3, "frames_per_video": 12}
+THREADS = {1: {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, 2: {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}}
+ONE_THREAD = THREADS[1]
 
 
-def _step(title: str) -> None:
-    logger.info("\n== %s", title)
+class Steps:
+    """Numbered steps with their elapsed time: ``== 3. train ... (at 1m02s)`` when a step
+    starts and ``   done in 4m10s`` when it ends."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+        self.n = 0
+        self.started = None
+
+    def __call__(self, title: str) -> None:
+        self.finish()
+        self.n += 1
+        self.started = time.perf_counter()
+        logger.info("\n== %d. %s (at %s)", self.n, title, monitor.duration(self.started - self.t0))
+
+    def finish(self) -> None:
+        if self.started is not None:
+            logger.info("   done in %s", monitor.duration(time.perf_counter() - self.started))
+            self.started = None
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def build_demo_data(data_dir: Path, seed: int, sizes: dict | None = None) -> dict:
     """Write the demo dataset unless the same seed and sizes are already in ``data_dir``.
 
-    Returns at least ``{"train_json", "val_json"}`` (all of :func:`make_demo`'s summary
-    when the data was written).
+    Returns ``{"train_json", "val_json", "heldout_json"}`` (all of :func:`make_demo`'s
+    summary when the data was written).
     """
     from lvod.data.demo import make_demo
     from lvod.io import save_json
 
     stamp = data_dir / "demo_stamp.json"
     want = {"seed": seed, **(sizes or {})}
-    if stamp.exists() and json.loads(stamp.read_text()) == want:
+    paths = {f"{s}_json": data_dir / "annotations" / f"{s}.json" for s in ("train", "val", "heldout")}
+    if stamp.exists() and json.loads(stamp.read_text()) == want and all(p.exists() for p in paths.values()):
         logger.info("reusing %s (seed %d)", data_dir, seed)
-        return {
-            "train_json": data_dir / "annotations" / "train.json",
-            "val_json": data_dir / "annotations" / "val.json",
-        }
+        return paths
     info = make_demo(data_dir, seed=seed, **(sizes or {}))
     save_json(want, stamp)
     logger.info(
-        "wrote %s: %d train boxes, %d val boxes, head/tail ratio %.0f",
+        "wrote %s: %d train boxes, %d val boxes, %d held-out boxes, head/tail ratio %.0f",
         data_dir,
         info["train"]["boxes"],
         info["val"]["boxes"],
+        info["heldout"]["boxes"],
         info["head_tail_ratio"],
     )
     return info
 
 
-def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> None:
-    """Train each ``{name: (config, work_dir[, extra overrides])}`` in its own process with
-    one thread each (``lvod train --seeds ... --side-by-side`` and the main job).
-
-    Raises RuntimeError (with the tail of its ``train.out``) when a run fails.
-    """
-    overrides = [*overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
-    procs = {}
-    for name, (config, work_dir, *extra) in runs.items():
-        run_overrides = [*overrides, *(extra[0] if extra else [])]
-        procs[name] = monitor.start_training(config, work_dir, overrides=run_overrides, env=ONE_THREAD, append=False)
-        logger.info("training %s: %s\n  log: %s/train.out", name, " ".join(procs[name].args[2:]), work_dir)
+def follow_training(procs: dict, runs: dict, *, poll: float = 30.0) -> None:
+    """Log ``name iter i/total (p%) loss l ETA t`` for every run each ``poll`` seconds until
+    all ``procs`` end; raise RuntimeError (with the tail of ``train.out``) for a failed run."""
     t0 = time.perf_counter()
     while any(p.poll() is None for p in procs.values()):
         time.sleep(poll)
-        status = []
-        for name, (_, work_dir, *_) in runs.items():
-            last = monitor.last_record(Path(work_dir) / "log.jsonl", "train")
-            status.append(f"{name} iter {last.get('iter', 0)} loss {last.get('loss', float('nan')):.3f}")
-        logger.info("  [%5.0f s] %s", time.perf_counter() - t0, " | ".join(status))
+        status = [f"{name} {monitor.progress(Path(runs[name]) / 'log.jsonl')['text']}" for name in procs]
+        logger.info("  [%s] %s", monitor.duration(time.perf_counter() - t0), " | ".join(status))
     for name, proc in procs.items():
         if proc.returncode != 0:
-            tail = (Path(runs[name][1]) / "train.out").read_text(errors="replace")[-2000:]
+            tail = (Path(runs[name]) / "train.out").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
+
+
+def train_runs(runs: dict, overrides: list, *, threads: int = 1, poll: float = 30.0) -> None:
+    """Train each ``{name: (config, work_dir[, extra overrides])}`` in its own process with
+    ``threads`` threads each, at the same time, and follow them (:func:`follow_training`).
+    One run with two threads is the main job's baseline; two runs with one thread each
+    are its decoupled runs and ``lvod train --seeds ... --side-by-side``."""
+    overrides = [*overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
+    procs, dirs = {}, {}
+    for name, (config, work_dir, *extra) in runs.items():
+        run_overrides = [*overrides, *(extra[0] if extra else [])]
+        procs[name] = monitor.start_training(
+            config, work_dir, overrides=run_overrides, env=THREADS.get(threads, THREADS[1]), append=False
+        )
+        dirs[name] = work_dir
+        logger.info("training %s: %s\n  log: %s/train.out", name, " ".join(procs[name].args[2:]), work_dir)
+    follow_training(procs, dirs, poll=poll)
+
+
+def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> None:
+    """:func:`train_runs` with one thread per run (the fastest split of 2 cores over 2 runs)."""
+    train_runs(runs, overrides, threads=1, poll=poll)
 
 
 def seed_runs(run_dir, seeds) -> dict:
@@ -95,121 +143,161 @@ def seed_runs(run_dir, seeds) -> dict:
     return {f"seed{s}": Path(run_dir) / f"seed{s}" for s in seeds}
 
 
-def summary_markdown(comparison: dict) -> str:
-    """``summary.md``: the paired comparison (``lvod.evaluation.compare``) of the runs, with
-    intervals and verdicts, and how to read it."""
+def summary_markdown(comparison: dict, seconds: float | None = None) -> str:
+    """``summary.md``: the paired comparison (``lvod.evaluation.compare``) of every method
+    with the softmax baseline, with intervals and verdicts, and how to read it."""
     from lvod.evaluation.compare import format_comparison
 
+    methods = ", ".join(m for m in comparison["methods"] if m != comparison["baseline"])
+    took = f" The job took {seconds / 60:.1f} min." if seconds is not None else ""
     return (
-        "# lvod main job: FGFA softmax vs BAGS on the demo val split\n\n"
+        f"# lvod main job: long-tail methods against the softmax FGFA baseline on the demo val split\n\n"
+        f"Methods: {methods}.{took}\n\n"
         + format_comparison(comparison)
         + "\nA difference is called better or worse only when its 95 % interval (paired bootstrap over "
-        "the val videos) excludes 0; otherwise it is unclear at this size. Per-class rows: "
-        "`compare/compare.csv`. The spread between training runs (seeds) is not in these intervals: "
-        "train several seeds and pass their run folders to `lvod compare NAME=RUN1,RUN2,...`.\n"
+        "the val videos) excludes 0; otherwise it is unclear at this size. Calibration parameters were "
+        "chosen on the held-out videos (`calibration.json` in the baseline's run folder), never on val. "
+        "Per-class rows: `compare/compare.csv`. The spread between training runs (seeds) is not in these "
+        "intervals: train several seeds and pass their run folders to `lvod compare NAME=RUN1,RUN2,...`.\n"
     )
 
 
-def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
-    """Run the main job into the run folder ``out``.
+def _log_metrics(name: str, m: dict) -> None:
+    lo, hi = m.get("bbox_mAP_50_ci") or (float("nan"), float("nan"))
+    groups = ", ".join(f"{g['group']} {g['ap50']:.3f}" for g in m.get("groups", []) if g.get("ap50") is not None)
+    logger.info("%s: bbox_mAP_50 %.3f [%.3f, %.3f] (%s)", name, m["bbox_mAP_50"] or 0.0, lo, hi, groups)
 
-    Returns ``{"run_dir": Path, "metrics": {head: metrics dict of test_model, with
-    bootstrap intervals}, "comparison": lvod compare's dict (softmax as baseline),
-    "summary": markdown (also in report/summary.md), "report": the notebook 04 HTML,
-    "seconds": wall time}``. A failing step raises (DataError, RuntimeError for a failed
-    training run, papermill's error for a failing notebook cell).
+
+def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
+    """Run the main job into the run folder ``out`` (data included: ``out/data``).
+
+    Returns ``{"run_dir": Path, "metrics": {method: metrics dict with bootstrap intervals},
+    "calibration": the baseline's calibration.json dict, "comparison": lvod compare's dict
+    (softmax as baseline), "summary": markdown (also in report/summary.md), "report": the
+    notebook 04 HTML, "seconds": wall time}``. A failing step raises (DataError,
+    RuntimeError for a failed training run, papermill's error for a failing notebook cell).
     """
     from lvod.bags_io import make_groups
+    from lvod.engine.calibrate import calibrate_run
     from lvod.engine.test import test_model
     from lvod.evaluation.compare import compare_runs
     from lvod.io import atomic_write
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
     from lvod.stats import write_stats
 
-    t0 = time.perf_counter()
+    step = Steps()
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    data_dir = run / "data-quick" if quick else DEMO_DATA
+    data_dir = run / "data"
+    poll = 5.0 if quick else 30.0
 
-    _step("1. demo dataset")
+    step("demo dataset")
     build_demo_data(data_dir, seed, QUICK_SIZES if quick else None)
-    train_json, val_json = data_dir / "annotations" / "train.json", data_dir / "annotations" / "val.json"
+    ann = {s: data_dir / "annotations" / f"{s}.json" for s in ("train", "val", "heldout")}
+    logger.info("data: %s (train, val, heldout)", data_dir / "annotations")
 
-    _step("2. statistics and frequency groups")
-    written = write_stats(train_json, run / "stats")["paths"]
-    _, groups = make_groups(train_json, run / "groups.json", method="quantiles", k=3, dataset="demo")
+    step("statistics, frequency groups and notebook 01")
+    written = write_stats(ann["train"], run / "stats")["paths"]
+    _, groups = make_groups(ann["train"], run / "groups.json", method="quantiles", k=3, dataset="demo")
     logger.info("wrote %s", ", ".join(str(p) for p in [*written.values(), *groups.values()]))
-
-    _step("3. notebook 01: statistics and grouping")
     nb = run_notebook(
         NOTEBOOK_DIR / "01_dataset_statistics_and_grouping.ipynb",
         run / "notebooks",
         {
-            "ann_file": str(train_json),
+            "ann_file": str(ann["train"]),
             "run_dir": str(run / "notebooks"),
             "groups_out": str(run / "notebooks" / "groups.json"),
         },
     )
-    logger.info("wrote %s and %s", nb["ipynb"], nb["html"])
+    logger.info("wrote %s", nb["html"])
 
-    _step("4. train FGFA with the softmax head and with the BAGS head")
-    overrides = [f"data.root={data_dir}", f"model.groups_file={run / 'groups.json'}"]
+    overrides = [f"data.root={data_dir}", f"model.groups_file={run / 'groups.json'}", f"train.seed={seed}"]
     if quick:
         overrides += ["train.epochs=1", "train.warmup_iters=5", "train.log_interval=5"]
-    runs = {name: (cfg, run / name) for name, cfg in HEADS.items()}
-    train_side_by_side(runs, overrides, poll=5.0 if quick else 30.0)
+    base_dir = run / "softmax"
 
-    _step("5. evaluate both on the demo val split")
-    metrics = {
-        name: test_model(
-            cfg,
-            str(work_dir / "latest.pth"),
-            out=str(work_dir / "results.json"),
+    step("train the softmax FGFA baseline (both cores)")
+    train_runs({"softmax": (BASELINE, base_dir)}, overrides, threads=2, poll=poll)
+
+    def test(name, config, work_dir, ckpt, **kw):
+        m = test_model(
+            config,
+            str(ckpt),
+            out=str(Path(work_dir) / "results.json"),
             overrides=overrides,
             progress=False,
             bootstrap="auto",
             seed=seed,
+            **kw,
         )
-        for name, (cfg, work_dir) in runs.items()
-    }
-    for name, m in metrics.items():
-        lo, hi = m["bbox_mAP_50_ci"] or (float("nan"), float("nan"))
-        logger.info(
-            "%s: bbox_mAP_50 %.3f [%.3f, %.3f]; wrote %s", name, m["bbox_mAP_50"] or 0.0, lo, hi, m["files"]["metrics"]
-        )
+        _log_metrics(name, m)
+        return m
+
+    step("test the baseline on val (bootstrap intervals over the val videos)")
+    metrics = {"softmax": test("softmax", BASELINE, base_dir, base_dir / "latest.pth")}
+
+    step("post-hoc calibration: parameters chosen on the held-out videos, tested on val")
+    calibration = calibrate_run(
+        base_dir,
+        checkpoint="latest.pth",
+        methods=CALIBRATIONS,
+        grid=CALIBRATION_GRID,
+        split=str(ann["heldout"]),
+        overrides=overrides,
+        progress=False,
+    )
+    for method in CALIBRATIONS:
+        chosen = calibration["methods"][method]
+        logger.info("%s: %s chosen on the held-out videos", method, chosen["best"])
+        name = f"softmax+{method}"
+        metrics[name] = test(name, BASELINE, run / name, base_dir / "latest.pth", calibrate=f"{method}:auto")
+
+    step("temporal rescoring: Seq-NMS on the baseline's val detections")
+    metrics["softmax+seq_nms"] = test(
+        "softmax+seq_nms", BASELINE, run / "softmax+seq_nms", base_dir / "latest.pth", rescoring="seq_nms"
+    )
+
+    step("decoupled protocols from the baseline: cRT and BAGS stage 2 (classifier only, side by side)")
+    init = [f"train.init_from={base_dir / 'latest.pth'}"]
+    train_runs({name: (cfg, run / name, init) for name, cfg in DECOUPLED.items()}, overrides, threads=1, poll=poll)
+    for name, cfg in DECOUPLED.items():
+        metrics[name] = test(name, cfg, run / name, run / name / "latest.pth")
+
+    step("compare every method with the baseline, notebook 04 and the summary")
     report = run / "report"
+    folders = {"softmax": base_dir, **{name: run / name for name in metrics if name != "softmax"}}
     comparison = compare_runs(
-        val_json,
-        {name: [work_dir] for name, (_, work_dir) in runs.items()},
+        ann["val"],
+        {name: [folder] for name, folder in folders.items()},
         baseline="softmax",
         groups=run / "groups.json",
         bootstrap=metrics["softmax"]["bootstrap"]["resamples"],
         seed=seed,
         out=report / "compare",
     )
-
-    _step("6. notebook 04: per-group comparison")
     nb = run_notebook(
         NOTEBOOK_DIR / "04_per_group_ap_analysis.ipynb",
         report,
         {
-            "runs": {name: str(work_dir) for name, (_, work_dir) in runs.items()},
+            "runs": {name: str(folder) for name, folder in folders.items()},
             "baseline": "softmax",
-            "val_ann": str(val_json),
+            "val_ann": str(ann["val"]),
             "images_root": str(data_dir / "Data" / "VID"),
             "train_stats": str(run / "stats" / "class_stats.csv"),
             "groups_file": str(run / "groups.json"),
             "run_dir": str(report),
         },
     )
-    table = summary_markdown(comparison)
+    step.finish()
+    table = summary_markdown(comparison, step.seconds)
     with atomic_write(report / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(table)
     return {
         "run_dir": run,
         "metrics": metrics,
+        "calibration": calibration,
         "comparison": comparison,
         "summary": table,
         "report": nb["html"],
-        "seconds": time.perf_counter() - t0,
+        "seconds": step.seconds,
     }

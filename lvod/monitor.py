@@ -23,7 +23,17 @@ from pathlib import Path
 
 from lvod.engine.runlog import last_record, read_records
 
-__all__ = ["follow", "last_record", "plot_losses", "read_log", "read_records", "start_training", "train_command"]
+__all__ = [
+    "duration",
+    "follow",
+    "last_record",
+    "plot_losses",
+    "progress",
+    "read_log",
+    "read_records",
+    "start_training",
+    "train_command",
+]
 
 
 def train_command(config, work_dir, *, gpus: int = 1, resume: bool = False, overrides=()) -> list[str]:
@@ -59,6 +69,33 @@ def start_training(
         return subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=None if env is None else {**os.environ, **env}
         )
+
+
+def duration(seconds) -> str:
+    """``75`` -> ``'1m15s'``, ``3700`` -> ``'1h01m'``, ``None`` -> ``'?'``."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def progress(log_path) -> dict:
+    """Where a run stands, from its ``log.jsonl``: ``{"iter", "total", "loss", "eta_s",
+    "text"}``; ``text`` reads ``iter 120/1500 (8%) loss 0.931 ETA 5m12s`` (``starting``
+    before the first record). ``total`` comes from the run's start record (the last one,
+    after a resume), the ETA from the training loop's own estimate."""
+    starts = read_records(log_path, "start") if Path(log_path).exists() else []
+    total = starts[-1].get("total_iters") if starts else None
+    last = last_record(log_path, "train") if Path(log_path).exists() else {}
+    it = last.get("iter", 0)
+    if not last:
+        return {"iter": 0, "total": total, "loss": None, "eta_s": None, "text": "starting"}
+    share = f" ({100 * it / total:.0f}%)" if total else ""
+    text = f"iter {it}/{total if total else '?'}{share} loss {last.get('loss', float('nan')):.3f}"
+    text += f" ETA {duration(last.get('eta_s'))}"
+    return {"iter": it, "total": total, "loss": last.get("loss"), "eta_s": last.get("eta_s"), "text": text}
 
 
 def read_log(path):

@@ -2,6 +2,7 @@
 and leaves its outputs; a smoke test of the chain, not of the numbers."""
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -47,44 +48,63 @@ def test_summary_shows_intervals_and_verdicts():
 
 
 @pytest.mark.slow
-def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
+def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)  # the job writes relative to the working directory
     from lvod import jobs
 
-    repo_configs = {k: str(jobs.Path(__file__).resolve().parents[1] / v) for k, v in jobs.HEADS.items()}
-    monkeypatch.setattr(jobs, "HEADS", repo_configs)
+    caplog.set_level("INFO", logger="lvod.jobs")
     r = run_demo_job("run", quick=True)
     run = tmp_path / "run"
     assert r["run_dir"] == jobs.Path("run") and r["report"] == jobs.Path("run/report/04_per_group_ap_analysis.html")
+    assert (run / "data" / "annotations" / "heldout.json").exists()  # the data lives in the run folder
     assert load_groups(run / "groups.json").num_groups >= 1
     assert (run / "notebooks" / "01_dataset_statistics_and_grouping.html").exists()
-    for head in ("softmax", "bags"):
-        metrics = json.loads((run / head / "metrics.json").read_text())
-        returned = r["metrics"][head]
+    methods = ["softmax", "softmax+tau_norm", "softmax+logit_adjust", "softmax+norcal", "softmax+seq_nms"]
+    methods += ["crt", "bags_stage2"]
+    assert list(r["metrics"]) == methods
+    for name in methods:
+        metrics = json.loads((run / name / "metrics.json").read_text())
+        returned = r["metrics"][name]
         assert metrics == {k: v for k, v in returned.items() if k not in ("files", "note")}
-        assert returned["files"]["results"] == jobs.Path(f"run/{head}/results.npz")
-        assert 0.0 <= metrics["bbox_mAP_50"] <= 1.0
-        assert len(metrics["classwise"]) == 12 and metrics["groups"]
-        assert (run / head / "results.npz").exists() and (run / head / "latest.pth").exists()
-    assert r["summary"] == summary_markdown(r["comparison"])
-    assert metrics["bbox_mAP_50_ci"] is not None and metrics["bootstrap"]["resamples"] == 1000
-    verdicts = {row["verdict"] for row in r["comparison"]["rows"] if row["method"] == "bags"}
+        assert returned["files"]["results"] == jobs.Path(f"run/{name}/results.npz")
+        assert 0.0 <= metrics["bbox_mAP_50"] <= 1.0 and metrics["bbox_mAP_50_ci"] is not None
+        assert len(metrics["classwise"]) == 12 and [g["group"] for g in metrics["groups"]] == [
+            "rare",
+            "common",
+            "frequent",
+        ]
+    # calibrations: parameters chosen on the held-out videos (never trained on), then applied
+    cal = json.loads((run / "softmax" / "calibration.json").read_text())
+    assert cal["held_out"]["in_training"] is False and cal["held_out"]["source"].endswith("heldout.json")
+    assert set(cal["methods"]) == {"tau_norm", "logit_adjust", "norcal"}
+    assert r["metrics"]["softmax+seq_nms"]["rescoring"]
+    # only the checkpoints a user needs: the newest of each trained run
+    for name in ("softmax", "crt", "bags_stage2"):
+        assert sorted(p.name for p in (run / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
+    assert json.loads((run / "crt" / "init_from.json").read_text())
+    assert r["summary"] == summary_markdown(r["comparison"], r["seconds"])
+    assert {row["method"] for row in r["comparison"]["rows"]} == set(methods)
+    verdicts = {row["verdict"] for row in r["comparison"]["rows"] if row["method"] != "softmax"}
     assert verdicts <= {"better", "worse", "unclear"} and (run / "report" / "compare" / "compare.csv").is_file()
     report = nbformat.read(str(run / "report" / "04_per_group_ap_analysis.ipynb"), as_version=4)
     assert not any(o.get("output_type") == "error" for c in report.cells for o in c.get("outputs", []))
-    for png in ("ap_vs_frequency", "groups", "gain_bags", "weight_norms", "frames", "differences"):
+    for png in ("ap_vs_frequency", "groups", "gain_crt", "weight_norms", "frames", "differences"):
         assert (run / "report" / f"{png}.png").stat().st_size > 5_000
     assert "95% CI of diff" in (run / "report" / "summary.md").read_text()
+    # one line per step with its elapsed time; training progress with iter/total and an ETA
+    text = caplog.text
+    assert "== 1. demo dataset (at 0s)" in text and "== 8. compare every method" in text and "done in" in text
+    assert re.search(r"softmax iter \d+/\d+ \(\d+%\) loss [0-9.]+ ETA", text)
 
     # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
 
-    data = ["data.root=run/data-quick", "model.groups_file=run/groups.json"]
+    data = ["data.root=run/data", "model.groups_file=run/groups.json"]
     run_notebook(
         NOTEBOOK_DIR / "02_train.ipynb",
         run / "nb",
         {
-            "config": repo_configs["softmax"],
+            "config": jobs.BASELINE,
             "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
             "work_dir": "run/nb-train",
             "refresh_seconds": 1,
@@ -94,7 +114,7 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch):
     run_notebook(
         NOTEBOOK_DIR / "03_evaluate.ipynb",
         run / "nb",
-        {"config": repo_configs["softmax"], "checkpoint": "run/nb-train/latest.pth", "overrides": data},
+        {"config": jobs.BASELINE, "checkpoint": "run/nb-train/latest.pth", "overrides": data},
     )
     evaluated = nbformat.read(str(run / "nb" / "03_evaluate.ipynb"), as_version=4)
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in evaluated.cells for o in c.get("outputs", []))
