@@ -42,7 +42,8 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     The head comes from the resolved config stored in the checkpoint, read (and migrated
     when old) by :func:`lvod.config.config_from_dict`; the checkpoint is read with
     ``weights_only=True``. A BAGS head's weight layout needs the group table: ``table``,
-    else the checkpoint config's ``model.groups_file`` (:func:`lvod.models.read_group_table`).
+    else the one the checkpoint carries, else (older checkpoints) the checkpoint config's
+    ``model.groups_file`` (:func:`lvod.models.read_group_table`).
 
     A folder without its own checkpoint (a calibrated or rescored variant that
     ``lvod test`` wrote from another run's weights) reads the checkpoint its
@@ -87,11 +88,16 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
             "pass the checkpoint of a detector lvod trained with a softmax, seesaw or bags head",
         )
     if table is None and head == "bags":
-        from lvod.models import read_group_table
+        if isinstance(ckpt.get("groups"), dict):  # the table the run trained with, stored in its checkpoint
+            from lvod.bags_io import groups_from_dict
 
-        classes = ckpt.get("classes")
-        cat_ids = classes.get("cat_ids") if isinstance(classes, dict) else None
-        table = read_group_table(cfg.model, cat_ids)
+            table = groups_from_dict(ckpt["groups"], f"{file} (its group table)")
+        else:
+            from lvod.models import read_group_table
+
+            classes = ckpt.get("classes")
+            cat_ids = classes.get("cat_ids") if isinstance(classes, dict) else None
+            table = read_group_table(cfg.model, cat_ids)
     return Run(
         name=path.name,
         metrics=metrics,

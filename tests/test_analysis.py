@@ -9,6 +9,7 @@ import pytest
 
 from lvod import analysis
 from lvod.data.cocovid import load_cocovid
+from lvod.errors import DataError
 from lvod.evaluation.results import Detections
 
 
@@ -212,3 +213,34 @@ def test_intervals_become_error_bars_in_the_group_class_and_gain_plots():
     # classes from frequent to rare: b (500 boxes) first, unclear -> grey; a better -> green
     assert patches[0].get_facecolor()[:3] == pytest.approx((0.6, 0.6, 0.6))
     assert patches[1].get_facecolor()[:3] == pytest.approx(matplotlib.colors.to_rgb("C2"))
+
+
+def test_load_run_uses_the_table_in_the_checkpoint_and_a_derived_folder_its_recorded_checkpoint(tmp_path):
+    import torch
+
+    from lvod.bags_io import groups_to_dict
+    from lvod.groups import build_groups
+
+    table = build_groups([1, 2, 3], [500, 50, 5], method="edges", edges=[10, 100])
+    run = tmp_path / "run"
+    run.mkdir()
+    w = torch.zeros(table.num_logits, 2)
+    w[7, 0], w[5, 0], w[3, 0] = 1.0, 2.0, 3.0
+    cfg = {"model": {"head": "bags", "num_classes": 3, "groups_file": str(tmp_path / "gone.json")}}
+    _run_folder(run, {"roi_head.predictor.fc_cls.weight": w}, config=cfg)
+    state = torch.load(run / "latest.pth", weights_only=True)
+    torch.save({**state, "groups": groups_to_dict(table)}, run / "latest.pth")
+    np.testing.assert_allclose(analysis.load_run(run).weight_norms, [1, 2, 3])  # no groups.json needed
+    # a calibrated variant: detections and metrics of its own, the weights of the run it came from
+    derived = tmp_path / "run+norcal"
+    derived.mkdir()
+    (derived / "metrics.json").write_text(
+        json.dumps({"classwise": [], "inference": {"checkpoint": str(run / "latest.pth")}})
+    )
+    (derived / "results.npz").write_bytes((run / "results.npz").read_bytes())
+    loaded = analysis.load_run(derived)
+    assert loaded.name == "run+norcal" and loaded.head == "bags"
+    np.testing.assert_allclose(loaded.weight_norms, [1, 2, 3])
+    (derived / "metrics.json").write_text(json.dumps({"classwise": []}))
+    with pytest.raises(DataError, match="no checkpoint"):
+        analysis.load_run(derived)
