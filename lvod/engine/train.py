@@ -255,10 +255,10 @@ def _join_process_group() -> tuple[int, int, int, bool]:
     if world == 1:
         return 0, 1, 0, False
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():  # also for a group the caller joined: NCCL's all_gather_object uses it
+        torch.cuda.set_device(local)
     joined = not dist.is_initialized()
     if joined:
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return dist.get_rank(), dist.get_world_size(), local, joined
 
@@ -687,7 +687,8 @@ def _restore(state: dict, model, optimizer, scaler, rank: int, world: int) -> No
     (rank 0's when the world size changed)."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
+    if state["scaler"]:  # {}: saved without AMP (e.g. on a CPU); an enabled scaler then starts fresh
+        scaler.load_state_dict(state["scaler"])
     rngs = state["rng"]
     ckpt_io.set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
 

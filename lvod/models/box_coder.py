@@ -122,14 +122,18 @@ def assign(
         return matched, boxes.new_zeros(n)
     iou = box_iou(gt, boxes)  # (M, N)
     max_iou, argmax = iou.max(dim=0)
-    matched[(max_iou >= 0) & (max_iou < neg_iou)] = 0
-    pos = max_iou >= pos_iou
-    matched[pos] = argmax[pos] + 1
+    # torch.where, not boolean-mask writes: no host-device sync on an accelerator
+    matched = torch.where((max_iou >= 0) & (max_iou < neg_iou), 0, matched)
+    matched = torch.where(max_iou >= pos_iou, argmax + 1, matched)
     if low_quality:
-        gt_max, _ = iou.max(dim=1)  # (M,)
-        for j in range(gt.shape[0]):
-            if gt_max[j] >= min_pos_iou:
-                matched[iou[j] == gt_max[j]] = j + 1
+        # GT j takes every box tying its best IoU when that is >= min_pos_iou; a box that is
+        # the best of several GTs goes to the last of them (mmdet's loop over GTs), all GTs
+        # at once rather than one host sync per GT
+        gt_max = iou.max(dim=1, keepdim=True).values  # (M, 1)
+        best = (iou == gt_max) & (gt_max >= min_pos_iou)  # (M, N)
+        order = torch.arange(1, gt.shape[0] + 1, dtype=torch.int32, device=matched.device)[:, None]
+        last = torch.where(best, order, 0).amax(dim=0).long()  # (N,) 1-based GT, 0 = none
+        matched = torch.where(last > 0, last, matched)
     return matched, max_iou
 
 

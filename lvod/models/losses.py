@@ -206,16 +206,18 @@ def bags_loss(
     """
     group_labels = remap_labels(labels, label2binlabel)  # (G+1, R)
     per_group, kept = [], []
+    slices = pred_slice.tolist()  # one host read (pred_slice is a buffer on the model's device)
     for k in range(group_labels.shape[0]):
-        start, length = int(pred_slice[k, 0]), int(pred_slice[k, 1])
+        start, length = slices[k]
         logits_k = cls_logits[:, start : start + length]  # (R, n_k+1)
         if k == 0:
             keep = torch.ones_like(group_labels[0], dtype=torch.bool)
         else:
             keep = sample_others(group_labels[k], others_sample_ratio, generator)
         ce = F.cross_entropy(logits_k[keep], group_labels[k][keep], reduction="sum")
-        per_group.append(ce / max(int(keep.sum()), 1) if keep.any() else logits_k.sum() * 0.0)
-        kept.append(int(keep.sum()))
+        n_keep = int(keep.sum())
+        per_group.append(ce / n_keep if n_keep else logits_k.sum() * 0.0)
+        kept.append(n_keep)
     per_group = torch.stack(per_group)
     return per_group.sum(), per_group, torch.tensor(kept, dtype=torch.int64)
 
@@ -223,7 +225,7 @@ def bags_loss(
 def bags_group_probs(cls_logits: Tensor, pred_slice: Tensor) -> Tensor:
     """Softmax inside every group, laid out like the logits: ``(R, (C+1)+(G+1))``; each group's
     slice sums to 1."""
-    parts = [torch.softmax(cls_logits[:, int(s) : int(s) + int(n)], dim=-1) for s, n in pred_slice]
+    parts = [torch.softmax(cls_logits[:, s : s + n], dim=-1) for s, n in pred_slice.tolist()]
     return torch.cat(parts, dim=-1)
 
 
@@ -231,7 +233,7 @@ def bags_class_slots(pred_slice: Tensor, label2binlabel: Tensor) -> Tensor:
     """``(C,)`` logit column of every class 1..C: its group's start + its in-group rank."""
     member = label2binlabel[1:, 1:] > 0  # (G, C)
     group = member.long().argmax(0) + 1  # (C,) object group of each class
-    cls = torch.arange(label2binlabel.shape[1] - 1)
+    cls = torch.arange(label2binlabel.shape[1] - 1, device=label2binlabel.device)
     return pred_slice[group, 0] + label2binlabel[group, cls + 1]
 
 
@@ -242,7 +244,7 @@ def bags_merge_scores(cls_logits: Tensor, pred_slice: Tensor, label2binlabel: Te
     where the in-group softmax includes the "others" slot (which is then dropped).
     """
     probs = bags_group_probs(cls_logits, pred_slice)  # (R, L)
-    slots = bags_class_slots(pred_slice.cpu(), label2binlabel.cpu()).to(cls_logits.device)
+    slots = bags_class_slots(pred_slice.to(cls_logits.device), label2binlabel.to(cls_logits.device))
     p_obj = probs[:, 1:2]  # (R, 1)
     return torch.cat([probs[:, 0:1], probs[:, slots] * p_obj], dim=1)
 
