@@ -78,9 +78,10 @@ class SELSA(nn.Module):
 
     def __init__(self, detector: FasterRCNN, *, test_refs: int = 14):
         super().__init__()
-        aggregators = detector.roi_head.bbox_head.aggregator
-        if aggregators is None or len(aggregators) != 2:
-            raise ValueError("SELSA needs a bbox head with one aggregator per shared FC (2)")
+        bbox_head = detector.roi_head.bbox_head
+        aggregators = bbox_head.aggregator
+        if aggregators is None or len(aggregators) != len(bbox_head.shared_fcs):
+            raise ValueError(f"SELSA needs a bbox head with one aggregator per shared FC ({len(bbox_head.shared_fcs)})")
         self.detector = detector
         self.test_refs = int(test_refs)
 

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from lvod.models.detector import FasterRCNN, to_original
 from lvod.models.roi_head import BBoxHead, RoIHead
-from lvod.models.selsa import ref_indices
+from lvod.models.selsa import SELSA, ref_indices
 
 
 class TemporalRoIAlign(nn.Module):
@@ -175,8 +175,10 @@ class TemporalRoIHead(RoIHead):
         )
 
 
-class SelsaTRoIAlign(nn.Module):
-    """SELSA with Temporal RoI Align (see the module docstring).
+class SelsaTRoIAlign(SELSA):
+    """SELSA with Temporal RoI Align (see the module docstring): SELSA's checks, test
+    references and reference embeddings; the RoI head also aligns each RoI against the
+    reference feature maps.
 
     ``detector``: a ``FasterRCNN`` whose ``roi_head`` is a ``TemporalRoIHead`` and whose
     bbox head has one aggregator per shared FC; ``test_refs``: reference frames per video
@@ -184,21 +186,9 @@ class SelsaTRoIAlign(nn.Module):
     """
 
     def __init__(self, detector: FasterRCNN, *, test_refs: int = 14):
-        super().__init__()
-        roi_head = detector.roi_head
-        if not isinstance(roi_head, TemporalRoIHead):
+        if not isinstance(detector.roi_head, TemporalRoIHead):
             raise ValueError("Temporal RoI Align needs a TemporalRoIHead")
-        aggregators = roi_head.bbox_head.aggregator
-        if aggregators is None or len(aggregators) != len(roi_head.bbox_head.shared_fcs):
-            raise ValueError("Temporal RoI Align needs a bbox head with one aggregator per shared FC")
-        self.detector = detector
-        self.test_refs = int(test_refs)
-
-    def _ref_embeddings(self, feats: Tensor, image_sizes) -> list[Tensor]:
-        """RoI embeddings (per shared FC, ``(M, D)``) of the test proposals of ``feats (T,C,h,w)``."""
-        props = self.detector.rpn_test(feats, image_sizes)
-        pooled = self.detector.roi_head.pool(feats, props)
-        return self.detector.roi_head.bbox_head.ref_embeddings(pooled)
+        super().__init__(detector, test_refs=test_refs)
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict]) -> dict[str, Tensor]:
         """Training losses (``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``
