@@ -326,6 +326,7 @@ class ModelConfig:
     flownet_weights: str | None = None  # mmtracking FlowNetSimple state dict (FGFA)
     frozen_stages: int = 1  # -1: nothing frozen (training from scratch)
     backbone_norm: str = choice("eval", BACKBONE_NORMS)
+    backbone_stages: int = 4  # 4: R-DC5 (mmtracking); 3: the C4 map, no stage 4 (the CPU demo models)
     neck_channels: int = 512
     rpn_channels: int = 512
     anchor_base: float = 16.0

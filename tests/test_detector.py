@@ -198,6 +198,38 @@ def test_config_rejects_unknown_keys_and_wrong_types():
         ResNetDC5(42)
 
 
+def test_c4_backbone_stops_after_stage_3_and_loads_torchvision_weights_without_stage_4(tmp_path):
+    """backbone_stages = 3: the stride-16 C4 map of stage 3 (256 channels for ResNet-18,
+    1024 for ResNet-50), no stage 4 built; torchvision weights load with layer4.* dropped
+    and give the same stage-3 map as the DC5 backbone with the same weights."""
+    from torchvision.models import resnet18
+
+    from lvod.io import torch_save_atomic
+    from lvod.models.checkpoint import load_torchvision_resnet
+
+    c4, c4_50 = ResNetDC5(18, stages=3), ResNetDC5(50, stages=3, norm="frozen")
+    assert not hasattr(c4, "layer4") and not any(k.startswith("layer4.") for k in c4.state_dict())
+    assert (c4.out_channels, c4_50.out_channels) == (256, 1024)
+    x = torch.randn(1, 3, 64, 96)
+    assert c4(x).shape == (1, 256, 4, 6) and c4_50(x).shape == (1, 1024, 4, 6)
+    torch.manual_seed(3)
+    path = torch_save_atomic(resnet18().state_dict(), tmp_path / "r18.pth")
+    report = load_torchvision_resnet(c4, path)
+    assert not report.missing and sum(k.startswith("layer4.") for k in report.dropped) > 0
+    dc5 = ResNetDC5(18)
+    load_torchvision_resnet(dc5, path)
+    with torch.no_grad():
+        stage3 = dc5.layer3(dc5.layer2(dc5.layer1(dc5.maxpool(dc5.relu(dc5.bn1(dc5.conv1(x)))))))
+        assert torch.equal(c4.eval()(x), stage3)
+    # built from the config, the neck takes the C4 channels
+    model = build_model(ModelConfig.tiny(kind="single", num_classes=2, backbone_stages=3), [1, 2])
+    assert model.detector.neck.convs[0].conv.in_channels == 256
+    with pytest.raises(ValueError, match="3 \\(C4\\) or 4"):
+        ResNetDC5(18, stages=5)
+    with pytest.raises(ValueError, match="freezes more than"):
+        ResNetDC5(18, frozen_stages=4, stages=3)
+
+
 def test_torchvision_weights_load_and_wrong_depth_is_refused(tmp_path):
     from torchvision.models import resnet18
 

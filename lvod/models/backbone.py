@@ -22,6 +22,12 @@ get ``requires_grad=False`` (mmdet ``frozen_stages``, 1 in mmtracking):
   initialised network is the identity, so training from scratch uses ``"group"`` with
   ``frozen_stages=-1``.
 
+``stages=3`` stops after stage 3 (``layer4`` is not built): the Faster R-CNN "C4" backbone,
+stride 16 with 256 (18/34) or 1024 (50/101) channels. Stage 4 of DC5 is the most expensive
+part of a small detector (at stride 16 and 512 channels its dilated convolutions took ~60 %
+of a demo FGFA training step on a CPU), so the CPU demo models use ``stages=3``. Torchvision
+weights then load without their ``layer4.*`` keys (reported as dropped).
+
 ``ChannelMapperNeck``: mmdet ``ChannelMapper`` with one 3x3 conv + ReLU, key
 ``convs.0.conv.{weight,bias}`` as in mmtracking checkpoints.
 """
@@ -61,19 +67,27 @@ NORMS = {"eval": EvalBatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_n
 
 
 class ResNetDC5(resnet.ResNet):
-    """ResNet with a dilated stride-1 stage 4: ``forward(x (B,3,H,W)) -> (B, C, H/16, W/16)``."""
+    """ResNet with a dilated stride-1 stage 4: ``forward(x (B,3,H,W)) -> (B, C, H/16, W/16)``
+    (``stages=3``: no stage 4, the C4 map)."""
 
-    def __init__(self, depth: int = 50, frozen_stages: int = 1, norm: str = "eval"):
+    def __init__(self, depth: int = 50, frozen_stages: int = 1, norm: str = "eval", stages: int = 4):
         if depth not in _ARCH:
             raise ValueError(f"ResNet depth must be one of {sorted(_ARCH)}, got {depth}")
         if norm not in NORMS:
             raise ValueError(f"backbone norm must be one of {sorted(NORMS)}, got {norm!r}")
+        if stages not in (3, 4):
+            raise ValueError(f"backbone stages must be 3 (C4) or 4 (DC5), got {stages}")
+        if frozen_stages > stages:
+            raise ValueError(f"frozen_stages {frozen_stages} freezes more than the backbone's {stages} stages")
         block, layers = _ARCH[depth]
         super().__init__(block, layers, norm_layer=NORMS[norm])
         del self.fc, self.avgpool
         self.depth = depth
-        self.out_channels = 512 * block.expansion
-        for i, blk in enumerate(self.layer4):
+        self.stages = stages
+        self.out_channels = (512 if stages == 4 else 256) * block.expansion
+        if stages == 3:
+            del self.layer4
+        for i, blk in enumerate(self.layer4 if stages == 4 else ()):
             conv = blk.conv2 if block is resnet.Bottleneck else blk.conv1
             conv.stride = (1, 1)
             conv.dilation = (2, 2)
@@ -91,7 +105,8 @@ class ResNetDC5(resnet.ResNet):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.layer4(x) if self.stages == 4 else x
 
 
 class ChannelMapperNeck(nn.Module):

@@ -118,7 +118,7 @@ def build_faster_rcnn(
     ``predictor()`` makes the box predictor (the head) once the RPN exists.
     ``bbox_head_type`` / ``roi_head_type``: called as ``BBoxHead`` / ``RoIHead`` are
     (Temporal RoI Align's heads)."""
-    backbone = ResNetDC5(cfg.depth, cfg.frozen_stages, cfg.backbone_norm)
+    backbone = ResNetDC5(cfg.depth, cfg.frozen_stages, cfg.backbone_norm, cfg.backbone_stages)
     if cfg.backbone_weights:  # a path, or torchvision://IMAGENET1K_V1 where online
         load_torchvision_resnet(backbone, cfg.backbone_weights)
     neck = ChannelMapperNeck(backbone.out_channels, cfg.neck_channels)

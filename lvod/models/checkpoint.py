@@ -386,8 +386,12 @@ def load_torchvision_resnet(backbone: nn.Module, spec) -> ImportReport:
     report = ImportReport(source)
     mapped = {}
     for k, t in state.items():
-        if k.startswith("fc.") or (k.endswith("num_batches_tracked") and k not in own):
-            report.dropped.append(k)
+        if (
+            k.startswith("fc.")
+            or (k.endswith("num_batches_tracked") and k not in own)
+            or (k.startswith("layer4.") and getattr(backbone, "stages", 4) == 3)
+        ):
+            report.dropped.append(k)  # the classifier, batch counters, stage 4 of a C4 backbone
         elif k in own:
             mapped[k] = t
             report.loaded.append((k, k))
