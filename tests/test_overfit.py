@@ -1,6 +1,7 @@
 """End-to-end learning check on real demo frames, once per classification head.
 
-A tiny FGFA (ResNet-18, frozen backbone, so only the detector-specific parts learn) is
+A tiny FGFA (ResNet-18 up to stage 3, as the demo model, frozen, so only the
+detector-specific parts learn) is
 trained for a few hundred steps on the first frames of one demo video, through lvod's own
 pipeline: ``load_cocovid`` -> ``TrainDataset`` (bilateral refs, random flip) -> ``collate``
 -> the detector's losses; then ``run_inference`` (the per-video FGFA window) writes the
@@ -71,7 +72,9 @@ def test_tiny_fgfa_overfits_demo_frames(head, demo_data, tmp_path, one_thread):
     if HEADS[head].uses_groups:  # bags: its logit layout; fedloss: its class counts
         groups = load_groups(REPO / "intermediate_files" / "demo" / "groups.json")
     model = build_model(
-        ModelConfig.tiny(kind="fgfa", num_classes=len(coco.cat_ids), head=head, frozen_stages=4),
+        ModelConfig.tiny(
+            kind="fgfa", num_classes=len(coco.cat_ids), head=head, backbone_stages=3, frozen_stages=3, test_max_dets=100
+        ),
         coco.cat_ids,
         groups=groups,
     )
