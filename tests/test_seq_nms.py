@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lvod.engine.rescoring import SeqNmsOptions, box_iou, rescore_detections, seq_nms
+from lvod.errors import DataError
 
 
 def frame(boxes, scores, labels=None):
@@ -212,3 +213,36 @@ def test_run_inference_rescores_each_video_once_it_ends(tmp_path, tiny_vid):
         stats = run_inference(Track(), ds, None, transform, writer=w, device="cpu", progress=False, rescore=rescore)
     assert seen == [3, 3] and stats["frames"] == 6 and stats["detections"] == 6
     np.testing.assert_allclose(load_results(tmp_path / "r.npz").score, [0.6] * 6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["single", "fgfa"])
+def test_rescoring_a_tested_run_equals_rescoring_during_inference(kind, tmp_path, tiny_vid, one_thread):
+    """rescore_tested_run (no network pass) gives test_model(rescoring="seq_nms")'s
+    detections and AP, and records where its detections came from."""
+    import json
+
+    from test_calibration import write_run
+
+    from lvod.engine.test import rescore_tested_run, test_model
+    from lvod.evaluation import load_results
+
+    run, cfg_file, _ = write_run(tmp_path, tiny_vid, kind=kind)
+    ckpt = run / "latest.pth"
+    kw = {"device": "cpu", "progress": False}
+    during = test_model(cfg_file, ckpt, out=tmp_path / "during" / "results.npz", rescoring="seq_nms", **kw)
+    plain = test_model(cfg_file, ckpt, out=tmp_path / "plain" / "results.npz", **kw)
+    after = rescore_tested_run(tmp_path / "plain", tmp_path / "after", cfg_file)
+    a, b, p = (load_results(tmp_path / d / "results.npz") for d in ("during", "after", "plain"))
+    assert len(p) and len(a) == len(b) <= len(p)
+    assert not (len(a) == len(p) and np.allclose(np.sort(a.score), np.sort(p.score)))  # Seq-NMS changed them
+    key = lambda d: np.lexsort((d.score, d.bbox[:, 0], d.category_id, d.image_id))  # noqa: E731
+    ia, ib = key(a), key(b)
+    np.testing.assert_array_equal(a.image_id[ia], b.image_id[ib])
+    np.testing.assert_allclose(a.score[ia], b.score[ib], rtol=1e-5)
+    assert after["bbox_mAP_50"] == pytest.approx(during["bbox_mAP_50"], abs=1e-9)
+    assert after["rescoring"] == during["rescoring"] and plain["rescoring"] == {"method": "none"}
+    recorded = json.loads((tmp_path / "after" / "metrics.json").read_text())
+    assert recorded["inference"]["checkpoint"] == str(ckpt)
+    assert recorded["inference"]["rescored_from"] == str(tmp_path / "plain" / "results.npz")
+    with pytest.raises(DataError, match="rescored already"):
+        rescore_tested_run(tmp_path / "after", tmp_path / "again", cfg_file)

@@ -305,3 +305,71 @@ def test_model(
         result = {**metrics, "inference": inference, **post}
         files.update(write_metrics(result, npz.with_name("metrics.json")))
     return {**result, "files": files, "note": note}
+
+
+def rescore_tested_run(
+    source,
+    out_dir,
+    config,
+    *,
+    rescoring: str = "seq_nms",
+    overrides=(),
+    groups=None,
+    bootstrap: int | str = 0,
+    seed: int = 0,
+) -> dict:
+    """Seq-NMS on the detections a ``lvod test`` run already wrote, without running the
+    network again: what ``test_model(..., rescoring=...)`` gives, for the price of the
+    rescoring alone.
+
+    ``source``: the tested folder (its ``results.npz`` and ``metrics.json``); ``config``
+    (plus ``overrides``): the config it was tested with (the split ``data.val`` and the
+    ``test.seq_nms_*`` options). The source's detections are the detector's per-frame
+    output, which is what ``run_inference`` hands the rescorer, so the two routes agree.
+    Writes ``out_dir/results.npz`` and ``metrics.json`` (its ``inference`` entry is the
+    source's, plus ``rescored_from``; ``rescoring`` the options used). Returns the metrics
+    dict, as :func:`test_model` does.
+    """
+    import json
+
+    from lvod.bags_io import load_groups
+    from lvod.config import Config, load_config
+    from lvod.engine.rescoring import rescore_detections, rescoring_options
+    from lvod.evaluation import evaluate, load_results, save_results_npz, write_metrics
+
+    source, out_dir = Path(source), Path(out_dir)
+    src_npz, src_metrics = source / "results.npz", source / "metrics.json"
+    for path in (src_npz, src_metrics):
+        if not path.is_file():
+            raise DataError(path, "file", "does not exist", f"run `lvod test ... --out {source}/results.json` first")
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    options = rescoring_options(cfg.test, rescoring)
+    if options is None:
+        raise DataError("--rescoring", str(rescoring), "nothing to rescore with", "use seq_nms")
+    recorded = json.loads(src_metrics.read_text(encoding="utf-8"))
+    if recorded.get("rescoring", {}).get("method", "none") != "none":
+        raise DataError(src_metrics, "rescoring", "these detections were rescored already", "rescore a plain run")
+    ds, _ = load_split(cfg)
+    t0 = time.perf_counter()
+    before = load_results(src_npz)
+    dets = rescore_detections(before, ds, options)
+    seconds = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz = save_results_npz(dets, out_dir / "results.npz")
+    table = load_groups(groups) if groups is not None else None
+    if table is None and cfg.model.groups_file:
+        from lvod.models import read_group_table
+
+        table = read_group_table(cfg.model, ds.cat_ids)
+    metrics = evaluate(ds, dets, groups=table, results_file=str(npz), bootstrap=bootstrap, seed=seed)
+    inference = {**recorded.get("inference", {}), "rescored_from": str(src_npz), "rescoring_seconds": seconds}
+    inference["results"] = str(npz)
+    result = {
+        **metrics,
+        "inference": inference,
+        "calibration": recorded.get("calibration"),
+        "rescoring": options.to_dict(),
+    }
+    files = {"results": npz, **write_metrics(result, out_dir / "metrics.json")}
+    logger.info("Seq-NMS on %s: %d -> %d detections in %.1f s", src_npz, len(before), len(dets), seconds)
+    return {**result, "files": files, "note": None}
