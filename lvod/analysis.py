@@ -85,7 +85,7 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
             file,
             "model",
             "no '*fc_cls.weight' in the model state dict (the detector has no classification head lvod knows)",
-            "pass the checkpoint of a detector lvod trained with a softmax, seesaw or bags head",
+            "pass the checkpoint of a detector lvod trained with one of lvod's heads (lvod.models.heads.HEADS)",
         )
     if table is None and head == "bags":
         if isinstance(ckpt.get("groups"), dict):  # the table the run trained with, stored in its checkpoint
@@ -247,7 +247,8 @@ def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarr
     softmax: rows ``1..C`` of the (C+1, D) weight (row 0 = background). BAGS: class ``l``
     sits in its group's slice at ``start_g + rank`` (``table`` gives the layout). Seesaw
     (mmdet layout, C+2 rows): rows ``0..C-1`` are the classes, then object and background
-    (see ``lvod.models.heads.SeesawHead``).
+    (see ``lvod.models.heads.SeesawHead``). EQLv2 (mmdet layout, C+1 rows): rows ``0..C-1``,
+    then the unused background row. Federated loss: C rows, one per class.
     """
     w = np.asarray(fc_cls_weight, dtype=np.float64)
     norms = np.linalg.norm(w, axis=1)
@@ -255,6 +256,10 @@ def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarr
         return norms[1:]
     if head == "seesaw":
         return norms[:-2]
+    if head == "eqlv2":
+        return norms[:-1]
+    if head == "fedloss":
+        return norms
     if head == "bags":
         if table is None:
             raise ValueError("classifier_weight_norms: head 'bags' needs the group table")
@@ -265,4 +270,4 @@ def classifier_weight_norms(fc_cls_weight, *, head: str, table=None) -> np.ndarr
             g = int(np.flatnonzero(l2b[1:, label] > 0)[0]) + 1
             out[label - 1] = norms[slices[g, 0] + l2b[g, label]]
         return out
-    raise ValueError(f"unknown head {head!r}; valid: softmax, bags, seesaw")
+    raise ValueError(f"unknown head {head!r}; valid: softmax, bags, seesaw, eqlv2, fedloss")

@@ -102,6 +102,10 @@ def test_weight_norms_follow_each_heads_layout():
     np.testing.assert_allclose(analysis.classifier_weight_norms(soft, head="softmax"), [1, 2])
     seesaw = np.array([[1, 0], [0, 2], [7, 0], [8, 0]], dtype=float)
     np.testing.assert_allclose(analysis.classifier_weight_norms(seesaw, head="seesaw"), [1, 2])
+    eqlv2 = np.array([[1, 0], [0, 2], [7, 0]], dtype=float)  # classes, then the unused background row
+    np.testing.assert_allclose(analysis.classifier_weight_norms(eqlv2, head="eqlv2"), [1, 2])
+    fed = np.array([[0, 1], [2, 0]], dtype=float)  # one row per class
+    np.testing.assert_allclose(analysis.classifier_weight_norms(fed, head="fedloss"), [1, 2])
 
 
 def test_pick_frames_prefers_rare_classes(tmp_path):
