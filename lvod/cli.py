@@ -45,7 +45,7 @@ from lvod.evaluation import evaluate_files, format_tables, write_metrics
 from lvod.evaluation.compare import compare_runs, format_comparison
 from lvod.evaluation.engine import check_backend
 from lvod.groups import format_groups
-from lvod.jobs import run_demo_job, seed_runs, train_side_by_side
+from lvod.jobs import END_TO_END, run_demo_job, seed_runs, train_side_by_side
 from lvod.notebooks import NotebookFailed, list_notebooks, run_notebooks
 from lvod.stats import format_stats, write_stats
 
@@ -407,6 +407,13 @@ def _add_notebooks_and_jobs(sub):
     j.add_argument("--out", default="runs/demo", help="run folder")
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--quick", action="store_true", help="a much shorter run, for smoke tests")
+    j.add_argument(
+        "--end-to-end",
+        default="",
+        metavar="HEADS",
+        help="also train these heads end to end from random weights, e.g. eqlv2 or eqlv2,fedloss "
+        "(each costs one more baseline-sized training, about 8 minutes on 2 cores)",
+    )
     j.set_defaults(func=_demo_job)
 
 
@@ -795,7 +802,11 @@ def _notebooks_list(a) -> int:
 
 
 def _demo_job(a) -> int:
-    r = run_demo_job(a.out, seed=a.seed, quick=a.quick)
+    heads = tuple(h for h in a.end_to_end.split(",") if h)
+    unknown = [h for h in heads if h not in END_TO_END]
+    if unknown:
+        raise UsageError(f"--end-to-end: unknown head {unknown[0]!r}; use one of {', '.join(END_TO_END)}")
+    r = run_demo_job(a.out, seed=a.seed, quick=a.quick, end_to_end=heads)
     print(f"\n{r['summary']}\n\nmain job finished in {r['seconds']:.0f} s")
     print(f"report: {Path(r['report']).resolve()}\nrun folder: {Path(r['run_dir']).resolve()}")
     return 0

@@ -12,7 +12,8 @@ method helps the rare classes, by how much, and is the difference real? Steps, e
 4. test it on the val split, with bootstrap intervals;
 5. post-hoc calibration: ``tau_norm``, ``logit_adjust`` and ``norcal``, each parameter
    chosen on the held-out videos (never on val), then tested on val;
-6. temporal rescoring: Seq-NMS on the baseline's val detections;
+6. temporal rescoring: Seq-NMS on the baseline's val detections (its results file, no
+   second network pass);
 7. the decoupled protocols from the baseline's checkpoint: cRT and BAGS stage 2
    (classifier only), side by side (one thread each), then tested on val;
 8. ``lvod compare``: every method minus the baseline with paired-bootstrap intervals and
@@ -41,6 +42,13 @@ BASELINE = str(DEMO_CONFIGS / "fgfa_r18_demo_softmax.toml")
 DECOUPLED = {
     "crt": str(DEMO_CONFIGS / "fgfa_r18_demo_crt.toml"),
     "bags_stage2": str(DEMO_CONFIGS / "fgfa_r18_demo_bags_stage2.toml"),
+}
+# the stretch rows (``--end-to-end``): heads trained end to end from random weights, like
+# the baseline, then tested and compared with it
+END_TO_END = {
+    "eqlv2": str(DEMO_CONFIGS / "fgfa_r18_demo_eqlv2.toml"),
+    "fedloss": str(DEMO_CONFIGS / "fgfa_r18_demo_fedloss.toml"),
+    "bags": str(DEMO_CONFIGS / "fgfa_r18_demo_bags.toml"),
 }
 CALIBRATIONS = ("tau_norm", "logit_adjust", "norcal")
 CALIBRATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
@@ -168,8 +176,12 @@ def _log_metrics(name: str, m: dict) -> None:
     logger.info("%s: bbox_mAP_50 %.3f [%.3f, %.3f] (%s)", name, m["bbox_mAP_50"] or 0.0, lo, hi, groups)
 
 
-def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict:
+def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_end=()) -> dict:
     """Run the main job into the run folder ``out`` (data included: ``out/data``).
+
+    ``end_to_end``: names of :data:`END_TO_END` heads to train end to end as well (the
+    stretch rows: each one more baseline-sized training, on both cores, after the
+    decoupled runs), tested and compared like every other method.
 
     Returns ``{"run_dir": Path, "metrics": {method: metrics dict with bootstrap intervals},
     "calibration": the baseline's calibration.json dict, "comparison": lvod compare's dict
@@ -179,7 +191,7 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
     """
     from lvod.bags_io import make_groups
     from lvod.engine.calibrate import calibrate_run
-    from lvod.engine.test import test_model
+    from lvod.engine.test import rescore_tested_run, test_model
     from lvod.evaluation.compare import compare_runs
     from lvod.io import atomic_write
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
@@ -253,15 +265,21 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False) -> dict
         metrics[name] = test(name, BASELINE, run / name, base_dir / "latest.pth", calibrate=f"{method}:auto")
 
     step("temporal rescoring: Seq-NMS on the baseline's val detections")
-    metrics["softmax+seq_nms"] = test(
-        "softmax+seq_nms", BASELINE, run / "softmax+seq_nms", base_dir / "latest.pth", rescoring="seq_nms"
+    metrics["softmax+seq_nms"] = rescore_tested_run(
+        base_dir, run / "softmax+seq_nms", BASELINE, overrides=overrides, bootstrap="auto", seed=seed
     )
+    _log_metrics("softmax+seq_nms", metrics["softmax+seq_nms"])
 
     step("decoupled protocols from the baseline: cRT and BAGS stage 2 (classifier only, side by side)")
     init = [f"train.init_from={base_dir / 'latest.pth'}"]
     train_runs({name: (cfg, run / name, init) for name, cfg in DECOUPLED.items()}, overrides, threads=1, poll=poll)
     for name, cfg in DECOUPLED.items():
         metrics[name] = test(name, cfg, run / name, run / name / "latest.pth")
+
+    for name in end_to_end:
+        step(f"stretch row: the {name} head trained end to end (both cores)")
+        train_runs({name: (END_TO_END[name], run / name)}, overrides, threads=2, poll=poll)
+        metrics[name] = test(name, END_TO_END[name], run / name, run / name / "latest.pth")
 
     step("compare every method with the baseline, notebook 04 and the summary")
     report = run / "report"

@@ -53,14 +53,14 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     from lvod import jobs
 
     caplog.set_level("INFO", logger="lvod.jobs")
-    r = run_demo_job("run", quick=True)
+    r = run_demo_job("run", quick=True, end_to_end=("eqlv2",))
     run = tmp_path / "run"
     assert r["run_dir"] == jobs.Path("run") and r["report"] == jobs.Path("run/report/04_per_group_ap_analysis.html")
     assert (run / "data" / "annotations" / "heldout.json").exists()  # the data lives in the run folder
     assert load_groups(run / "groups.json").num_groups >= 1
     assert (run / "notebooks" / "01_dataset_statistics_and_grouping.html").exists()
     methods = ["softmax", "softmax+tau_norm", "softmax+logit_adjust", "softmax+norcal", "softmax+seq_nms"]
-    methods += ["crt", "bags_stage2"]
+    methods += ["crt", "bags_stage2", "eqlv2"]  # eqlv2: the stretch row, trained end to end
     assert list(r["metrics"]) == methods
     for name in methods:
         metrics = json.loads((run / name / "metrics.json").read_text())
@@ -79,7 +79,7 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     assert set(cal["methods"]) == {"tau_norm", "logit_adjust", "norcal"}
     assert r["metrics"]["softmax+seq_nms"]["rescoring"]
     # only the checkpoints a user needs: the newest of each trained run
-    for name in ("softmax", "crt", "bags_stage2"):
+    for name in ("softmax", "crt", "bags_stage2", "eqlv2"):
         assert sorted(p.name for p in (run / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
     assert json.loads((run / "crt" / "init_from.json").read_text())
     assert r["summary"] == summary_markdown(r["comparison"], r["seconds"])
@@ -93,7 +93,8 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     assert "95% CI of diff" in (run / "report" / "summary.md").read_text()
     # one line per step with its elapsed time; training progress with iter/total and an ETA
     text = caplog.text
-    assert "== 1. demo dataset (at 0s)" in text and "== 8. compare every method" in text and "done in" in text
+    assert "== 1. demo dataset (at 0s)" in text and "== 9. compare every method" in text and "done in" in text
+    assert "== 8. stretch row: the eqlv2 head trained end to end" in text
     assert re.search(r"softmax iter \d+/\d+ \(\d+%\) loss [0-9.]+ ETA", text)
 
     # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
@@ -120,3 +121,11 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in evaluated.cells for o in c.get("outputs", []))
     assert "bbox_mAP_50" in shown and "slow" in shown
     assert json.loads((run / "nb-train" / "metrics.json").read_text())["classwise"]
+
+
+def test_demo_job_refuses_an_unknown_end_to_end_head_before_running(tmp_path, capsys):
+    from lvod.cli import main
+
+    assert main(["demo-job", "--out", str(tmp_path / "run"), "--end-to-end", "eqlv2,nope"]) == 2
+    assert "--end-to-end: unknown head 'nope'; use one of eqlv2, fedloss, bags" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
