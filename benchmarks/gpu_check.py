@@ -744,14 +744,14 @@ def ddp_config(path: Path, data: dict, plan: Plan, device: torch.device, stop: i
     """A training config over the generated set (``make_demo``'s result ``data``): the
     demo's tiny FGFA (R18) with the EQLv2 head (float64 statistics all-reduced under
     torch.distributed), AMP on (it applies on CUDA), checkpoints every half run (tiny:
-    at the end only, and the backbone frozen)."""
+    at the end only, and the backbone frozen: its 3 stages, the demo model being the C4 one)."""
     base = (REPO / "configs" / "_base_" / "models" / "fgfa_r18_demo.toml").as_posix()
     root = Path(data["out_dir"]).as_posix()
     path.write_text(
         f"""include = ["{base}"]
 [model]
 head = "eqlv2"
-frozen_stages = {4 if plan.tiny else 1}
+frozen_stages = {3 if plan.tiny else 1}
 [data]
 root = "{root}"
 train = [{{ ann_file = "annotations/train.json", images_root = "Data/VID" }}]
