@@ -52,7 +52,7 @@ END_TO_END = {
 }
 CALIBRATIONS = ("tau_norm", "logit_adjust", "norcal")
 CALIBRATION_GRID = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
-QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "num_heldout_videos": 3, "frames_per_video": 12}
+QUICK_SIZES = {"num_train_videos": 6, "num_val_videos": 3, "num_heldout_videos": 3, "frames_per_video": 8}
 THREADS = {1: {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, 2: {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}}
 ONE_THREAD = THREADS[1]
 
@@ -115,13 +115,20 @@ def follow_training(procs: dict, runs: dict, *, poll: float = 30.0) -> None:
     all ``procs`` end; raise RuntimeError (with the tail of ``train.out``) for a failed run."""
     t0 = time.perf_counter()
     while any(p.poll() is None for p in procs.values()):
-        time.sleep(poll)
+        _wait_any(procs.values(), poll)
         status = [f"{name} {monitor.progress(Path(runs[name]) / 'log.jsonl')['text']}" for name in procs]
         logger.info("  [%s] %s", monitor.duration(time.perf_counter() - t0), " | ".join(status))
     for name, proc in procs.items():
         if proc.returncode != 0:
             tail = (Path(runs[name]) / "train.out").read_text(errors="replace")[-2000:]
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
+
+
+def _wait_any(procs, seconds: float) -> None:
+    """Sleep up to ``seconds``, returning early once every one of ``procs`` has ended."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end and any(p.poll() is None for p in procs):
+        time.sleep(min(0.2, max(0.0, end - time.perf_counter())))
 
 
 def train_runs(runs: dict, overrides: list, *, threads: int = 1, poll: float = 30.0) -> None:

@@ -106,7 +106,7 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
         run / "nb",
         {
             "config": jobs.BASELINE,
-            "overrides": [*data, "train.epochs=1", "train.log_interval=5"],
+            "overrides": [*data, "train.epochs=1", "train.log_interval=2", "train.stop_after_iters=6"],
             "work_dir": "run/nb-train",
             "refresh_seconds": 1,
         },
