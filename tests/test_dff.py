@@ -255,7 +255,15 @@ def overfit_demo_frames(kind, demo_data, tmp_path, *, steps=OVERFIT_STEPS, **mod
     dataset = TrainDataset([(coco, True, True)], data)
     assert len(dataset) == NUM_FRAMES
     groups = load_groups(REPO / "intermediate_files" / "demo" / "groups.json")
-    cfg = ModelConfig.tiny(kind=kind, num_classes=len(coco.cat_ids), head="bags", frozen_stages=4, **model_kw)
+    cfg = ModelConfig.tiny(
+        kind=kind,
+        num_classes=len(coco.cat_ids),
+        head="bags",
+        backbone_stages=3,  # the demo model's C4 backbone, frozen
+        frozen_stages=3,
+        test_max_dets=100,
+        **model_kw,
+    )
     model = build_model(cfg, coco.cat_ids, groups=groups)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [steps * 3 // 4], 0.1)
