@@ -115,7 +115,7 @@ def follow_training(procs: dict, runs: dict, *, poll: float = 30.0) -> None:
     all ``procs`` end; raise RuntimeError (with the tail of ``train.out``) for a failed run."""
     t0 = time.perf_counter()
     while any(p.poll() is None for p in procs.values()):
-        _wait_any(procs.values(), poll)
+        _sleep_unless_all_ended(procs.values(), poll)
         status = [f"{name} {monitor.progress(Path(runs[name]) / 'log.jsonl')['text']}" for name in procs]
         logger.info("  [%s] %s", monitor.duration(time.perf_counter() - t0), " | ".join(status))
     for name, proc in procs.items():
@@ -124,8 +124,9 @@ def follow_training(procs: dict, runs: dict, *, poll: float = 30.0) -> None:
             raise RuntimeError(f"training {name} failed (exit {proc.returncode}):\n{tail}")
 
 
-def _wait_any(procs, seconds: float) -> None:
-    """Sleep up to ``seconds``, returning early once every one of ``procs`` has ended."""
+def _sleep_unless_all_ended(procs, seconds: float) -> None:
+    """Sleep up to ``seconds``, returning early once every one of ``procs`` has ended (so
+    the job moves on when training ends, not at the next progress line)."""
     end = time.perf_counter() + seconds
     while time.perf_counter() < end and any(p.poll() is None for p in procs):
         time.sleep(min(0.2, max(0.0, end - time.perf_counter())))
