@@ -10,7 +10,7 @@ from conftest import make_eval_case
 from lvod.cli import main
 from lvod.errors import DataError
 from lvod.evaluation import evaluate
-from lvod.evaluation.compare import compare_methods, verdict
+from lvod.evaluation.compare import compare_methods, load_comparison, verdict
 from lvod.evaluation.results import Detections, save_results_npz
 
 
@@ -116,6 +116,18 @@ def test_lvod_compare_command(demo_data, tmp_path, capsys):
     assert "Frequency groups by training instances per class." in printed
     saved = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert saved["baseline"] == "bad" and saved["resamples"] == 100
+    assert saved["methods"]["good"]["runs"] == [str(tmp_path / "good" / "results.npz")]  # it names the runs
+    # a report reuses it only for exactly these runs, baseline and resamples
+    runs = {"bad": [tmp_path / "bad"], "good": [tmp_path / "good" / "results.npz"]}
+    assert load_comparison(tmp_path / "cmp" / "compare.json", runs, baseline="bad", bootstrap=100) == saved
+    for wrong, kw, where in (
+        ({"bad": runs["bad"], "good": runs["bad"]}, {"baseline": "bad"}, "methods.good.runs"),
+        ({"bad": runs["bad"]}, {"baseline": "bad"}, "methods.good.runs"),
+        (runs, {"baseline": "good"}, "baseline"),
+        (runs, {"baseline": "bad", "bootstrap": 1000}, "resamples"),
+    ):
+        with pytest.raises(DataError, match=where):
+            load_comparison(tmp_path / "cmp" / "compare.json", wrong, **kw)
     assert (tmp_path / "cmp" / "compare.csv").read_text().startswith("method,scope,key,value,ci_lo")
     # a run whose metrics.json names another ground truth is refused
     (tmp_path / "good" / "metrics.json").write_text(json.dumps({"ground_truth": {"file": "x", "fingerprint": "0"}}))

@@ -206,6 +206,38 @@ def results_path(path) -> Path:
     return path
 
 
+def load_comparison(path, methods: dict, *, baseline: str, bootstrap: int | None = None) -> dict:
+    """A ``compare.json`` that :func:`compare_runs` wrote, checked to be the comparison of
+    exactly ``methods`` (``{name: [run folder or results file, ...]}``, as compare_runs
+    takes them) against ``baseline`` with ``bootstrap`` resamples (None: any), so that a
+    report can reuse it instead of evaluating every run again. Refuses, naming the
+    difference, a file made for other runs, another baseline or other resamples."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file", "does not exist", "run `lvod compare ... --out DIR` (it writes DIR/compare.json)")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, "file", f"is not JSON ({exc})", "pass the compare.json lvod compare wrote") from exc
+    fix = "compare these runs again (lvod compare), or leave the comparison out so that it is computed"
+    if result.get("baseline") != baseline:
+        raise DataError(path, "baseline", f"is {result.get('baseline')!r}, not {baseline!r}", fix)
+    if bootstrap is not None and result.get("resamples") != bootstrap:
+        raise DataError(path, "resamples", f"is {result.get('resamples')}, not {bootstrap}", fix)
+    recorded = {name: rec.get("runs") for name, rec in (result.get("methods") or {}).items()}
+    wanted = {name: [str(results_path(p).resolve()) for p in paths] for name, paths in methods.items()}
+    for name in sorted(set(recorded) | set(wanted)):
+        have = [str(Path(r).resolve()) if r else None for r in recorded.get(name) or []]
+        if have != wanted.get(name):
+            raise DataError(
+                path,
+                f"methods.{name}.runs",
+                f"compares {recorded.get(name)}, not {methods.get(name)}" if name in wanted else "is not asked for",
+                fix,
+            )
+    return result
+
+
 def _check_recorded_ground_truth(results: Path, gt_id: dict) -> None:
     """Refuse a run whose own metrics.json says it was scored on another ground truth."""
     metrics = results.with_name("metrics.json")
@@ -254,18 +286,17 @@ def compare_runs(
         for path in paths:
             results = results_path(path)
             _check_recorded_ground_truth(results, gt_id)
-            evaluated[name].append(
-                evaluate(
-                    gt,
-                    load_results(results),
-                    groups=groups,
-                    protocol=protocol,
-                    bootstrap=resamples,
-                    seed=seed,
-                    keep_samples=True,
-                    results_file=str(results),
-                )
+            metrics = evaluate(
+                gt,
+                load_results(results),
+                groups=groups,
+                protocol=protocol,
+                bootstrap=resamples,
+                seed=seed,
+                keep_samples=True,
+                results_file=str(results),
             )
+            evaluated[name].append({**metrics, "results_file": str(results)})  # compare.json names the runs
     result = compare_methods(evaluated, baseline)
     result["protocol"] = protocol
     result["files"] = {}
