@@ -5,6 +5,7 @@ import json
 import re
 
 import nbformat
+import numpy as np
 import pytest
 
 from lvod.bags_io import load_groups
@@ -44,7 +45,48 @@ def test_summary_shows_intervals_and_verdicts():
     text = summary_markdown(comparison)
     assert "| bags | bbox_mAP_50 | 0.600 | [0.500, 0.700] | 1 | 0.100 | [0.020, 0.180] | better |" in text
     assert "| bags | group rare [0, 90) AP50 | 0.100 |" in text and "| unclear |" in text
-    assert "1000 paired bootstrap resamples" in text
+    assert "1000 paired bootstrap resamples" in text and "parameters chosen on the held-out videos:" not in text
+    calibration = {
+        "metric": "bbox_mAP_50",
+        "methods": {
+            "tau_norm": {"param": "tau", "best": 0.0, "best_metric": 0.69, "identity_metric": 0.69},
+            "norcal": {"param": "gamma", "best": 0.75, "best_metric": 0.6985, "identity_metric": 0.6901},
+        },
+    }
+    text = summary_markdown(comparison, 60.0, calibration)
+    assert "The job took 1.0 min." in text
+    assert "tau_norm tau=0 (the identity: no grid value beat the uncalibrated detector)" in text
+    assert "norcal gamma=0.75 (held-out bbox_mAP_50 0.699 vs 0.690 uncalibrated)" in text
+
+
+def test_an_identity_calibration_reuses_the_baseline_detections(tmp_path):
+    from lvod.evaluation import load_results
+    from lvod.evaluation.results import Detections, save_results_npz
+    from lvod.jobs import identity_calibration_run
+
+    dets = Detections(np.array([1, 1, 2]), np.array([3, 4, 3]), np.ones((3, 4), np.float32), np.array([0.9, 0.5, 0.2]))
+    source = save_results_npz(dets, tmp_path / "softmax" / "results.npz")
+    groups = [{"group": "rare", "bin": "[0, 10)", "basis": "instances", "category_ids": "3", "num_classes_with_gt": 1}]
+    baseline = {
+        "bbox_mAP_50": 0.5,
+        "classwise": [{"category_id": 3, "name": "c", "num_gt": 2, "ap50": 0.5, "ap": 0.2}],
+        "groups": [{**groups[0], "ap50": 0.5, "ap": 0.2}],
+        "inference": {"results": str(source), "checkpoint": "softmax/latest.pth"},
+        "calibration": None,
+        "files": {"results": source},
+        "note": None,
+    }
+    chosen = {"param": "tau", "best": 0.0}
+    m = identity_calibration_run(baseline, tmp_path / "softmax+tau_norm", "tau_norm", chosen, tmp_path / "softmax")
+    saved = json.loads((tmp_path / "softmax+tau_norm" / "metrics.json").read_text())
+    assert saved == {k: v for k, v in m.items() if k not in ("files", "note")}
+    assert saved["bbox_mAP_50"] == 0.5 and saved["classwise"] == baseline["classwise"]
+    assert saved["calibration"]["spec"] == "tau_norm:tau=0" and saved["calibration"]["identity"] is True
+    assert saved["inference"]["results_from"] == str(source)
+    assert saved["inference"]["results"] == str(tmp_path / "softmax+tau_norm" / "results.npz")
+    again = load_results(m["files"]["results"])
+    assert np.array_equal(again.score, dets.score) and np.array_equal(again.image_id, dets.image_id)
+    assert baseline["inference"]["results"] == str(source)  # the baseline's record is not changed
 
 
 @pytest.mark.slow
@@ -77,12 +119,25 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     cal = json.loads((run / "softmax" / "calibration.json").read_text())
     assert cal["held_out"]["in_training"] is False and cal["held_out"]["source"].endswith("heldout.json")
     assert set(cal["methods"]) == {"tau_norm", "logit_adjust", "norcal"}
+    for method, chosen in cal["methods"].items():
+        applied = r["metrics"][f"softmax+{method}"]
+        assert applied["calibration"]["method"] == method and applied["calibration"]["value"] == chosen["best"]
+        if chosen["best"] == 0.0:  # the identity: the baseline's detections, reused
+            assert applied["inference"]["results_from"] == r["metrics"]["softmax"]["inference"]["results"]
+            assert applied["bbox_mAP_50"] == r["metrics"]["softmax"]["bbox_mAP_50"]
+        else:
+            assert "results_from" not in applied["inference"]
+    # notebook 04 reused the job's comparison instead of evaluating every run again
+    nb04 = nbformat.read(str(run / "report" / "04_per_group_ap_analysis.ipynb"), as_version=4)
+    (injected,) = [c for c in nb04.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert 'comparison = "run/report/compare/compare.json"' in injected.source
     assert r["metrics"]["softmax+seq_nms"]["rescoring"]
     # only the checkpoints a user needs: the newest of each trained run
     for name in ("softmax", "crt", "bags_stage2", "eqlv2"):
         assert sorted(p.name for p in (run / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
     assert json.loads((run / "crt" / "init_from.json").read_text())
-    assert r["summary"] == summary_markdown(r["comparison"], r["seconds"])
+    assert r["summary"] == summary_markdown(r["comparison"], r["seconds"], r["calibration"])
+    assert "Calibration parameters chosen on the held-out videos: tau_norm tau=" in r["summary"]
     assert {row["method"] for row in r["comparison"]["rows"]} == set(methods)
     verdicts = {row["verdict"] for row in r["comparison"]["rows"] if row["method"] != "softmax"}
     assert verdicts <= {"better", "worse", "unclear"} and (run / "report" / "compare" / "compare.csv").is_file()
