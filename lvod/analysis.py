@@ -48,11 +48,14 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
     A folder without its own checkpoint (a calibrated or rescored variant that
     ``lvod test`` wrote from another run's weights) reads the checkpoint its
     ``metrics.json`` names (``inference.checkpoint``); its weight norms are that
-    checkpoint's, before any post-hoc calibration.
+    checkpoint's, before any post-hoc calibration. A run that kept a moving average of
+    its weights (``train.ema_decay``) is read with the weights it was tested with
+    (``metrics.json``'s ``inference.weights``).
     """
     import torch
 
     from lvod.config import config_from_dict
+    from lvod.engine.checkpointing import state_dict_of
     from lvod.evaluation.results import load_results
 
     path = Path(path)
@@ -69,7 +72,12 @@ def load_run(path, *, table=None, checkpoint: str = "latest.pth", results: str =
             "pass the folder lvod train wrote, or re-run lvod test so metrics.json records the checkpoint",
         )
     ckpt = torch.load(file, map_location="cpu", weights_only=True)
-    model = ckpt.get("model") if isinstance(ckpt, dict) else None
+    tested_raw = (metrics.get("inference") or {}).get("weights") == "model"  # lvod test with test.use_ema=false
+    model = (
+        state_dict_of(ckpt, use_ema=not tested_raw)
+        if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
+        else None
+    )
     if not isinstance(model, dict):
         raise DataError(
             file,

@@ -117,6 +117,11 @@ class TrainConfig:
     weight and skips a classifier of another shape; ``reinit_classifier`` re-initialises
     the classifier (``fc_cls``; ``fc_reg`` stays); ``freeze = "all_but_classifier"`` trains
     ``fc_cls`` alone (everything else ``requires_grad=False``, BatchNorm in eval).
+
+    ``ema_decay`` (> 0, e.g. 0.995): also keep an exponential moving average of the
+    trainable weights (``lvod.engine.ema``); checkpoints carry it beside the raw weights,
+    and testing, inference, calibration and ``init_from`` use it (``test.use_ema = false``:
+    the raw weights). 0 (default): off.
     """
 
     lr: float = 0.01
@@ -142,6 +147,11 @@ class TrainConfig:
     tensorboard: bool = False  # on: pip install -e ".[tensorboard]" (README command 1 does not install it)
     progress_bar: bool = True
     stop_after_iters: int = 0
+    ema_decay: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"train.ema_decay must be in [0, 1) (0: off; e.g. 0.995), got {self.ema_decay}")
 
 
 @dataclass
@@ -152,6 +162,9 @@ class TestConfig:
     model section (``model.fgfa_window``: FGFA's sliding window; ``model.selsa_test_refs``:
     SELSA's refs spread over the whole video; ``model.dff_key_frame_interval``: DFF's key
     frames), next to the code that uses it.
+
+    ``use_ema``: a checkpoint that carries a moving average of its weights
+    (``train.ema_decay``) is tested with the average; false tests the raw weights.
 
     Post-processing of the detections (``lvod test`` and ``lvod infer``):
 
@@ -168,6 +181,7 @@ class TestConfig:
     """
 
     workers: int = 2
+    use_ema: bool = True
     calibrate: str = ""
     rescoring: str = choice("none", ("none", "seq_nms"))
     seq_nms_link_iou: float = 0.5

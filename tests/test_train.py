@@ -122,6 +122,7 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_sources):
     b = ckpt_io.load_checkpoint(tmp_path / "b" / "epoch_2.pth")
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    assert "ema" not in a  # the weight average is off by default (train.ema_decay = 0)
     mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
     mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
     assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
@@ -137,6 +138,47 @@ def test_resume_mid_epoch_is_exact(tmp_path, tiny_sources):
     # a run keeps its newest checkpoint only (train.keep_checkpoints adds epoch ends)
     assert sorted(p.name for p in (tmp_path / "b").glob("*.pth")) == ["epoch_2.pth", "latest.pth"]
     assert json.loads((tmp_path / "a" / "config.resolved.json").read_text())["train"]["lr"] == 0.05
+
+
+def test_weight_average_is_checkpointed_and_resumes_exactly(tmp_path, tiny_sources):
+    """train.ema_decay: the checkpoint keeps the moving average beside the raw weights; after
+    one step it is d * initial + (1 - d) * stepped; a mid-epoch resume continues it exactly."""
+    from lvod.engine.ema import ema_decay_at
+
+    initial = fresh_model().state_dict()
+    train(make_cfg(ema_decay=0.9, stop_after_iters=1), tmp_path / "one", model=fresh_model(), sources=tiny_sources)
+    one = ckpt_io.load_checkpoint(tmp_path / "one" / "latest.pth")
+    d = ema_decay_at(1, 0.9)
+    assert one["ema"]["updates"] == 1 and one["ema"]["decay"] == 0.9
+    for k in ("conv.weight", "predictor.fc_cls.weight"):
+        expected = d * initial[k] + (1 - d) * one["model"][k]
+        assert torch.allclose(one["ema"]["weights"][k], expected, atol=1e-7), k
+        assert not torch.equal(one["ema"]["weights"][k], one["model"][k])
+
+    train(make_cfg(ema_decay=0.9), tmp_path / "a", model=fresh_model(), sources=tiny_sources)
+    train(make_cfg(ema_decay=0.9, stop_after_iters=4), tmp_path / "b", model=fresh_model(), sources=tiny_sources)
+    train(
+        make_cfg(ema_decay=0.9),
+        tmp_path / "b",
+        model=fresh_model(),
+        sources=tiny_sources,
+        resume=tmp_path / "b" / "latest.pth",
+    )
+    a = ckpt_io.load_checkpoint(tmp_path / "a" / "epoch_2.pth")
+    b = ckpt_io.load_checkpoint(tmp_path / "b" / "epoch_2.pth")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 10
+    for k, v in a["ema"]["weights"].items():
+        assert torch.equal(v, b["ema"]["weights"][k]), k
+    assert ckpt_io.state_dict_of(a) is a["ema"]["weights"] and ckpt_io.state_dict_of(a, use_ema=False) is a["model"]
+    # changing the decay on a resume would change the average: refused
+    with pytest.raises(DataError, match="ema_decay"):
+        train(
+            make_cfg(ema_decay=0.5),
+            tmp_path / "b",
+            model=fresh_model(),
+            sources=tiny_sources,
+            resume=tmp_path / "b" / "latest.pth",
+        )
 
 
 def test_keep_checkpoints_keeps_the_newest_and_the_epoch_ends_asked_for(tmp_path, tiny_sources):

@@ -121,9 +121,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         ) from exc
 
 
-def state_dict_of(ckpt: dict) -> dict:
-    """The model weights in a checkpoint: ``ckpt["model"]``, ``ckpt["state_dict"]`` or
+def has_ema(ckpt: dict) -> bool:
+    """Whether an lvod checkpoint carries a moving average of its weights (``train.ema_decay``)."""
+    return isinstance(ckpt.get("ema"), dict) and isinstance(ckpt["ema"].get("weights"), dict)
+
+
+def state_dict_of(ckpt: dict, *, use_ema: bool = True) -> dict:
+    """The model weights in a checkpoint: the moving average ``ckpt["ema"]["weights"]``
+    when the run kept one and ``use_ema``, else ``ckpt["model"]``, ``ckpt["state_dict"]`` or
     ``ckpt`` itself when it is a plain state dict."""
+    if use_ema and has_ema(ckpt):
+        return ckpt["ema"]["weights"]
     for key in ("model", "state_dict"):
         if isinstance(ckpt.get(key), dict):
             return ckpt[key]

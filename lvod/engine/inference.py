@@ -173,7 +173,7 @@ def load_model(cfg, checkpoint, *, random_weights: bool = False, device="cpu", c
     torch.manual_seed(0)
     model = build_model(cfg.model, cat_ids, groups=groups)
     if checkpoint is not None:
-        weights = state_dict_of(ckpt)
+        weights = state_dict_of(ckpt, use_ema=cfg.test.use_ema)
         if isinstance(ckpt.get("state_dict"), dict) and MM_CLS_KEY in weights:
             from lvod.models.checkpoint import KIND_SIGNATURE, import_mmtracking
 

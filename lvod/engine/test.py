@@ -207,7 +207,7 @@ def test_model(
     from lvod.bags_io import load_groups
     from lvod.config import Config, load_config
     from lvod.engine.calibrate import build_calibrator, resolve_calibration
-    from lvod.engine.checkpointing import load_checkpoint
+    from lvod.engine.checkpointing import has_ema, load_checkpoint
     from lvod.engine.inference import (
         build_test_transform,
         check_checkpoint_classes,
@@ -289,6 +289,7 @@ def test_model(
         "device": str(dev),
         "config": cfg.name if isinstance(config, Config) else str(config),
         "checkpoint": None if checkpoint is None else str(checkpoint),
+        "weights": "ema" if cfg.test.use_ema and has_ema(ckpt) else "model",
         "results": str(npz),
         "wall_seconds": time.perf_counter() - t0,
     }

@@ -48,6 +48,7 @@ import torch.distributed as dist
 from lvod.config import Config, config_to_dict, save_config
 from lvod.engine import checkpointing as ckpt_io
 from lvod.engine.data import build_train_loader
+from lvod.engine.ema import WeightEMA
 from lvod.engine.runlog import IntervalMeter, RunLog
 from lvod.errors import DataError
 
@@ -385,7 +386,9 @@ def init_from_checkpoint(model, path, *, reinit_classifier: bool = False, seed: 
     Returns the provenance record that the run folder and its checkpoints keep:
     ``{"path", "resolved", "sha256", "name", "config_fingerprint", "source_iter", "head",
     "loaded", "shape_mismatch", "missing", "unexpected", "classifier"}`` (``classifier``:
-    ``"loaded"``, ``"fresh"`` (not loadable, freshly built) or ``"re-initialised"``).
+    ``"loaded"``, ``"fresh"`` (not loadable, freshly built) or ``"re-initialised"``;
+    ``weights``: ``"ema"`` when the source kept a moving average of its weights, which is
+    then what is loaded, as ``lvod test`` tests it, else ``"model"``).
     """
     path = Path(path)
     ckpt = ckpt_io.load_checkpoint(path)
@@ -437,6 +440,7 @@ def init_from_checkpoint(model, path, *, reinit_classifier: bool = False, seed: 
         "missing": plan["missing"],
         "unexpected": plan["unexpected"],
         "classifier": classifier,
+        "weights": "ema" if ckpt_io.has_ema(ckpt) else "model",  # a run's moving average when it kept one
     }
 
 
@@ -572,6 +576,7 @@ class TrainingRun:
     bar: object = None  # tqdm on rank 0 with train.progress_bar
     init_record: dict | None = None  # where a decoupled run's weights came from (train.init_from)
     identity: dict | None = None  # the classes (+ group table) every checkpoint carries (model_identity)
+    ema: WeightEMA | None = None  # the weights' moving average (train.ema_decay > 0)
 
 
 def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) -> None:
@@ -596,6 +601,7 @@ def _checkpoint(run: TrainingRun, name: str, it: int, epoch: int, batch: int) ->
             "iter": it,
             "config": config_to_dict(cfg),
             **({"init_from": run.init_record} if run.init_record else {}),
+            **({"ema": run.ema.state_dict()} if run.ema is not None else {}),
             **(run.identity or {}),
         },
     )
@@ -642,6 +648,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, it: int) -> dict:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, tc.grad_clip))
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
         it += 1
 
         logged = dict(zip(loss_names, values[: len(loss_names)].tolist()))
@@ -693,6 +701,22 @@ def _restore(state: dict, model, optimizer, scaler, rank: int, world: int) -> No
     ckpt_io.set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
 
 
+def _build_ema(model, decay: float, state: dict | None, resume) -> WeightEMA | None:
+    """The weights' moving average when ``train.ema_decay > 0``: continued from the resumed
+    checkpoint's ``ema`` entry, else started from the model's current weights."""
+    if decay <= 0:
+        return None
+    ema = WeightEMA(model, decay)
+    if state and isinstance(state.get("ema"), dict):
+        try:
+            ema.load_state_dict(state["ema"])
+        except KeyError as exc:
+            raise DataError(resume, "ema", str(exc), "resume with the config the run was trained with") from exc
+    elif state:
+        logger.warning("%s has no weight average: train.ema_decay starts it from the resumed weights", resume)
+    return ema
+
+
 def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dict:
     """Train ``cfg``'s detector into ``run_dir``.
 
@@ -740,6 +764,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
         params, optimizer, scaler, amp = _build_optimizer(model, tc, base_lr, device)
         if state:
             _restore(state, model, optimizer, scaler, rank, world)
+        ema = _build_ema(model, tc.ema_decay, state, resume)
         net = model
         if world > 1:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -762,6 +787,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
                 "skipped_empty_key_frames": dataset.num_skipped_empty,
                 **sampler.describe(),
                 "trainable_params": sum(p.numel() for p in params),
+                "ema_decay": tc.ema_decay,
                 "resumed_from": str(resume) if resume else None,
                 "run_dir": str(run_dir),
             }
@@ -794,6 +820,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
             checkpoints=ckpt_io.CheckpointWriter(run_dir, rank=rank, world=world, keep_epochs=tc.keep_checkpoints),
             init_record=init_record,
             identity=model_identity(dataset.sources[0], table),
+            ema=ema,
         )
         it = start_iter
         for epoch in range(start_iter // ipe, tc.epochs):
