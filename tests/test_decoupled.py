@@ -90,6 +90,7 @@ def test_init_from_loads_weights_and_reinitialises_the_classifier(source):
         "missing": [],
         "unexpected": [],
         "classifier": "re-initialised",
+        "weights": "model",  # the source kept no moving average (train.ema_decay)
     }
     kept = build(seed=2)
     assert init_from_checkpoint(kept, path)["classifier"] == "loaded"  # no reinit: fc_cls loaded too
