@@ -155,15 +155,18 @@ def test_weight_average_is_checkpointed_and_resumes_exactly(tmp_path, tiny_sourc
         assert torch.allclose(one["ema"]["weights"][k], expected, atol=1e-7), k
         assert not torch.equal(one["ema"]["weights"][k], one["model"][k])
 
+    def resume_b(decay):
+        return train(
+            make_cfg(ema_decay=decay),
+            tmp_path / "b",
+            model=fresh_model(),
+            sources=tiny_sources,
+            resume=tmp_path / "b" / "latest.pth",
+        )
+
     train(make_cfg(ema_decay=0.9), tmp_path / "a", model=fresh_model(), sources=tiny_sources)
     train(make_cfg(ema_decay=0.9, stop_after_iters=4), tmp_path / "b", model=fresh_model(), sources=tiny_sources)
-    train(
-        make_cfg(ema_decay=0.9),
-        tmp_path / "b",
-        model=fresh_model(),
-        sources=tiny_sources,
-        resume=tmp_path / "b" / "latest.pth",
-    )
+    resume_b(0.9)
     a = ckpt_io.load_checkpoint(tmp_path / "a" / "epoch_2.pth")
     b = ckpt_io.load_checkpoint(tmp_path / "b" / "epoch_2.pth")
     assert a["ema"]["updates"] == b["ema"]["updates"] == 10
@@ -172,13 +175,7 @@ def test_weight_average_is_checkpointed_and_resumes_exactly(tmp_path, tiny_sourc
     assert ckpt_io.state_dict_of(a) is a["ema"]["weights"] and ckpt_io.state_dict_of(a, use_ema=False) is a["model"]
     # changing the decay on a resume would change the average: refused
     with pytest.raises(DataError, match="ema_decay"):
-        train(
-            make_cfg(ema_decay=0.5),
-            tmp_path / "b",
-            model=fresh_model(),
-            sources=tiny_sources,
-            resume=tmp_path / "b" / "latest.pth",
-        )
+        resume_b(0.5)
 
 
 def test_keep_checkpoints_keeps_the_newest_and_the_epoch_ends_asked_for(tmp_path, tiny_sources):
