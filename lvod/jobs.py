@@ -11,13 +11,15 @@ method helps the rare classes, by how much, and is the difference real? Steps, e
    ``iter/total`` and an ETA in the progress lines;
 4. test it on the val split, with bootstrap intervals;
 5. post-hoc calibration: ``tau_norm``, ``logit_adjust`` and ``norcal``, each parameter
-   chosen on the held-out videos (never on val), then tested on val;
+   chosen on the held-out videos (never on val), then tested on val (an identity choice
+   reuses the baseline's detections: :func:`identity_calibration_run`);
 6. temporal rescoring: Seq-NMS on the baseline's val detections (its results file, no
    second network pass);
 7. the decoupled protocols from the baseline's checkpoint: cRT and BAGS stage 2
    (classifier only), side by side (one thread each), then tested on val;
 8. ``lvod compare``: every method minus the baseline with paired-bootstrap intervals and
-   a verdict, ``report/summary.md``, and notebook 04 over all runs.
+   a verdict, ``report/summary.md`` (with the calibration choices), and notebook 04 over
+   all runs (reusing that comparison).
 
 Each run keeps only its last checkpoint (``train.keep_checkpoints``). ``quick=True`` runs
 the same steps on a tiny dataset for a few iterations: a smoke test of the whole chain,

@@ -10,6 +10,9 @@ differs from the checkpoint's logs the harmless differences and refuses the othe
 
 The model returns a dict: its ``loss_*`` terms are summed and optimised; every other key
 is a detached diagnostic (per-group BAGS losses, kept RoIs, ...) that is only logged.
+With ``train.ema_decay > 0`` a moving average of the trainable weights
+(``lvod.engine.ema``) is updated after every step and kept in every checkpoint; what is
+tested and initialised from is then the average.
 
 Decoupled protocols (cRT, BAGS stage 2): ``train.init_from`` starts from a trained run's
 weights (:func:`init_from_checkpoint`: weights only, fresh optimiser and schedule at
