@@ -1,7 +1,8 @@
-"""Long-tailed split of a CocoVID training file (lvod.data.longtail): the profile formulas,
-the selection on a generated ImageNet-VID-sized file (3,862 videos, 30 classes, 1-3 classes
-per video) and its DET companion, the demo data, byte-identical outputs, whole videos only,
-the report of unmet targets and the errors.
+"""Long-tailed split of a CocoVID training file (lvod.data.longtail; its maths in
+lvod.data.longtail_select): the profile formulas, the selection on a generated
+ImageNet-VID-sized file (3,862 videos, 30 classes, 1-3 classes per video) and its DET
+companion, the demo data, byte-identical outputs, whole videos only, the report of unmet
+targets and the errors.
 
 Budget: about 15 s (the demo data, shared with other test files, is about 8 s of it).
 """
@@ -15,15 +16,14 @@ import numpy as np
 import pytest
 
 from lvod.data.cocovid import load_cocovid
-from lvod.data.longtail import (
+from lvod.data.longtail import make_longtail_split, write_longtail_split
+from lvod.data.longtail_select import (
     class_membership,
     explain_classes,
-    make_longtail_split,
     profile_targets,
     profile_values,
     rank_classes,
     select_items,
-    write_longtail_split,
 )
 from lvod.errors import DataError
 
