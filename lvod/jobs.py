@@ -161,6 +161,13 @@ def seed_runs(run_dir, seeds) -> dict:
     return {f"seed{s}": Path(run_dir) / f"seed{s}" for s in seeds}
 
 
+def is_identity(method: str, value) -> bool:
+    """Whether ``value`` is ``method``'s identity (``lvod.models.calibration.METHODS``)."""
+    from lvod.models.calibration import METHODS
+
+    return float(value) == METHODS[method].identity
+
+
 def calibration_choices(calibration: dict) -> str:
     """One sentence: the parameter each post-hoc calibration got on the held-out videos
     (``calibration.json``), and what an identity choice means for its rows."""
@@ -168,8 +175,8 @@ def calibration_choices(calibration: dict) -> str:
     parts = []
     for method, rec in calibration.get("methods", {}).items():
         value, param = float(rec["best"]), rec["param"]
-        if value == 0.0:
-            parts.append(f"{method} {param}=0 (the identity: no grid value beat the uncalibrated detector)")
+        if is_identity(method, value):
+            parts.append(f"{method} {param}={value:g} (the identity: no grid value beat the uncalibrated detector)")
         else:
             parts.append(
                 f"{method} {param}={value:g} (held-out {metric} {rec['best_metric']:.3f} vs "
@@ -215,19 +222,24 @@ def identity_calibration_run(baseline: dict, out_dir, method: str, chosen: dict,
     ``baseline``: the baseline's metrics (``test_model``'s dict); ``chosen``: the method's
     entry of ``calibration.json``. ``metrics.json`` records the calibration and where the
     detections came from (``inference.results_from``)."""
-    from lvod.evaluation import load_results, save_results_npz, write_metrics
+    import shutil
+
+    from lvod.evaluation import write_metrics
+    from lvod.io import atomic_write
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     source = Path(baseline["inference"]["results"])
-    npz = save_results_npz(load_results(source), out_dir / "results.npz")
+    npz = out_dir / "results.npz"
+    with open(source, "rb") as src, atomic_write(npz, "wb") as dst:  # the same file, byte for byte
+        shutil.copyfileobj(src, dst)
     result = {k: v for k, v in baseline.items() if k not in ("files", "note")}
     result["inference"] = {**baseline["inference"], "results": str(npz), "results_from": str(source)}
     result["calibration"] = {
         "method": method,
-        "spec": f"{method}:{chosen['param']}=0",
+        "spec": f"{method}:{chosen['param']}={float(chosen['best']):g}",
         "param": chosen["param"],
-        "value": 0.0,
+        "value": float(chosen["best"]),
         "identity": True,
         "from": str(Path(base_dir) / "calibration.json"),
         "asked": f"{method}:auto",
@@ -330,7 +342,7 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
         chosen = calibration["methods"][method]
         logger.info("%s: %s chosen on the held-out videos", method, chosen["best"])
         name = f"softmax+{method}"
-        if float(chosen["best"]) == 0.0:  # the identity: the baseline's own detections, no second pass
+        if is_identity(method, chosen["best"]):  # the identity: the baseline's own detections, no second pass
             metrics[name] = identity_calibration_run(metrics["softmax"], run / name, method, chosen, base_dir)
             _log_metrics(name, metrics[name])
         else:
