@@ -14,8 +14,9 @@ from lvod.config import ModelConfig, config_to_dict, load_config
 from lvod.errors import DataError
 from lvod.groups import build_groups
 from lvod.models import build_model
-from lvod.models import losses as L
-from lvod.models.heads import EqlV2Head, FedLossHead, build_head
+from lvod.models import sigmoid_losses as L
+from lvod.models.heads import build_head
+from lvod.models.sigmoid_heads import EqlV2Head, FedLossHead
 
 
 def np_sigmoid(x):

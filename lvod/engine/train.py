@@ -285,7 +285,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 def _predictor_prefix(model) -> str | None:
     """State-dict prefix of the model's one box predictor (``"...predictor."``), or None
     when it has none (then no weight counts as the classifier)."""
-    from lvod.models.heads import BoxPredictor
+    from lvod.models.predictor import BoxPredictor
 
     found = [name for name, m in model.named_modules() if isinstance(m, BoxPredictor)]
     if len(found) > 1:

@@ -25,7 +25,9 @@ from torch import Tensor, nn
 
 from lvod.errors import DataError
 from lvod.io import atomic_write
-from lvod.models.heads import BagsHead, BoxPredictor, EqlV2Head, SeesawHead, SoftmaxHead
+from lvod.models.heads import BagsHead, SeesawHead, SoftmaxHead
+from lvod.models.predictor import BoxPredictor
+from lvod.models.sigmoid_heads import EqlV2Head
 
 
 # ------------------------------------------------------------------------ the key mapping
