@@ -546,12 +546,23 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 def _train_seeds(a, cfg, run_dir: Path) -> int:
-    """``lvod train --seeds``: one run folder per seed, one after the other or side by side."""
-    if a.gpus > 1 or a.nnodes or a.resume_from:
-        raise UsageError("--seeds trains on this process's device; launch torchrun per seed for several GPUs")
+    """``lvod train --seeds``: one run folder per seed, one after the other (each under
+    torchrun with ``--gpus N``) or side by side (one thread each)."""
+    if a.nnodes or a.resume_from:
+        raise UsageError("--seeds trains on this machine; --nnodes and --resume-from go with a single run")
+    if a.gpus > 1 and a.side_by_side:
+        raise UsageError("--side-by-side trains one process per seed; with --gpus N the seeds run one after the other")
     runs = seed_runs(run_dir, _parse_seeds(a.seeds))
     if a.side_by_side:
         train_side_by_side({name: (a.config, d, [f"train.seed={name[4:]}"]) for name, d in runs.items()}, a.overrides)
+    elif a.gpus > 1:  # one torchrun per seed, one after the other
+        for name, d in runs.items():
+            cmd = torchrun_command(a.config, d, a.gpus, a.resume, [*a.overrides, f"train.seed={name[4:]}"])
+            print(f"{name}: run folder {d}\nlaunching: {shlex.join(cmd)}", flush=True)
+            rc = subprocess.call(cmd)
+            if rc != 0:
+                print(f"{name}: training failed (exit {rc}); the later seeds were not started", file=sys.stderr)
+                return rc
     else:
         for name, d in runs.items():
             seed_cfg = load_config(a.config, [*a.overrides, f"train.seed={name[4:]}"])

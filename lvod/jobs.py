@@ -7,8 +7,9 @@ method helps the rare classes, by how much, and is the difference real? Steps, e
 1. build the demo dataset into the run folder (``RUN/data``: train, val and a held-out
    split drawn like train; reused when the same seed and sizes are already there);
 2. per-class statistics and the frequency groups (rare / common / frequent), notebook 01;
-3. train the softmax FGFA baseline with both cores (one process, two threads), with
-   ``iter/total`` and an ETA in the progress lines;
+3. train the softmax FGFA baseline on both cores (two DDP processes of one image and one
+   thread each: the recipe's batch of 2, split), with ``iter/total`` and an ETA in the
+   progress lines;
 4. test it on the val split, with bootstrap intervals;
 5. post-hoc calibration: ``tau_norm``, ``logit_adjust`` and ``norcal``, each parameter
    chosen on the held-out videos (never on val), then tested on val (an identity choice
@@ -134,21 +135,48 @@ def _sleep_unless_all_ended(procs, seconds: float) -> None:
         time.sleep(min(0.2, max(0.0, end - time.perf_counter())))
 
 
-def train_runs(runs: dict, overrides: list, *, threads: int = 1, poll: float = 30.0) -> None:
-    """Train each ``{name: (config, work_dir[, extra overrides])}`` in its own process with
-    ``threads`` threads each, at the same time, and follow them (:func:`follow_training`).
-    One run with two threads is the main job's baseline; two runs with one thread each
-    are its decoupled runs and ``lvod train --seeds ... --side-by-side``."""
+def train_runs(runs: dict, overrides: list, *, threads: int = 1, ranks: int = 1, poll: float = 30.0) -> None:
+    """Train each ``{name: (config, work_dir[, extra overrides])}`` at the same time and
+    follow them (:func:`follow_training`): each as one process with ``threads`` threads, or,
+    with ``ranks > 1``, as ``ranks`` DDP processes of one thread each (torchrun, gloo on a
+    CPU) that split the config's batch between them (:func:`per_rank_batch`), so the
+    recipe (total batch, learning rate, iterations) stays the same.
+
+    The main job's baseline is one run as two ranks: on 2 cores that trains 9% faster than
+    one process with two threads (benchmarks/README.md, "Training on both cores"). Two
+    runs with one thread each are its decoupled runs and ``lvod train --seeds ...
+    --side-by-side``."""
     overrides = [*overrides, "train.progress_bar=false", "data.workers_per_gpu=0"]
     procs, dirs = {}, {}
     for name, (config, work_dir, *extra) in runs.items():
         run_overrides = [*overrides, *(extra[0] if extra else [])]
+        if ranks > 1:
+            run_overrides.append(f"data.imgs_per_gpu={per_rank_batch(config, run_overrides, ranks)}")
         procs[name] = monitor.start_training(
-            config, work_dir, overrides=run_overrides, env=THREADS.get(threads, THREADS[1]), append=False
+            config,
+            work_dir,
+            gpus=ranks,
+            overrides=run_overrides,
+            env=ONE_THREAD if ranks > 1 else THREADS.get(threads, ONE_THREAD),
+            append=False,
         )
         dirs[name] = work_dir
         logger.info("training %s: %s\n  log: %s/train.out", name, " ".join(procs[name].args[2:]), work_dir)
     follow_training(procs, dirs, poll=poll)
+
+
+def per_rank_batch(config, overrides, ranks: int) -> int:
+    """Images per process when ``ranks`` processes share ``config``'s batch
+    (``data.imgs_per_gpu`` after ``overrides``); ValueError when they cannot share it evenly."""
+    from lvod.config import load_config
+
+    batch = load_config(config, overrides).data.imgs_per_gpu
+    if batch % ranks:
+        raise ValueError(
+            f"{config}: data.imgs_per_gpu = {batch} cannot be split evenly over {ranks} processes; "
+            f"give a multiple of {ranks} or train in one process"
+        )
+    return batch // ranks
 
 
 def train_side_by_side(runs: dict, overrides: list, *, poll: float = 30.0) -> None:
@@ -308,8 +336,8 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
         overrides += ["train.epochs=1", "train.warmup_iters=5", "train.log_interval=5"]
     base_dir = run / "softmax"
 
-    step("train the softmax FGFA baseline (both cores)")
-    train_runs({"softmax": (BASELINE, base_dir)}, overrides, threads=2, poll=poll)
+    step("train the softmax FGFA baseline (both cores: two DDP processes)")
+    train_runs({"softmax": (BASELINE, base_dir)}, overrides, ranks=2, poll=poll)
 
     def test(name, config, work_dir, ckpt, **kw):
         m = test_model(
@@ -361,8 +389,8 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
         metrics[name] = test(name, cfg, run / name, run / name / "latest.pth")
 
     for name in end_to_end:
-        step(f"stretch row: the {name} head trained end to end (both cores)")
-        train_runs({name: (END_TO_END[name], run / name)}, overrides, threads=2, poll=poll)
+        step(f"stretch row: the {name} head trained end to end (both cores: two DDP processes)")
+        train_runs({name: (END_TO_END[name], run / name)}, overrides, ranks=2, poll=poll)
         metrics[name] = test(name, END_TO_END[name], run / name, run / name / "latest.pth")
 
     step("compare every method with the baseline, notebook 04 and the summary")

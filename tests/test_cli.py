@@ -313,3 +313,24 @@ def test_train_seeds_makes_one_run_folder_per_seed(monkeypatch, tmp_path, capsys
     assert main(["train", config, "--work-dir", str(tmp_path / "s"), "--seeds", "1,3", "--side-by-side"]) == 0
     ((runs, overrides),) = side
     assert runs["seed3"] == (config, tmp_path / "s" / "seed3", ["train.seed=3"]) and overrides == []
+
+
+def test_train_seeds_on_several_processes_launch_one_torchrun_per_seed(monkeypatch, tmp_path, capsys):
+    from lvod import cli
+
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    config = str(cli.Path(__file__).resolve().parents[1] / "configs" / "demo" / "fgfa_r18_demo_softmax.toml")
+    args = ["train", config, "--work-dir", str(tmp_path / "w"), "--gpus", "2", "--seeds", "0,1", "data.imgs_per_gpu=1"]
+    assert main(args) == 0
+    assert len(calls) == 2
+    for seed, cmd in enumerate(calls):
+        assert cmd[cmd.index("--nproc_per_node") + 1] == "2"
+        assert cmd[cmd.index("--work-dir") + 1] == str(tmp_path / "w" / f"seed{seed}")
+        assert "data.imgs_per_gpu=1" in cmd and f"train.seed={seed}" in cmd
+    # a failed seed stops the loop with its exit code
+    calls.clear()
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: calls.append(cmd) or 3)
+    assert main(args) == 3 and len(calls) == 1
+    assert "seed0: training failed (exit 3)" in capsys.readouterr().err
+    assert main([*args, "--side-by-side"]) == 2

@@ -132,6 +132,11 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     (injected,) = [c for c in nb04.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert 'comparison = "run/report/compare/compare.json"' in injected.source
     assert r["metrics"]["softmax+seq_nms"]["rescoring"]
+    # both cores: the baseline and the stretch row as two DDP processes sharing the recipe's batch of 2
+    for name in ("softmax", "eqlv2"):
+        records = [json.loads(line) for line in (run / name / "log.jsonl").read_text().splitlines()]
+        (start,) = [rec for rec in records if rec.get("event") == "start"]
+        assert (start["world_size"], start["total_batch"]) == (2, 2), name
     # only the checkpoints a user needs: the newest of each trained run
     for name in ("softmax", "crt", "bags_stage2", "eqlv2"):
         assert sorted(p.name for p in (run / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
@@ -176,6 +181,15 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     shown = "".join(str(o.get("data", {}).get("text/plain", "")) for c in evaluated.cells for o in c.get("outputs", []))
     assert "bbox_mAP_50" in shown and "slow" in shown
     assert json.loads((run / "nb-train" / "metrics.json").read_text())["classwise"]
+
+
+def test_per_rank_batch_splits_the_recipe_batch():
+    from lvod import jobs
+
+    assert jobs.per_rank_batch(jobs.BASELINE, [], 2) == 1
+    assert jobs.per_rank_batch(jobs.BASELINE, ["data.imgs_per_gpu=4"], 2) == 2
+    with pytest.raises(ValueError, match="imgs_per_gpu = 3 cannot be split evenly over 2 processes"):
+        jobs.per_rank_batch(jobs.BASELINE, ["data.imgs_per_gpu=3"], 2)
 
 
 def test_demo_job_refuses_an_unknown_end_to_end_head_before_running(tmp_path, capsys):
