@@ -25,6 +25,7 @@ from lvod.groups import build_groups
 from lvod.models import box_coder as bc
 from lvod.models import build_model
 from lvod.models import losses as L
+from lvod.models import sigmoid_losses as S
 from lvod.models.flownet import warp
 from lvod.models.heads import build_head
 
@@ -165,14 +166,14 @@ def test_head_scores_and_loss_maths_follow_the_logits_device(head):
         assert predictor.scores(cls_logits).is_meta
     labels = torch.zeros(8, dtype=torch.int64, device=META)
     if head == "eqlv2":  # its loss is data-independent: the whole loss and the statistics
-        targets = L.eqlv2_targets(labels, 6).to(cls_logits)
-        loss, weights = L.eqlv2_loss(cls_logits, targets, *predictor.class_weights())
-        pos, neg = L.eqlv2_grad_stats(L.bce_logit_grad(cls_logits, targets, weights)[:, :6], targets[:, :6])
+        targets = S.eqlv2_targets(labels, 6).to(cls_logits)
+        loss, weights = S.eqlv2_loss(cls_logits, targets, *predictor.class_weights())
+        pos, neg = S.eqlv2_grad_stats(S.bce_logit_grad(cls_logits, targets, weights)[:, :6], targets[:, :6])
         assert loss.is_meta and pos.is_meta and neg.is_meta
     if head == "seesaw":
         assert L.seesaw_class_loss(cls_logits[:, :6], labels, predictor.cum_samples[1:]).is_meta
     if head == "fedloss":
-        assert L.fed_loss(cls_logits, labels, torch.tensor([0, 3])).is_meta  # the drawn classes live on the CPU
+        assert S.fed_loss(cls_logits, labels, torch.tensor([0, 3])).is_meta  # the drawn classes live on the CPU
 
 
 # ----------------------------------------------------------------------------- autocast
