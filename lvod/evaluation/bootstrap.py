@@ -135,29 +135,35 @@ def build_table(
 
 
 def _coco_ap(cum_tp: np.ndarray, cum_fp: np.ndarray, npig: np.ndarray) -> np.ndarray:
-    """COCO's 101-point AP per row of ``(B, m)`` cumulative counts (``npig (B,) > 0``)."""
+    """COCO's 101-point AP per row of ``(B, m)`` cumulative counts (``npig (B,) > 0``).
+
+    COCOeval reads threshold ``r`` at ``searchsorted(rc, r, "left")``, the first point whose
+    recall is >= r. Rows of ``rc`` are non-decreasing, so that index is the number of
+    points with fewer than ``t + 1`` thresholds at or below their recall: one
+    ``searchsorted`` of every point into the thresholds (the same float comparisons), a
+    histogram per row and its cumulative sum give all ``(B, 101)`` indices at once.
+    """
+    b, m = cum_tp.shape
+    r = len(coco.REC_THRS)
     rc = cum_tp / npig[:, None]
-    pr = cum_tp / (cum_fp + cum_tp + np.spacing(1))
-    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-    m = cum_tp.shape[1]
-    out = np.zeros(len(npig))
-    for b in range(len(npig)):
-        inds = np.searchsorted(rc[b], coco.REC_THRS, side="left")
-        out[b] = pr[b, inds[inds < m]].sum() / len(coco.REC_THRS)
-    return out
+    pr = np.zeros((b, m + 1))  # column m: 0, read where a threshold is above the last recall
+    pr[:, :m] = np.maximum.accumulate((cum_tp / (cum_fp + cum_tp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
+    below = np.searchsorted(coco.REC_THRS, rc, side="right")  # (B, m): thresholds <= rc, 0..R
+    hist = np.bincount((below + (r + 1) * np.arange(b)[:, None]).ravel(), minlength=b * (r + 1))
+    inds = np.cumsum(hist.reshape(b, r + 1)[:, :r], axis=1)  # (B, R): first point with rc >= r_t
+    return np.take(pr.ravel(), inds + (m + 1) * np.arange(b)[:, None]).sum(axis=1) / r
 
 
 def _voc_ap(cum_tp: np.ndarray, cum_fp: np.ndarray, npig: np.ndarray) -> np.ndarray:
-    """The ILSVRC devkit's area under the precision envelope per row."""
+    """The ILSVRC devkit's area under the precision envelope per row (the devkit sums only
+    where recall changes; the other steps have width 0 and add nothing)."""
     rec = cum_tp / npig[:, None]
     prec = cum_tp / np.maximum(cum_tp + cum_fp, np.finfo(np.float64).eps)
-    out = np.zeros(len(npig))
-    for b in range(len(npig)):
-        mrec = np.concatenate(([0.0], rec[b], [1.0]))
-        mpre = np.maximum.accumulate(np.concatenate(([0.0], prec[b], [0.0]))[::-1])[::-1]
-        i = np.flatnonzero(mrec[1:] != mrec[:-1])
-        out[b] = np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1])
-    return out
+    b = len(npig)
+    mrec = np.concatenate([np.zeros((b, 1)), rec, np.ones((b, 1))], axis=1)
+    mpre = np.concatenate([np.zeros((b, 1)), prec, np.zeros((b, 1))], axis=1)
+    mpre = np.maximum.accumulate(mpre[:, ::-1], axis=1)[:, ::-1]
+    return ((mrec[:, 1:] - mrec[:, :-1]) * mpre[:, 1:]).sum(axis=1)
 
 
 def curve_ap(curve: Curve, weights: np.ndarray, npig: np.ndarray, protocol: str) -> np.ndarray:
