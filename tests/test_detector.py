@@ -257,7 +257,26 @@ def test_from_scratch_backbone_has_trainable_group_norm():
     assert not frozen.conv1.weight.requires_grad and not frozen.layer1[0].conv1.weight.requires_grad
     assert frozen.layer2[0].conv1.weight.requires_grad
     with pytest.raises(ValueError, match="norm"):
-        ResNetDC5(18, norm="batch")
+        ResNetDC5(18, norm="sync")
+
+
+def test_batch_norm_backbone_normalises_trained_stages_and_keeps_frozen_ones_in_eval():
+    """``"batch"`` (mmdet norm_eval=False): batch statistics and moving running statistics
+    in the trained stages; the frozen stem and stage 1 stay in eval mode through train()."""
+    torch.manual_seed(0)
+    b = ResNetDC5(18, frozen_stages=1, norm="batch", stages=3).train()
+    assert isinstance(b.layer2[0].bn1, torch.nn.BatchNorm2d) and b.layer2[0].bn1.weight.requires_grad
+    assert not b.bn1.training and not b.layer1[0].bn1.training and b.layer2[0].bn1.training
+    x = 3.0 + 2.0 * torch.randn(2, 3, 64, 64)
+    b(x)
+    assert torch.equal(b.bn1.running_mean, torch.zeros(64))  # frozen: statistics untouched
+    assert torch.equal(b.layer1[0].bn1.running_var, torch.ones(64))
+    assert not torch.equal(b.layer2[0].bn1.running_mean, torch.zeros(128))  # trained: moved
+    # in training, the output of a trained BN is normalised over the batch
+    h = b.layer2[0].bn1(torch.randn(4, 128, 8, 8) * 5 + 7)
+    assert float(h.mean()) == pytest.approx(0.0, abs=1e-5) and float(h.std()) == pytest.approx(1.0, abs=1e-2)
+    b.eval()
+    assert not b.layer2[0].bn1.training
 
 
 def test_rpn_loss_normaliser_is_mmdets_num_total_samples():

@@ -19,8 +19,12 @@ get ``requires_grad=False`` (mmdet ``frozen_stages``, 1 in mmtracking):
   torchvision/detectron2 detectors); the same function at inference, fewer trained
   parameters (53,120 fewer for ResNet-50) and no batch counter in the state dict;
 - ``"group"``: GroupNorm (32 groups or fewer, trained). BatchNorm of a randomly
-  initialised network is the identity, so training from scratch uses ``"group"`` with
-  ``frozen_stages=-1``.
+  initialised network is the identity, so training from scratch uses ``"group"`` or
+  ``"batch"``;
+- ``"batch"``: BatchNorm in training mode (mmdet ``norm_eval=False``, the from-scratch
+  recipe): batch statistics in training, running statistics at inference, affine trained.
+  Under DDP each process normalises over its own frames (no SyncBN). As in mmdet, the
+  frozen stem and stages stay in eval mode, so their running statistics never move.
 
 ``stages=3`` stops after stage 3 (``layer4`` is not built): the Faster R-CNN "C4" backbone,
 stride 16 with 256 (18/34) or 1024 (50/101) channels. Stage 4 of DC5 is the most expensive
@@ -63,7 +67,7 @@ class EvalBatchNorm2d(nn.BatchNorm2d):
         return super().train(False)
 
 
-NORMS = {"eval": EvalBatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_norm}
+NORMS = {"eval": EvalBatchNorm2d, "frozen": FrozenBatchNorm2d, "group": _group_norm, "batch": nn.BatchNorm2d}
 
 
 class ResNetDC5(resnet.ResNet):
@@ -96,12 +100,20 @@ class ResNetDC5(resnet.ResNet):
                 blk.downsample[0].stride = (1, 1)
             blk.stride = 1
         self.frozen_stages = frozen_stages
-        frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else []) + [
+        self._frozen = ([self.conv1, self.bn1] if frozen_stages >= 0 else []) + [
             getattr(self, f"layer{i}") for i in range(1, frozen_stages + 1)
         ]
-        for m in frozen:
+        for m in self._frozen:
             for p in m.parameters():
                 p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> ResNetDC5:
+        """mmdet ``_freeze_stages``: the frozen stem and stages stay in eval mode, so a
+        ``"batch"`` norm there keeps its running statistics (a no-op for the other norms)."""
+        super().train(mode)
+        for m in self._frozen:
+            m.train(False)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
