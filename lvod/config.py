@@ -296,7 +296,8 @@ DETECTOR_KINDS = ("single", "fgfa", "selsa", "dff", "temporal_roi_align")
 # weights' grid, one feature cell towards the top-left; docs/checkpoint_mapping.md).
 WARP_GRIDS = ("aligned", "mmtracking")
 # Backbone BatchNorm: eval (mmtracking norm_eval: statistics fixed, affine trained),
-# frozen (FrozenBatchNorm2d), group (GroupNorm, for training from scratch).
+# frozen (FrozenBatchNorm2d), group (GroupNorm) and batch (BatchNorm in training mode, mmdet
+# norm_eval=False), the last two for training from scratch.
 BACKBONE_NORMS = ("eval", "frozen", "group", "batch")
 
 
@@ -339,7 +340,7 @@ class ModelConfig:
     backbone_weights: str | None = None  # torchvision ResNet state dict (.pth)
     flownet_weights: str | None = None  # mmtracking FlowNetSimple state dict (FGFA)
     frozen_stages: int = 1  # -1: nothing frozen (training from scratch)
-    backbone_norm: str = choice("eval", BACKBONE_NORMS)  # eval (mmtracking), frozen, group, batch (trained BN)
+    backbone_norm: str = choice("eval", BACKBONE_NORMS)
     backbone_stages: int = 4  # 4: R-DC5 (mmtracking); 3: the C4 map, no stage 4 (the CPU demo models)
     neck_channels: int = 512
     rpn_channels: int = 512
