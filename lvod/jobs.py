@@ -22,6 +22,10 @@ method helps the rare classes, by how much, and is the difference real? Steps, e
    a verdict, ``report/summary.md`` (with the calibration choices), and notebook 04 over
    all runs (reusing that comparison).
 
+With several training seeds (``train_seeds``, ``lvod demo-job --seeds 0,1,2``) steps 3-7
+run once per seed into ``RUN/seed<N>/`` on the same data, and step 8 compares every method
+over its seeds (mean, seed spread, paired intervals over the val videos).
+
 Each run keeps only its last checkpoint (``train.keep_checkpoints``). ``quick=True`` runs
 the same steps on a tiny dataset for a few iterations: a smoke test of the whole chain,
 not a result.
@@ -223,22 +227,39 @@ def calibration_choices(calibration: dict) -> str:
 def summary_markdown(comparison: dict, seconds: float | None = None, calibration: dict | None = None) -> str:
     """``summary.md``: the paired comparison (``lvod.evaluation.compare``) of every method
     with the softmax baseline, with intervals and verdicts, the calibration parameters
-    chosen on the held-out videos (``calibration``: the baseline's ``calibration.json``),
-    and how to read it."""
+    chosen on the held-out videos (``calibration``: the baseline's ``calibration.json``, or
+    ``{training seed: calibration.json}`` with several seeds), and how to read it."""
     from lvod.evaluation.compare import format_comparison
 
     methods = ", ".join(m for m in comparison["methods"] if m != comparison["baseline"])
     took = f" The job took {seconds / 60:.1f} min." if seconds is not None else ""
+    num_seeds = (comparison["methods"].get(comparison["baseline"]) or {}).get("num_seeds", 1)
+    if not calibration:
+        chosen = ""
+    elif "methods" in calibration:  # one calibration.json
+        chosen = calibration_choices(calibration)
+    else:
+        chosen = "".join(f"Training seed {s}. " + calibration_choices(c) for s, c in calibration.items())
+    if num_seeds > 1:
+        seeds = (
+            f"Every value is the mean over {num_seeds} training seeds and `seeds (std)` is their spread; the "
+            "intervals resample the val videos (the same resamples for every seed's detections), so they do "
+            "not hold the seed spread: read both."
+        )
+    else:
+        seeds = (
+            "The spread between training runs (seeds) is not in these intervals: train several seeds "
+            "(`lvod demo-job --seeds 0,1,2`) or pass their run folders to `lvod compare NAME=RUN1,RUN2,...`."
+        )
     return (
         f"# lvod main job: long-tail methods against the softmax FGFA baseline on the demo val split\n\n"
         f"Methods: {methods}.{took}\n\n"
-        + (calibration_choices(calibration) if calibration else "")
+        + chosen
         + format_comparison(comparison)
         + "\nA difference is called better or worse only when its 95 % interval (paired bootstrap over "
         "the val videos) excludes 0; otherwise it is unclear at this size. Calibration parameters were "
         "chosen on the held-out videos (`calibration.json` in the baseline's run folder), never on val. "
-        "Per-class rows: `compare/compare.csv`. The spread between training runs (seeds) is not in these "
-        "intervals: train several seeds and pass their run folders to `lvod compare NAME=RUN1,RUN2,...`.\n"
+        f"Per-class rows: `compare/compare.csv`. {seeds}\n"
     )
 
 
@@ -284,27 +305,111 @@ def _log_metrics(name: str, m: dict) -> None:
     logger.info("%s: bbox_mAP_50 %.3f [%.3f, %.3f] (%s)", name, m["bbox_mAP_50"] or 0.0, lo, hi, groups)
 
 
-def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_end=()) -> dict:
-    """Run the main job into the run folder ``out`` (data included: ``out/data``).
-
-    ``end_to_end``: names of :data:`END_TO_END` heads to train end to end as well (the
-    stretch rows: each one more baseline-sized training, on both cores, after the
-    decoupled runs), tested and compared like every other method.
-
-    Returns ``{"run_dir": Path, "metrics": {method: metrics dict with bootstrap intervals},
-    "calibration": the baseline's calibration.json dict, "comparison": lvod compare's dict
-    (softmax as baseline), "summary": markdown (also in report/summary.md), "report": the
-    notebook 04 HTML, "seconds": wall time}``. A failing step raises (DataError,
-    RuntimeError for a failed training run, papermill's error for a failing notebook cell).
-    """
-    from lvod.bags_io import make_groups
+def train_and_test_methods(
+    step, root: Path, train_seed: int, overrides: list, *, ann: dict, seed: int, end_to_end=(), poll=30.0, label=""
+) -> dict:
+    """Steps 3-7 of the main job (and the stretch rows) for one training seed, into
+    ``root``: the softmax baseline trained and tested, the calibrations chosen on the
+    held-out videos and tested, Seq-NMS, cRT and BAGS stage 2, each head of
+    ``end_to_end``. ``seed``: the bootstrap resamples (the same for every training seed,
+    so that their comparison is paired). Returns ``{"metrics": {method: metrics},
+    "calibration": the baseline's calibration.json dict, "folders": {method: run folder}}``."""
     from lvod.engine.calibrate import calibrate_run
     from lvod.engine.test import rescore_tested_run, test_model
+
+    overrides = [*overrides, f"train.seed={train_seed}"]
+    base_dir = root / "softmax"
+
+    step(f"{label}train the softmax FGFA baseline (both cores: two DDP processes)")
+    train_runs({"softmax": (BASELINE, base_dir)}, overrides, ranks=2, poll=poll)
+
+    def test(name, config, work_dir, ckpt, **kw):
+        m = test_model(
+            config,
+            str(ckpt),
+            out=str(Path(work_dir) / "results.json"),
+            overrides=overrides,
+            progress=False,
+            bootstrap="auto",
+            seed=seed,
+            **kw,
+        )
+        _log_metrics(name, m)
+        return m
+
+    step(f"{label}test the baseline on val (bootstrap intervals over the val videos)")
+    metrics = {"softmax": test("softmax", BASELINE, base_dir, base_dir / "latest.pth")}
+
+    step(f"{label}post-hoc calibration: parameters chosen on the held-out videos, tested on val")
+    calibration = calibrate_run(
+        base_dir,
+        checkpoint="latest.pth",
+        methods=CALIBRATIONS,
+        grid=CALIBRATION_GRID,
+        split=str(ann["heldout"]),
+        overrides=overrides,
+        progress=False,
+    )
+    for method in CALIBRATIONS:
+        chosen = calibration["methods"][method]
+        logger.info("%s: %s chosen on the held-out videos", method, chosen["best"])
+        name = f"softmax+{method}"
+        if is_identity(method, chosen["best"]):  # the identity: the baseline's own detections, no second pass
+            metrics[name] = identity_calibration_run(metrics["softmax"], root / name, method, chosen, base_dir)
+            _log_metrics(name, metrics[name])
+        else:
+            metrics[name] = test(name, BASELINE, root / name, base_dir / "latest.pth", calibrate=f"{method}:auto")
+
+    step(f"{label}temporal rescoring: Seq-NMS on the baseline's val detections")
+    metrics["softmax+seq_nms"] = rescore_tested_run(
+        base_dir, root / "softmax+seq_nms", BASELINE, overrides=overrides, bootstrap="auto", seed=seed
+    )
+    _log_metrics("softmax+seq_nms", metrics["softmax+seq_nms"])
+
+    step(f"{label}decoupled protocols from the baseline: cRT and BAGS stage 2 (classifier only, side by side)")
+    init = [f"train.init_from={base_dir / 'latest.pth'}"]
+    train_runs({name: (cfg, root / name, init) for name, cfg in DECOUPLED.items()}, overrides, threads=1, poll=poll)
+    for name, cfg in DECOUPLED.items():
+        metrics[name] = test(name, cfg, root / name, root / name / "latest.pth")
+
+    for name in end_to_end:
+        step(f"{label}stretch row: the {name} head trained end to end (both cores: two DDP processes)")
+        train_runs({name: (END_TO_END[name], root / name)}, overrides, ranks=2, poll=poll)
+        metrics[name] = test(name, END_TO_END[name], root / name, root / name / "latest.pth")
+    folders = {name: base_dir if name == "softmax" else root / name for name in metrics}
+    return {"metrics": metrics, "calibration": calibration, "folders": folders}
+
+
+def run_demo_job(out="runs/demo", *, seed: int = 0, train_seeds=None, quick: bool = False, end_to_end=()) -> dict:
+    """Run the main job into the run folder ``out`` (data included: ``out/data``).
+
+    ``seed``: the demo data, the bootstrap resamples and (by default) the one training
+    seed. ``train_seeds``: several training seeds (e.g. ``(0, 1, 2)``): steps 3-7 run once
+    per seed into ``out/seed<N>/`` on the same data, and the comparison takes every
+    method's seeds together (``lvod compare NAME=RUN1,RUN2,...``: values are means over
+    the seeds, the seed spread is their std, the paired intervals resample the same val
+    videos for every run). ``end_to_end``: names of :data:`END_TO_END` heads to train end
+    to end as well (the stretch rows: each one more baseline-sized training, on both
+    cores, after the decoupled runs), tested and compared like every other method.
+
+    Returns ``{"run_dir": Path, "metrics": {method: metrics dict with bootstrap intervals}
+    (of the first training seed), "calibration": the baseline's calibration.json dict (the
+    first seed's), "seeds": {train seed: {"metrics", "calibration", "folders"}},
+    "comparison": lvod compare's dict (softmax as baseline), "summary": markdown (also in
+    report/summary.md), "report": the notebook 04 HTML, "seconds": wall time}``. A failing
+    step raises (DataError, RuntimeError for a failed training run, papermill's error for a
+    failing notebook cell).
+    """
+    from lvod.bags_io import make_groups
     from lvod.evaluation.compare import compare_runs
     from lvod.io import atomic_write
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
     from lvod.stats import write_stats
 
+    seeds = tuple(int(s) for s in train_seeds) if train_seeds else (seed,)
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"training seeds must differ, got {list(seeds)}")
+    several = len(seeds) > 1
     step = Steps()
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
@@ -331,77 +436,34 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
     )
     logger.info("wrote %s", nb["html"])
 
-    overrides = [f"data.root={data_dir}", f"model.groups_file={run / 'groups.json'}", f"train.seed={seed}"]
+    overrides = [f"data.root={data_dir}", f"model.groups_file={run / 'groups.json'}"]
     if quick:
         overrides += ["train.epochs=1", "train.warmup_iters=5", "train.log_interval=5"]
-    base_dir = run / "softmax"
-
-    step("train the softmax FGFA baseline (both cores: two DDP processes)")
-    train_runs({"softmax": (BASELINE, base_dir)}, overrides, ranks=2, poll=poll)
-
-    def test(name, config, work_dir, ckpt, **kw):
-        m = test_model(
-            config,
-            str(ckpt),
-            out=str(Path(work_dir) / "results.json"),
-            overrides=overrides,
-            progress=False,
-            bootstrap="auto",
+    per_seed = {
+        s: train_and_test_methods(
+            step,
+            run / f"seed{s}" if several else run,
+            s,
+            overrides,
+            ann=ann,
             seed=seed,
-            **kw,
+            end_to_end=end_to_end,
+            poll=poll,
+            label=f"seed {s}: " if several else "",
         )
-        _log_metrics(name, m)
-        return m
-
-    step("test the baseline on val (bootstrap intervals over the val videos)")
-    metrics = {"softmax": test("softmax", BASELINE, base_dir, base_dir / "latest.pth")}
-
-    step("post-hoc calibration: parameters chosen on the held-out videos, tested on val")
-    calibration = calibrate_run(
-        base_dir,
-        checkpoint="latest.pth",
-        methods=CALIBRATIONS,
-        grid=CALIBRATION_GRID,
-        split=str(ann["heldout"]),
-        overrides=overrides,
-        progress=False,
-    )
-    for method in CALIBRATIONS:
-        chosen = calibration["methods"][method]
-        logger.info("%s: %s chosen on the held-out videos", method, chosen["best"])
-        name = f"softmax+{method}"
-        if is_identity(method, chosen["best"]):  # the identity: the baseline's own detections, no second pass
-            metrics[name] = identity_calibration_run(metrics["softmax"], run / name, method, chosen, base_dir)
-            _log_metrics(name, metrics[name])
-        else:
-            metrics[name] = test(name, BASELINE, run / name, base_dir / "latest.pth", calibrate=f"{method}:auto")
-
-    step("temporal rescoring: Seq-NMS on the baseline's val detections")
-    metrics["softmax+seq_nms"] = rescore_tested_run(
-        base_dir, run / "softmax+seq_nms", BASELINE, overrides=overrides, bootstrap="auto", seed=seed
-    )
-    _log_metrics("softmax+seq_nms", metrics["softmax+seq_nms"])
-
-    step("decoupled protocols from the baseline: cRT and BAGS stage 2 (classifier only, side by side)")
-    init = [f"train.init_from={base_dir / 'latest.pth'}"]
-    train_runs({name: (cfg, run / name, init) for name, cfg in DECOUPLED.items()}, overrides, threads=1, poll=poll)
-    for name, cfg in DECOUPLED.items():
-        metrics[name] = test(name, cfg, run / name, run / name / "latest.pth")
-
-    for name in end_to_end:
-        step(f"stretch row: the {name} head trained end to end (both cores: two DDP processes)")
-        train_runs({name: (END_TO_END[name], run / name)}, overrides, ranks=2, poll=poll)
-        metrics[name] = test(name, END_TO_END[name], run / name, run / name / "latest.pth")
+        for s in seeds
+    }
+    first = per_seed[seeds[0]]
+    folders = {name: [per_seed[s]["folders"][name] for s in seeds] for name in first["folders"]}
 
     step("compare every method with the baseline, notebook 04 and the summary")
     report = run / "report"
-    folders = {"softmax": base_dir, **{name: run / name for name in metrics if name != "softmax"}}
     comparison = compare_runs(
         ann["val"],
-        {name: [folder] for name, folder in folders.items()},
+        folders,
         baseline="softmax",
         groups=run / "groups.json",
-        bootstrap=metrics["softmax"]["bootstrap"]["resamples"],
+        bootstrap=first["metrics"]["softmax"]["bootstrap"]["resamples"],
         seed=seed,
         out=report / "compare",
     )
@@ -409,7 +471,8 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
         NOTEBOOK_DIR / "04_per_group_ap_analysis.ipynb",
         report,
         {
-            "runs": {name: str(folder) for name, folder in folders.items()},
+            # one folder per method, or with several seeds its folders (per-class plots: the first)
+            "runs": {name: [str(f) for f in fs] if several else str(fs[0]) for name, fs in folders.items()},
             "baseline": "softmax",
             "val_ann": str(ann["val"]),
             "images_root": str(data_dir / "Data" / "VID"),
@@ -421,13 +484,16 @@ def run_demo_job(out="runs/demo", *, seed: int = 0, quick: bool = False, end_to_
         },
     )
     step.finish()
-    table = summary_markdown(comparison, step.seconds, calibration)
+    table = summary_markdown(
+        comparison, step.seconds, {s: per_seed[s]["calibration"] for s in seeds} if several else first["calibration"]
+    )
     with atomic_write(report / "summary.md", "w", encoding="utf-8") as fh:
         fh.write(table)
     return {
         "run_dir": run,
-        "metrics": metrics,
-        "calibration": calibration,
+        "metrics": first["metrics"],
+        "calibration": first["calibration"],
+        "seeds": per_seed,
         "comparison": comparison,
         "summary": table,
         "report": nb["html"],

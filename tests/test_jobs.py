@@ -95,7 +95,8 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     from lvod import jobs
 
     caplog.set_level("INFO", logger="lvod.jobs")
-    r = run_demo_job("run", quick=True, end_to_end=("eqlv2",))
+    # two training seeds (the same data; every method once per seed, compared over the seeds)
+    r = run_demo_job("run", quick=True, train_seeds=(0, 1), end_to_end=("eqlv2",))
     run = tmp_path / "run"
     assert r["run_dir"] == jobs.Path("run") and r["report"] == jobs.Path("run/report/04_per_group_ap_analysis.html")
     assert (run / "data" / "annotations" / "heldout.json").exists()  # the data lives in the run folder
@@ -103,12 +104,12 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     assert (run / "notebooks" / "01_dataset_statistics_and_grouping.html").exists()
     methods = ["softmax", "softmax+tau_norm", "softmax+logit_adjust", "softmax+norcal", "softmax+seq_nms"]
     methods += ["crt", "bags_stage2", "eqlv2"]  # eqlv2: the stretch row, trained end to end
-    assert list(r["metrics"]) == methods
-    for name in methods:
-        metrics = json.loads((run / name / "metrics.json").read_text())
-        returned = r["metrics"][name]
+    assert list(r["metrics"]) == methods and list(r["seeds"]) == [0, 1]
+    for s, name in [(s, name) for s in (0, 1) for name in methods]:
+        metrics = json.loads((run / f"seed{s}" / name / "metrics.json").read_text())
+        returned = r["seeds"][s]["metrics"][name]
         assert metrics == {k: v for k, v in returned.items() if k not in ("files", "note")}
-        assert returned["files"]["results"] == jobs.Path(f"run/{name}/results.npz")
+        assert returned["files"]["results"] == jobs.Path(f"run/seed{s}/{name}/results.npz")
         assert 0.0 <= metrics["bbox_mAP_50"] <= 1.0 and metrics["bbox_mAP_50_ci"] is not None
         assert len(metrics["classwise"]) == 12 and [g["group"] for g in metrics["groups"]] == [
             "rare",
@@ -116,7 +117,7 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
             "frequent",
         ]
     # calibrations: parameters chosen on the held-out videos (never trained on), then applied
-    cal = json.loads((run / "softmax" / "calibration.json").read_text())
+    cal = json.loads((run / "seed0" / "softmax" / "calibration.json").read_text())
     assert cal["held_out"]["in_training"] is False and cal["held_out"]["source"].endswith("heldout.json")
     assert set(cal["methods"]) == {"tau_norm", "logit_adjust", "norcal"}
     for method, chosen in cal["methods"].items():
@@ -131,18 +132,27 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     nb04 = nbformat.read(str(run / "report" / "04_per_group_ap_analysis.ipynb"), as_version=4)
     (injected,) = [c for c in nb04.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert 'comparison = "run/report/compare/compare.json"' in injected.source
+    assert '"crt": ["run/seed0/crt", "run/seed1/crt"]' in injected.source  # each method's seeds
     assert r["metrics"]["softmax+seq_nms"]["rescoring"]
     # both cores: the baseline and the stretch row as two DDP processes sharing the recipe's batch of 2
-    for name in ("softmax", "eqlv2"):
-        records = [json.loads(line) for line in (run / name / "log.jsonl").read_text().splitlines()]
+    for s, name in [(s, name) for s in (0, 1) for name in ("softmax", "eqlv2")]:
+        records = [json.loads(line) for line in (run / f"seed{s}" / name / "log.jsonl").read_text().splitlines()]
         (start,) = [rec for rec in records if rec.get("event") == "start"]
         assert (start["world_size"], start["total_batch"]) == (2, 2), name
+        assert json.loads((run / f"seed{s}" / name / "config.resolved.json").read_text())["train"]["seed"] == s
     # only the checkpoints a user needs: the newest of each trained run
     for name in ("softmax", "crt", "bags_stage2", "eqlv2"):
-        assert sorted(p.name for p in (run / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
-    assert json.loads((run / "crt" / "init_from.json").read_text())
-    assert r["summary"] == summary_markdown(r["comparison"], r["seconds"], r["calibration"])
-    assert "Calibration parameters chosen on the held-out videos: tau_norm tau=" in r["summary"]
+        assert sorted(p.name for p in (run / "seed1" / name).glob("*.pth")) == ["epoch_1.pth", "latest.pth"], name
+    init = json.loads((run / "seed1" / "crt" / "init_from.json").read_text())
+    assert init["path"] == "run/seed1/softmax/latest.pth"  # each seed's decoupled runs: from that seed's baseline
+    # the comparison takes every method over its two seeds
+    for name in methods:
+        assert r["comparison"]["methods"][name]["num_seeds"] == 2
+        assert r["comparison"]["methods"][name]["runs"] == [f"run/seed{s}/{name}/results.npz" for s in (0, 1)]
+    calibrations = {s: r["seeds"][s]["calibration"] for s in (0, 1)}
+    assert r["summary"] == summary_markdown(r["comparison"], r["seconds"], calibrations)
+    assert "Training seed 1. Calibration parameters chosen on the held-out videos: tau_norm tau=" in r["summary"]
+    assert "Every value is the mean over 2 training seeds" in r["summary"]
     assert {row["method"] for row in r["comparison"]["rows"]} == set(methods)
     verdicts = {row["verdict"] for row in r["comparison"]["rows"] if row["method"] != "softmax"}
     assert verdicts <= {"better", "worse", "unclear"} and (run / "report" / "compare" / "compare.csv").is_file()
@@ -153,14 +163,15 @@ def test_quick_main_job_runs_every_step(tmp_path, monkeypatch, caplog):
     assert "95% CI of diff" in (run / "report" / "summary.md").read_text()
     # one line per step with its elapsed time; training progress with iter/total and an ETA
     text = caplog.text
-    assert "== 1. demo dataset (at 0s)" in text and "== 9. compare every method" in text and "done in" in text
-    assert "== 8. stretch row: the eqlv2 head trained end to end" in text
+    assert "== 1. demo dataset (at 0s)" in text and "== 15. compare every method" in text and "done in" in text
+    assert "== 3. seed 0: train the softmax FGFA baseline" in text and "== 9. seed 1: train the softmax" in text
+    assert "== 14. seed 1: stretch row: the eqlv2 head trained end to end" in text
     assert re.search(r"softmax iter \d+/\d+ \(\d+%\) loss [0-9.]+ ETA", text)
 
     # notebooks 02 (train, live loss curve) and 03 (evaluate) on the same quick data
     from lvod.notebooks import NOTEBOOK_DIR, run_notebook
 
-    data = ["data.root=run/data", "model.groups_file=run/groups.json"]
+    data = ["data.root=run/data", "model.groups_file=run/groups.json"]  # shared by the seeds
     run_notebook(
         NOTEBOOK_DIR / "02_train.ipynb",
         run / "nb",
@@ -197,4 +208,15 @@ def test_demo_job_refuses_an_unknown_end_to_end_head_before_running(tmp_path, ca
 
     assert main(["demo-job", "--out", str(tmp_path / "run"), "--end-to-end", "eqlv2,nope"]) == 2
     assert "--end-to-end: unknown head 'nope'; use one of eqlv2, fedloss, bags" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_demo_job_refuses_repeated_training_seeds_before_running(tmp_path, capsys):
+    from lvod.cli import main
+
+    assert main(["demo-job", "--out", str(tmp_path / "run"), "--seeds", "0,1,0"]) == 2
+    assert "give distinct seeds" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="training seeds must differ"):
+        run_demo_job(tmp_path / "run", train_seeds=(1, 1))
     assert not (tmp_path / "run").exists()
