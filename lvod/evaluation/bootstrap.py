@@ -137,21 +137,19 @@ def build_table(
 def _coco_ap(cum_tp: np.ndarray, cum_fp: np.ndarray, npig: np.ndarray) -> np.ndarray:
     """COCO's 101-point AP per row of ``(B, m)`` cumulative counts (``npig (B,) > 0``).
 
-    COCOeval reads threshold ``r`` at ``searchsorted(rc, r, "left")``, the first point whose
-    recall is >= r. Rows of ``rc`` are non-decreasing, so that index is the number of
-    points with fewer than ``t + 1`` thresholds at or below their recall: one
-    ``searchsorted`` of every point into the thresholds (the same float comparisons), a
-    histogram per row and its cumulative sum give all ``(B, 101)`` indices at once.
+    COCOeval reads recall threshold ``r`` at ``searchsorted(rc, r, "left")`` and 0 past the
+    last point: one search per row (cheap, ``101 log m``), then every row's precision is
+    read and summed at once.
     """
     b, m = cum_tp.shape
-    r = len(coco.REC_THRS)
     rc = cum_tp / npig[:, None]
-    pr = np.zeros((b, m + 1))  # column m: 0, read where a threshold is above the last recall
-    pr[:, :m] = np.maximum.accumulate((cum_tp / (cum_fp + cum_tp + np.spacing(1)))[:, ::-1], axis=1)[:, ::-1]
-    below = np.searchsorted(coco.REC_THRS, rc, side="right")  # (B, m): thresholds <= rc, 0..R
-    hist = np.bincount((below + (r + 1) * np.arange(b)[:, None]).ravel(), minlength=b * (r + 1))
-    inds = np.cumsum(hist.reshape(b, r + 1)[:, :r], axis=1)  # (B, R): first point with rc >= r_t
-    return np.take(pr.ravel(), inds + (m + 1) * np.arange(b)[:, None]).sum(axis=1) / r
+    pr = cum_tp / (cum_fp + cum_tp + np.spacing(1))
+    pr = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
+    inds = np.empty((b, len(coco.REC_THRS)), np.int64)
+    for i in range(b):
+        inds[i] = np.searchsorted(rc[i], coco.REC_THRS, side="left")
+    read = pr[np.arange(b)[:, None], np.minimum(inds, m - 1)]
+    return np.where(inds < m, read, 0.0).sum(axis=1) / len(coco.REC_THRS)
 
 
 def _voc_ap(cum_tp: np.ndarray, cum_fp: np.ndarray, npig: np.ndarray) -> np.ndarray:
