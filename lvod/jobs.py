@@ -376,8 +376,7 @@ def train_and_test_methods(
         step(f"{label}stretch row: the {name} head trained end to end (both cores: two DDP processes)")
         train_runs({name: (END_TO_END[name], root / name)}, overrides, ranks=2, poll=poll)
         metrics[name] = test(name, END_TO_END[name], root / name, root / name / "latest.pth")
-    folders = {name: base_dir if name == "softmax" else root / name for name in metrics}
-    return {"metrics": metrics, "calibration": calibration, "folders": folders}
+    return {"metrics": metrics, "calibration": calibration, "folders": {name: root / name for name in metrics}}
 
 
 def run_demo_job(out="runs/demo", *, seed: int = 0, train_seeds=None, quick: bool = False, end_to_end=()) -> dict:
