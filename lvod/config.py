@@ -76,6 +76,15 @@ class DataConfig:
     ``max(1, sqrt(repeat_threshold / f))`` with ``f`` the fraction of training key frames
     holding the class), ``class_balanced`` (a class uniformly, then one of its key frames;
     cRT's sampling; an epoch = as many draws as there are key frames).
+
+    ``img_scale``: the keep-ratio resize of training and test frames (mmdet ``Resize``,
+    ``(long, short)`` bounds). ``train_scales``: multi-scale training, mmdet's
+    ``img_scale=[...]`` list of the training ``Resize`` with ``multiscale_mode``
+    (``scale_mode``): ``"range"`` (two scales: the long and the short bound are drawn
+    uniformly between theirs, whole pixels, per sample) or ``"value"`` (one listed scale
+    per sample). A key frame and its reference frames share the drawn scale (mmtracking's
+    ``SeqResize``, ``share_params=True``). Empty (the default, as mmtracking's VID
+    configs): every training frame uses ``img_scale``. Testing always uses ``img_scale``.
     """
 
     root: str = "data/ILSVRC2015"
@@ -85,6 +94,8 @@ class DataConfig:
     ref_frame_range: list[int] = field(default_factory=lambda: [-9, 9])
     num_ref_frames: int = 2
     img_scale: list[int] = field(default_factory=lambda: [1000, 600])
+    train_scales: list[list[int]] = field(default_factory=list)
+    scale_mode: str = choice("range", ("range", "value"))
     flip_prob: float = 0.5
     size_divisor: int = 16
     filter_empty_gt: bool = True
@@ -96,6 +107,14 @@ class DataConfig:
     def __post_init__(self):
         if not self.repeat_threshold > 0:
             raise ValueError(f"repeat_threshold must be > 0 (LVIS uses 0.001), got {self.repeat_threshold}")
+        scales = [list(sc) for sc in self.train_scales]
+        if any(len(sc) != 2 or min(sc) < 1 for sc in scales):
+            raise ValueError(f"train_scales must be [long, short] pairs of positive sizes, got {self.train_scales}")
+        if self.train_scales and self.scale_mode == "range" and len(scales) != 2:
+            raise ValueError(
+                f"train_scales with scale_mode 'range' needs exactly two scales (the bounds), got {len(scales)}; "
+                "list more with scale_mode = 'value'"
+            )
 
 
 @dataclass

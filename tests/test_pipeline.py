@@ -19,6 +19,7 @@ from lvod.engine.data import (
     rescale_size,
     resize,
     sample_refs,
+    sample_scale,
 )
 
 
@@ -118,6 +119,47 @@ def test_item_refs_transform_and_shared_flip(tiny):
             assert item["boxes"][0, 0].item() == pytest.approx(want)
             flips.add(item["flip"])
     assert flips == {True, False}
+
+
+def test_sample_scale_range_draws_every_whole_pixel_between_the_bounds_and_value_picks_a_listed_scale():
+    rng = np.random.default_rng(0)
+    drawn = [sample_scale([[128, 102], [200, 160]], "range", rng) for _ in range(4000)]
+    longs, shorts = {d[0] for d in drawn}, {d[1] for d in drawn}
+    assert longs == set(range(128, 201)) and shorts == set(range(102, 161))  # mmdet random_sample
+    # long and short are drawn independently (not one factor), in either order within a pair
+    assert sample_scale([[102, 128], [160, 200]], "range", np.random.default_rng(3)) == sample_scale(
+        [[128, 102], [200, 160]], "range", np.random.default_rng(3)
+    )
+    picked = {sample_scale([[96, 72], [64, 48], [128, 96]], "value", rng) for _ in range(200)}
+    assert picked == {(96, 72), (64, 48), (128, 96)}
+    assert sample_scale([[48, 64]], "range", rng) == (64, 48)
+
+
+def test_multiscale_training_resizes_key_and_refs_alike_and_scales_their_boxes(tiny):
+    vid, _ = tiny  # 48x36 frames, the first video's box x 4..14
+    plain = TrainDataset([(vid, True, True)], cfg(flip_prob=0.0))
+    multi = TrainDataset([(vid, True, True)], cfg(flip_prob=0.0, train_scales=[[48, 36], [144, 108]]))
+    sizes = set()
+    for seed in range(12):
+        item = multi[(0, seed)]
+        h, w = item["img_size"]
+        assert all(tuple(f.shape[-2:]) == (h, w) for f in item["frames"])  # refs share the key's scale
+        assert 36 <= h <= 108 and w == round(h * 48 / 36)
+        assert item["boxes"][0, 0].item() == pytest.approx(4 * w / 48)
+        assert item["boxes"][0, 2].item() == pytest.approx(14 * w / 48)
+        sizes.add((h, w))
+        # the draw comes after the ref and flip draws: the same refs as without multi-scale
+        assert item["frame_rows"] == plain[(0, seed)]["frame_rows"]
+    assert len(sizes) > 6
+    assert plain[(0, 5)]["img_size"] == (72, 96)  # no train_scales: img_scale, as before
+
+
+def test_train_scales_are_checked():
+    with pytest.raises(ValueError, match="exactly two scales"):
+        DataConfig(train_scales=[[96, 72], [64, 48], [128, 96]])
+    with pytest.raises(ValueError, match="pairs of positive"):
+        DataConfig(train_scales=[[96, 72, 1], [64, 48]])
+    assert DataConfig(train_scales=[[96, 72], [64, 48], [128, 96]], scale_mode="value").scale_mode == "value"
 
 
 def item_source(ds, index):

@@ -94,6 +94,27 @@ def rescale_size(width: int, height: int, scale=(1000, 600)) -> tuple[int, int]:
     return int(width * factor + 0.5), int(height * factor + 0.5)
 
 
+def sample_scale(scales, mode: str, rng: np.random.Generator) -> tuple[int, int]:
+    """One training scale of mmdet's multi-scale ``Resize`` (``img_scale`` list of
+    ``(long, short)`` bounds, in either order within a pair):
+
+    - ``"range"`` (mmdet ``random_sample``): two scales; the long bound is drawn uniformly
+      from the whole pixels between the pairs' long sides, the short bound likewise;
+    - ``"value"`` (mmdet ``random_select``): one of the listed scales, uniformly.
+
+    A single scale is returned as it is, whatever the mode.
+    """
+    pairs = [(max(sc), min(sc)) for sc in scales]
+    if len(pairs) == 1:
+        return pairs[0]
+    if mode == "value":
+        return pairs[int(rng.integers(len(pairs)))]
+    (la, sa), (lb, sb) = pairs
+    long_edge = int(rng.integers(min(la, lb), max(la, lb) + 1))
+    short_edge = int(rng.integers(min(sa, sb), max(sa, sb) + 1))
+    return long_edge, short_edge
+
+
 def resize(image: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of ``[3, H, W]`` -> float32 ``[3, h, w]``.
 
@@ -259,13 +280,15 @@ class TrainDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed)
         ref_pos = sample_refs(pos, len(rows), cfg.ref_sampler, cfg.ref_frame_range, cfg.num_ref_frames, rng)
         flip = bool(rng.random() < cfg.flip_prob)
+        # drawn after the flip, so a config without train_scales keeps its random stream
+        scale = sample_scale(cfg.train_scales, cfg.scale_mode, rng) if cfg.train_scales else cfg.img_scale
         frame_rows = [int(rows[pos])] + [int(rows[p]) for p in ref_pos]
         cache: dict[int, torch.Tensor] = {}
         frames = []
         for row in frame_rows:
             if row not in cache:  # key copies are decoded once
                 img = load_image(coco.image_path(row))
-                w, h = rescale_size(img.shape[2], img.shape[1], cfg.img_scale)
+                w, h = rescale_size(img.shape[2], img.shape[1], scale)
                 img = resize(img, (h, w))
                 if flip:
                     img = img.flip(-1)
