@@ -137,6 +137,12 @@ class TrainConfig:
     the classifier (``fc_cls``; ``fc_reg`` stays); ``freeze = "all_but_classifier"`` trains
     ``fc_cls`` alone (everything else ``requires_grad=False``, BatchNorm in eval).
 
+    Precision: ``amp`` (default on) trains under float16 autocast with a grad scaler on
+    CUDA, as mmtracking's fp16 configs; it does nothing on a CPU. ``cpu_amp`` (default
+    off) trains under bfloat16 autocast on a CPU: about a quarter faster per step for
+    the demo FGFA on a CPU with native bfloat16 (AVX512-BF16 or AMX; benchmarks/README.md),
+    slower where the CPU has none. Weights, gradients and the optimiser stay float32.
+
     ``ema_decay`` (> 0, e.g. 0.995): also keep an exponential moving average of the
     trainable weights (``lvod.engine.ema``); checkpoints carry it beside the raw weights,
     and testing, inference, calibration and ``init_from`` use it (``test.use_ema = false``:
@@ -154,6 +160,7 @@ class TrainConfig:
     warmup_ratio: float = 1.0 / 3.0
     grad_clip: float = 35.0
     amp: bool = True
+    cpu_amp: bool = False
     seed: int = 0
     deterministic: bool = False
     checkpoint_interval: int = 5000

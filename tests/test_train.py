@@ -317,6 +317,32 @@ def test_only_loss_terms_are_optimised_and_diagnostics_are_logged(tmp_path, tiny
     assert [r["diag_nan"] != r["diag_nan"] for r in read("diag")] == [True, False, False]  # NaN: logged
 
 
+class DtypeRecorder(TinyDetector):
+    """TinyDetector that records the dtype its convolution computes in."""
+
+    def forward(self, images, image_sizes, targets):
+        self.seen = self.conv(images.flatten(0, 1)).dtype
+        return super().forward(images, image_sizes, targets)
+
+
+def test_cpu_amp_trains_under_bfloat16_autocast_with_float32_weights(tmp_path, tiny_sources):
+    model = DtypeRecorder()
+    train(make_cfg(epochs=1, amp=True), tmp_path / "fp32", model=model, sources=tiny_sources)
+    assert model.seen == torch.float32  # train.amp is CUDA's float16: nothing on a CPU
+    torch.manual_seed(0)
+    model = DtypeRecorder()
+    train(make_cfg(epochs=1, cpu_amp=True), tmp_path / "bf16", model=model, sources=tiny_sources)
+    assert model.seen == torch.bfloat16
+    state = ckpt_io.load_checkpoint(tmp_path / "bf16" / "epoch_1.pth")
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert state["scaler"] == {}  # no grad scaler for bfloat16
+    fp32 = ckpt_io.load_checkpoint(tmp_path / "fp32" / "epoch_1.pth")["model"]
+    assert not torch.equal(fp32["conv.weight"], state["model"]["conv.weight"])  # it did train in bfloat16
+    start = json.loads((tmp_path / "bf16" / "log.jsonl").read_text().splitlines()[0])
+    assert start["amp"] == "bfloat16"
+    assert json.loads((tmp_path / "fp32" / "log.jsonl").read_text().splitlines()[0])["amp"] is False
+
+
 def test_config_differences_allows_only_keys_that_keep_the_run():
     old = config_to_dict(make_cfg())
     new = config_to_dict(make_cfg(stop_after_iters=4, epochs=12, lr=0.1, progress_bar=True))

@@ -564,7 +564,7 @@ class TrainingRun:
     params: list  # the trainable parameters (clipped)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    amp: bool
+    amp: torch.dtype | None  # the autocast dtype (float16 on CUDA, bfloat16 on a CPU), None: fp32
     device: torch.device
     rank: int
     world: int
@@ -630,7 +630,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, it: int) -> dict:
             group["lr"] = lr
         images = batch["images"].to(run.device, non_blocking=True)  # [B, T, 3, H, W]
         targets = [{k: v.to(run.device) for k, v in t.items()} for t in batch["targets"]]
-        with torch.autocast(run.device.type, dtype=torch.float16, enabled=run.amp):
+        with torch.autocast(run.device.type, dtype=run.amp or torch.float16, enabled=run.amp is not None):
             losses = run.net(images, batch["image_sizes"], targets)
 
         # the loss_* terms are optimised; the other keys are diagnostics, logged only
@@ -684,13 +684,22 @@ def train_one_epoch(run: TrainingRun, epoch: int, it: int) -> dict:
     return {"iter": it, "finished": True}
 
 
+def autocast_dtype(tc, device: torch.device) -> torch.dtype | None:
+    """The training autocast dtype: float16 on CUDA with ``train.amp`` (mmcv's fp16, with
+    a grad scaler), bfloat16 on a CPU with ``train.cpu_amp`` (no scaler: bfloat16 has
+    float32's range), None for float32."""
+    if device.type == "cuda":
+        return torch.float16 if tc.amp else None
+    return torch.bfloat16 if tc.cpu_amp else None
+
+
 def _build_optimizer(model, tc, base_lr: float, device: torch.device) -> tuple:
-    """``(params, optimizer, scaler, amp)``: SGD over the trainable parameters and the AMP
-    grad scaler (AMP only on CUDA; the scaler is a no-op otherwise)."""
+    """``(params, optimizer, scaler, amp)``: SGD over the trainable parameters, the grad
+    scaler (enabled for float16 only; a no-op otherwise) and :func:`autocast_dtype`."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=base_lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
-    amp = tc.amp and device.type == "cuda"
-    return params, optimizer, torch.amp.GradScaler("cuda", enabled=amp), amp
+    amp = autocast_dtype(tc, device)
+    return params, optimizer, torch.amp.GradScaler("cuda", enabled=amp == torch.float16), amp
 
 
 def _restore(state: dict, model, optimizer, scaler, rank: int, world: int) -> None:
@@ -783,7 +792,7 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
                 "device": str(device),
                 "total_batch": world * cfg.data.imgs_per_gpu,
                 "base_lr": base_lr,
-                "amp": amp,
+                "amp": str(amp).removeprefix("torch.") if amp else False,
                 "iters_per_epoch": ipe,
                 "total_iters": total_iters,
                 "key_frames": len(dataset),
