@@ -326,6 +326,7 @@ class DtypeRecorder(TinyDetector):
 
 
 def test_cpu_amp_trains_under_bfloat16_autocast_with_float32_weights(tmp_path, tiny_sources):
+    torch.manual_seed(0)  # both runs start from the same weights
     model = DtypeRecorder()
     train(make_cfg(epochs=1, amp=True), tmp_path / "fp32", model=model, sources=tiny_sources)
     assert model.seen == torch.float32  # train.amp is CUDA's float16: nothing on a CPU

@@ -842,7 +842,8 @@ def train(cfg: Config, run_dir, *, model=None, sources=None, resume=None) -> dic
         if world > 1:
             # Leave together: the other ranks return from the last checkpoint's gather while
             # rank 0 is still writing the file, and a gloo peer that tears down then can
-            # abort (SIGABRT at exit, seen 1 run in 4 on a 2-core CPU) after a finished run.
+            # abort (SIGABRT at exit, seen once in about nine two-rank demo runs on a 2-core
+            # CPU) after a finished run.
             dist.barrier()
     finally:
         if bar is not None:
